@@ -1,0 +1,346 @@
+"""Model architectures as plain data: one description serves TensorFlow, NumPy and model files.
+
+An architecture is a JSON-friendly dict::
+
+    {"input_shape": [784], "layers": [{"type": "dense", "units": 100, "activation": "relu"}, ...]}
+
+Inputs always arrive flat, ``(n, 784)`` float32 in [0, 1] (MNIST form); an ``input_shape`` of
+``[28, 28, 1]`` reshapes them to images for convolutional layers. The tutorial's ``layout`` dict
+``{"l0": 784, "l1": 100, ..., "l4": 10}`` is shorthand for a stack of ReLU dense layers with a
+sigmoid output, so the tutorial's code and the larger models go through one mechanism.
+
+Parameters are named by the position ``k`` (1-based) of their layer among the layers that have
+parameters: dense and conv layers own ``W{k}`` and ``b{k}``; batchnorm layers own ``gamma{k}``,
+``beta{k}`` (trained) and ``mean{k}``, ``variance{k}`` (running statistics). Dense weights keep
+the tutorial's orientation ``W{k}: [units, inputs]``, ``b{k}: [units, 1]``; conv kernels are
+``[height, width, in_channels, filters]`` as in ``tf.nn.conv2d``, with ``b{k}: [filters]``.
+This module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping, Sequence
+
+ACTIVATIONS = ("relu", "sigmoid", "softmax", "linear")
+PADDINGS = ("same", "valid")
+BATCHNORM_EPSILON = 1e-3
+
+# What each layer type accepts: name -> (type or tuple of types, default or REQUIRED).
+REQUIRED = object()
+_LAYER_FIELDS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "dense": {"units": (int, REQUIRED), "activation": (str, "relu"), "use_bias": (bool, True)},
+    "conv": {
+        "filters": (int, REQUIRED),
+        "kernel": (int, 3),
+        "stride": (int, 1),
+        "padding": (str, "same"),
+        "activation": (str, "relu"),
+        "use_bias": (bool, True),
+    },
+    "batchnorm": {"activation": (str, "linear"), "momentum": ((int, float), 0.99)},
+    "maxpool": {"size": (int, 2)},
+    "global_avgpool": {},
+    "dropout": {"rate": ((int, float), REQUIRED)},
+    "flatten": {},
+}
+PARAMETRIC = ("dense", "conv", "batchnorm")
+
+
+# --------------------------------------------------------------------------------------------
+# Named models. Each is a function of a few options, so `--layout` and `--dropout` reshape a
+# named model instead of needing a second mechanism.
+
+
+def dense_stack(sizes: Sequence[int], output_activation: str = "sigmoid",
+                dropout: float = 0.0) -> dict:
+    """A fully connected network: ``sizes[0]`` inputs, ReLU hidden layers, then the output.
+
+    ``dropout`` (a fraction) is applied after every hidden layer when above zero.
+    """
+    sizes = [int(size) for size in sizes]
+    if len(sizes) < 2:
+        raise ValueError(f"a layout needs at least an input and an output size, got {sizes}")
+    layers: list[dict] = []
+    for index, units in enumerate(sizes[1:], start=1):
+        last = index == len(sizes) - 1
+        layers.append({"type": "dense", "units": units,
+                       "activation": output_activation if last else "relu"})
+        if dropout and not last:
+            layers.append({"type": "dropout", "rate": float(dropout)})
+    return validate_architecture({"input_shape": [sizes[0]], "layers": layers})
+
+
+def seed_architecture(layout: Sequence[int] | None = None) -> dict:
+    """The tutorial's network: 784-100-100-60-10, ReLU hidden layers, sigmoid output."""
+    return dense_stack(layout or (784, 100, 100, 60, 10), output_activation="sigmoid")
+
+
+def mlp_architecture(layout: Sequence[int] | None = None, dropout: float | None = None) -> dict:
+    """A wide dropout MLP with a softmax output, trained with cross-entropy."""
+    return dense_stack(layout or (784, 1200, 1200, 10), output_activation="softmax",
+                       dropout=0.3 if dropout is None else dropout)
+
+
+def cnn_architecture(dropout: float | None = None) -> dict:
+    """A batch-normalised convolutional network (about 0.3 M parameters).
+
+    Two stages of 3x3 convolutions with a strided 5x5 convolution in place of pooling (the
+    downsampling is learned), then a 4x4 convolution that acts as a dense layer over each map.
+    """
+    rate = 0.4 if dropout is None else dropout
+
+    def conv_bn(filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid") -> list:
+        return [
+            {"type": "conv", "filters": filters, "kernel": kernel, "stride": stride,
+             "padding": padding, "activation": "linear", "use_bias": False},
+            {"type": "batchnorm", "activation": "relu"},
+        ]
+
+    layers = (
+        conv_bn(32) + conv_bn(32) + conv_bn(32, 5, 2, "same") + [{"type": "dropout", "rate": rate}]
+        + conv_bn(64) + conv_bn(64) + conv_bn(64, 5, 2, "same") + [{"type": "dropout", "rate": rate}]
+        + conv_bn(128, 4) + [{"type": "flatten"}, {"type": "dropout", "rate": rate},
+                             {"type": "dense", "units": 10, "activation": "softmax"}]
+    )
+    return validate_architecture({"input_shape": [28, 28, 1], "layers": layers})
+
+
+MODEL_NAMES = ("seed", "mlp", "cnn")
+
+
+def named_architecture(name: str, layout: Sequence[int] | None = None,
+                       dropout: float | None = None) -> dict:
+    """The architecture of a named model; ``layout`` resizes the dense models."""
+    if name == "seed":
+        if dropout:
+            return dense_stack(layout or (784, 100, 100, 60, 10), "sigmoid", dropout)
+        return seed_architecture(layout)
+    if name == "mlp":
+        return mlp_architecture(layout, dropout)
+    if name == "cnn":
+        if layout is not None:
+            raise ValueError("--layout describes dense layers; the cnn model does not take one")
+        return cnn_architecture(dropout)
+    raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing and validation.
+
+
+def parse_layout(text: str) -> list[int]:
+    """Parse ``"784,100,100,60,10"`` into a list of positive layer sizes."""
+    try:
+        sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ValueError(f"--layout must be comma-separated whole numbers like "
+                         f"784,100,100,60,10, got {text!r}") from None
+    if len(sizes) < 2 or any(size <= 0 for size in sizes):
+        raise ValueError(f"--layout needs at least two positive sizes (input and output), "
+                         f"got {text!r}")
+    return sizes
+
+
+def normalize_layout(layout: Any) -> dict:
+    """Return the canonical architecture dict for any accepted way of describing a network.
+
+    Accepts the tutorial's ``{"l0": 784, "l1": 100, ...}``, a sequence of sizes, a comma-separated
+    string of sizes, a model name (``"seed"``, ``"mlp"``, ``"cnn"``), or an architecture dict.
+    """
+    if isinstance(layout, str):
+        if layout in MODEL_NAMES:
+            return named_architecture(layout)
+        return seed_architecture(parse_layout(layout))
+    if isinstance(layout, Mapping):
+        if "layers" in layout:
+            return validate_architecture(layout)
+        keys = [f"l{i}" for i in range(len(layout))]
+        if sorted(layout) != sorted(keys):
+            raise ValueError(f"a tutorial layout has keys l0, l1, ... without gaps, "
+                             f"got {sorted(layout)}")
+        return seed_architecture([layout[key] for key in keys])
+    if isinstance(layout, Sequence):
+        return seed_architecture(list(layout))
+    raise ValueError(f"cannot read a layout from {type(layout).__name__}: pass a dict like "
+                     f"{{'l0': 784, 'l1': 100, ...}}, a list of sizes, or a model name")
+
+
+def _check_layer(index: int, layer: Mapping) -> dict:
+    if not isinstance(layer, Mapping) or "type" not in layer:
+        raise ValueError(f"layer {index} must be a dict with a 'type', got {layer!r}")
+    kind = layer["type"]
+    if kind not in _LAYER_FIELDS:
+        raise ValueError(f"layer {index} has unknown type {kind!r}: "
+                         f"choose one of {', '.join(_LAYER_FIELDS)}")
+    fields = _LAYER_FIELDS[kind]
+    unknown = set(layer) - set(fields) - {"type"}
+    if unknown:
+        raise ValueError(f"layer {index} ({kind}) has unknown fields {sorted(unknown)}")
+    checked: dict[str, Any] = {"type": kind}
+    for name, (expected, default) in fields.items():
+        value = layer.get(name, default)
+        if value is REQUIRED:
+            raise ValueError(f"layer {index} ({kind}) needs a {name!r}")
+        if isinstance(value, bool) and expected is not bool:
+            raise ValueError(f"layer {index} ({kind}): {name} must be a number, got {value!r}")
+        if not isinstance(value, expected):
+            raise ValueError(f"layer {index} ({kind}): {name} must be "
+                             f"{getattr(expected, '__name__', 'a number')}, got {value!r}")
+        checked[name] = value
+    if "activation" in checked and checked["activation"] not in ACTIVATIONS:
+        raise ValueError(f"layer {index} ({kind}): activation must be one of "
+                         f"{', '.join(ACTIVATIONS)}, got {checked['activation']!r}")
+    if "padding" in checked and checked["padding"] not in PADDINGS:
+        raise ValueError(f"layer {index} ({kind}): padding must be 'same' or 'valid'")
+    for name in ("units", "filters", "kernel", "stride", "size"):
+        if name in checked and checked[name] <= 0:
+            raise ValueError(f"layer {index} ({kind}): {name} must be positive")
+    if kind == "dropout" and not 0.0 <= checked["rate"] < 1.0:
+        raise ValueError(f"layer {index} (dropout): rate must be in [0, 1), got {checked['rate']}")
+    if kind == "batchnorm" and not 0.0 < checked["momentum"] < 1.0:
+        raise ValueError(f"layer {index} (batchnorm): momentum must be in (0, 1)")
+    return checked
+
+
+def validate_architecture(architecture: Mapping) -> dict:
+    """Check an architecture dict and fill in defaults; returns a new dict.
+
+    Raises ValueError naming the first layer that is malformed or whose input shape it cannot
+    take (for example a conv layer after a dense one).
+    """
+    if not isinstance(architecture, Mapping) or "layers" not in architecture:
+        raise ValueError("an architecture is a dict with 'input_shape' and 'layers'")
+    input_shape = list(architecture.get("input_shape", [784]))
+    if not input_shape or any(not isinstance(d, int) or d <= 0 for d in input_shape):
+        raise ValueError(f"input_shape must be positive whole numbers, got {input_shape}")
+    if len(input_shape) not in (1, 3):
+        raise ValueError(f"input_shape must be [features] or [height, width, channels], "
+                         f"got {input_shape}")
+    layers = [_check_layer(i, layer) for i, layer in enumerate(architecture["layers"], start=1)]
+    if not layers or layers[-1]["type"] != "dense":
+        raise ValueError("the last layer must be a dense layer (the class scores)")
+    result = {"input_shape": input_shape, "layers": layers}
+    layer_shapes(result)  # raises on layers that cannot follow each other
+    return copy.deepcopy(result)
+
+
+def layer_shapes(architecture: Mapping) -> list[tuple[int, ...]]:
+    """Output shape (without the batch axis) of every layer, in order."""
+    shape = tuple(architecture["input_shape"])
+    shapes = []
+    for index, layer in enumerate(architecture["layers"], start=1):
+        kind = layer["type"]
+        if kind in ("conv", "maxpool", "global_avgpool") and len(shape) != 3:
+            raise ValueError(f"layer {index} ({kind}) needs image input [h, w, c], "
+                             f"but gets {list(shape)}: set input_shape to [28, 28, 1]")
+        if kind == "dense" and len(shape) != 1:
+            raise ValueError(f"layer {index} (dense) needs flat input; add a flatten layer "
+                             f"before it (it gets {list(shape)})")
+        if kind == "conv":
+            height, width, _ = shape
+            kernel, stride = layer["kernel"], layer["stride"]
+            if layer["padding"] == "same":
+                height, width = math.ceil(height / stride), math.ceil(width / stride)
+            else:
+                height = (height - kernel) // stride + 1
+                width = (width - kernel) // stride + 1
+            if height <= 0 or width <= 0:
+                raise ValueError(f"layer {index} (conv): a {kernel}x{kernel} kernel does not fit "
+                                 f"the {shape[0]}x{shape[1]} input")
+            shape = (height, width, layer["filters"])
+        elif kind == "maxpool":
+            size = layer["size"]
+            if shape[0] < size or shape[1] < size:
+                raise ValueError(f"layer {index} (maxpool): pool {size} is larger than the input")
+            shape = (shape[0] // size, shape[1] // size, shape[2])
+        elif kind == "global_avgpool":
+            shape = (shape[2],)
+        elif kind == "flatten":
+            shape = (math.prod(shape),)
+        elif kind == "dense":
+            shape = (layer["units"],)
+        shapes.append(shape)
+    return shapes
+
+
+def parameter_shapes(architecture: Mapping) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter the architecture needs, in layer order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    previous = tuple(architecture["input_shape"])
+    k = 0
+    for layer, output in zip(architecture["layers"], layer_shapes(architecture)):
+        kind = layer["type"]
+        if kind in PARAMETRIC:
+            k += 1
+        if kind == "dense":
+            shapes[f"W{k}"] = (layer["units"], previous[0])
+            if layer["use_bias"]:
+                shapes[f"b{k}"] = (layer["units"], 1)
+        elif kind == "conv":
+            shapes[f"W{k}"] = (layer["kernel"], layer["kernel"], previous[-1], layer["filters"])
+            if layer["use_bias"]:
+                shapes[f"b{k}"] = (layer["filters"],)
+        elif kind == "batchnorm":
+            channels = previous[-1]
+            for name in ("gamma", "beta", "mean", "variance"):
+                shapes[f"{name}{k}"] = (channels,)
+        previous = output
+    return shapes
+
+
+def is_trainable(name: str) -> bool:
+    """Running batch-norm statistics are state, not trained by the optimiser."""
+    return not name.startswith(("mean", "variance"))
+
+
+def layer_numbers(architecture: Mapping) -> list[int]:
+    """For each layer, the ``k`` of its parameters (0 for layers without parameters)."""
+    numbers, k = [], 0
+    for layer in architecture["layers"]:
+        if layer["type"] in PARAMETRIC:
+            k += 1
+            numbers.append(k)
+        else:
+            numbers.append(0)
+    return numbers
+
+
+def n_outputs(architecture: Mapping) -> int:
+    return architecture["layers"][-1]["units"]
+
+
+def n_inputs(architecture: Mapping) -> int:
+    return math.prod(architecture["input_shape"])
+
+
+def architecture_from_parameters(parameters: Mapping) -> dict:
+    """Infer the tutorial's dense stack from ``W1..WL`` shapes (ReLU hidden, sigmoid output).
+
+    This is how ``forward_propagation(X, parameters)`` works without a layout, as in the
+    tutorial.
+    """
+    count = sum(1 for name in parameters if name.startswith("W"))
+    if count == 0 or any(f"W{k}" not in parameters for k in range(1, count + 1)):
+        raise ValueError("parameters must hold W1..WL (and b1..bL); got "
+                         f"{sorted(parameters)}")
+    shapes = [tuple(parameters[f"W{k}"].shape) for k in range(1, count + 1)]
+    if any(len(shape) != 2 for shape in shapes):
+        raise ValueError("these parameters are not a dense stack: pass layout= (the model's "
+                         "architecture) to describe them")
+    sizes = [shapes[0][1]] + [shape[0] for shape in shapes]
+    return seed_architecture(sizes)
+
+
+def describe(architecture: Mapping) -> str:
+    """A short human-readable summary, e.g. ``dense 784-100-100-60-10 (sigmoid)``."""
+    layers = architecture["layers"]
+    if all(layer["type"] in ("dense", "dropout") for layer in layers):
+        sizes = [str(architecture["input_shape"][0])]
+        sizes += [str(layer["units"]) for layer in layers if layer["type"] == "dense"]
+        return f"dense {'-'.join(sizes)} ({layers[-1]['activation']} output)"
+    convs = sum(layer["type"] == "conv" for layer in layers)
+    count = sum(math.prod(shape) for shape in parameter_shapes(architecture).values())
+    return f"{convs} conv + {sum(layer['type'] == 'dense' for layer in layers)} dense layers, " \
+           f"{count:,} parameters"

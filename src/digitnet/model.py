@@ -1,0 +1,198 @@
+"""A trained model: architecture, NumPy parameters, metadata, and a NumPy forward pass.
+
+Prediction never needs TensorFlow: ``digitnet predict``, ``evaluate`` and ``serve`` run this
+forward pass, which tests check against ``digitnet.core.forward_propagation``. Importing
+TensorFlow alone takes seconds; this path answers one image in microseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from digitnet import architectures
+from digitnet.architectures import BATCHNORM_EPSILON
+
+
+def _activate(values: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "relu":
+        return np.maximum(values, 0.0, out=values)
+    if activation == "sigmoid":
+        # Written as 0.5 * (1 + tanh(x / 2)): equal to 1 / (1 + exp(-x)) but never overflows.
+        return 0.5 * (1.0 + np.tanh(0.5 * values))
+    if activation == "softmax":
+        shifted = values - values.max(axis=-1, keepdims=True)
+        np.exp(shifted, out=shifted)
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    return values
+
+
+def _conv2d(images: np.ndarray, kernel: np.ndarray, stride: int, padding: str) -> np.ndarray:
+    """``images`` (n, h, w, c) conv ``kernel`` (k, k, c, f) -> (n, h', w', f), as tf.nn.conv2d."""
+    size = kernel.shape[0]
+    if padding == "same":
+        height, width = images.shape[1:3]
+        out_h, out_w = -(-height // stride), -(-width // stride)
+        pad_h = max((out_h - 1) * stride + size - height, 0)
+        pad_w = max((out_w - 1) * stride + size - width, 0)
+        # TensorFlow puts the odd pixel of padding at the bottom/right.
+        images = np.pad(images, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    windows = sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
+    # windows: (n, h', w', c, k, k); contract c, k, k against the kernel.
+    return np.einsum("nhwcij,ijcf->nhwf", windows, kernel, optimize=True)
+
+
+@dataclass
+class Model:
+    """A trained network ready to predict.
+
+    Attributes:
+        architecture: canonical architecture dict (see ``digitnet.architectures``).
+        parameters: name -> float32 array, e.g. ``W1`` (100, 784) and ``b1`` (100, 1).
+        metadata: training settings, metrics, history, data fingerprint, versions.
+    """
+
+    architecture: dict
+    parameters: dict[str, np.ndarray]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.architecture = architectures.validate_architecture(self.architecture)
+        expected = architectures.parameter_shapes(self.architecture)
+        missing = sorted(set(expected) - set(self.parameters))
+        extra = sorted(set(self.parameters) - set(expected))
+        if missing or extra:
+            raise ValueError(f"parameters do not match the architecture: missing {missing}, "
+                             f"unexpected {extra}")
+        for name, shape in expected.items():
+            if tuple(self.parameters[name].shape) != shape:
+                raise ValueError(f"parameter {name} has shape "
+                                 f"{tuple(self.parameters[name].shape)}, the architecture "
+                                 f"needs {shape}")
+        self.parameters = {name: np.asarray(self.parameters[name], dtype=np.float32)
+                           for name in expected}
+        self._plan = self._compile()
+
+    @property
+    def n_classes(self) -> int:
+        return architectures.n_outputs(self.architecture)
+
+    @property
+    def n_inputs(self) -> int:
+        return architectures.n_inputs(self.architecture)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("training", {}).get("model", "custom"))
+
+    def _compile(self) -> list[tuple]:
+        """Precompute per-layer operands so the forward pass does no per-call reshaping.
+
+        Dense weights are stored transposed and contiguous (X @ W^T is the hot path); batchnorm
+        is folded into one scale and shift.
+        """
+        plan = []
+        for layer, k in zip(self.architecture["layers"],
+                            architectures.layer_numbers(self.architecture)):
+            kind, p = layer["type"], self.parameters
+            if kind == "dense":
+                bias = p[f"b{k}"].reshape(1, -1) if f"b{k}" in p else None
+                plan.append(("dense", np.ascontiguousarray(p[f"W{k}"].T), bias,
+                             layer["activation"]))
+            elif kind == "conv":
+                plan.append(("conv", p[f"W{k}"], p.get(f"b{k}"), layer["stride"],
+                             layer["padding"], layer["activation"]))
+            elif kind == "batchnorm":
+                scale = p[f"gamma{k}"] / np.sqrt(p[f"variance{k}"] + BATCHNORM_EPSILON)
+                shift = p[f"beta{k}"] - p[f"mean{k}"] * scale
+                plan.append(("affine", scale.astype(np.float32), shift.astype(np.float32),
+                             layer["activation"]))
+            elif kind == "maxpool":
+                plan.append(("maxpool", layer["size"]))
+            elif kind == "global_avgpool":
+                plan.append(("global_avgpool",))
+            elif kind == "flatten":
+                plan.append(("flatten",))
+            # Dropout is the identity at inference.
+        return plan
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        """Output activations for ``X`` (n, n_inputs) float32 in [0, 1] -> (n, n_classes)."""
+        values = np.asarray(X, dtype=np.float32)
+        if values.ndim == 1 or values.shape[1:] != (self.n_inputs,):
+            values = values.reshape(len(values) if values.ndim > 1 else 1, -1)
+        if values.shape[1] != self.n_inputs:
+            raise ValueError(f"the model takes {self.n_inputs} values per sample, "
+                             f"got {values.shape[1]}")
+        if len(self.architecture["input_shape"]) == 3:
+            values = values.reshape(len(values), *self.architecture["input_shape"])
+        for step in self._plan:
+            kind = step[0]
+            if kind == "dense":
+                _, weights, bias, activation = step
+                values = values @ weights
+                if bias is not None:
+                    values += bias
+                values = _activate(values, activation)
+            elif kind == "conv":
+                _, kernel, bias, stride, padding, activation = step
+                values = _conv2d(values, kernel, stride, padding)
+                if bias is not None:
+                    values += bias
+                values = _activate(values, activation)
+            elif kind == "affine":
+                _, scale, shift, activation = step
+                values = _activate(values * scale + shift, activation)
+            elif kind == "maxpool":
+                size = step[1]
+                n, height, width, channels = values.shape
+                height, width = height // size * size, width // size * size
+                values = values[:, :height, :width].reshape(
+                    n, height // size, size, width // size, size, channels).max(axis=(2, 4))
+            elif kind == "global_avgpool":
+                values = values.mean(axis=(1, 2))
+            elif kind == "flatten":
+                values = values.reshape(len(values), -1)
+        return values
+
+    def predict_proba(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+        """Class probabilities, (n, n_classes) float32, each row summing to 1.
+
+        A sigmoid output (the tutorial's network) scores each class independently; its scores
+        are normalised so every model answers with a distribution.
+        """
+        values = np.asarray(X, dtype=np.float32)
+        if values.ndim > 1 and len(values) > batch_size and \
+                len(self.architecture["input_shape"]) == 3:
+            # Convolutions on im2col windows use memory per sample: go in slices.
+            return np.concatenate([self.predict_proba(values[i:i + batch_size], batch_size)
+                                   for i in range(0, len(values), batch_size)])
+        outputs = self.forward(values)
+        if self.architecture["layers"][-1]["activation"] != "softmax":
+            outputs = np.maximum(outputs, 1e-12)
+            outputs = outputs / outputs.sum(axis=1, keepdims=True)
+        return outputs
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted labels, int64 (n,)."""
+        return np.argmax(self.forward(X), axis=1).astype(np.int64)
+
+    def with_metadata(self, **updates: Any) -> "Model":
+        merged = dict(self.metadata)
+        merged.update(updates)
+        return Model(self.architecture, self.parameters, merged)
+
+
+def model_from_parameters(parameters: Mapping[str, Any], layout: Any = None,
+                          metadata: Mapping | None = None) -> Model:
+    """Wrap the five functions' parameter dict (NumPy or tensors) into a ``Model``."""
+    arrays = {name: np.asarray(value, dtype=np.float32) for name, value in parameters.items()}
+    if layout is None:
+        architecture = architectures.architecture_from_parameters(arrays)
+    else:
+        architecture = architectures.normalize_layout(layout)
+    return Model(architecture, arrays, dict(metadata or {}))
