@@ -1,0 +1,1 @@
+"""Subcommands of the digitnet CLI, one module each."""
