@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except DigitnetError as error:
         print(f"digitnet {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`digitnet ... | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"digitnet {args.command}: interrupted", file=sys.stderr)
         return 130

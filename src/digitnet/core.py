@@ -75,7 +75,8 @@ def forward_propagation(X, parameters: Mapping, layout: Any = None, *, training:
     ``tf.Variable`` parameters. ``return_logits=True`` returns ``(A_output, Z_output)``.
     """
     architecture = _architecture(layout, parameters)
-    A = tf.cast(X, tf.float32)
+    # Compute in the parameters' precision: float32 normally, float64 for gradient checks.
+    A = tf.cast(X, tf.as_dtype(next(iter(parameters.values())).dtype))
     if len(architecture["input_shape"]) == 3:
         A = tf.reshape(A, [-1, *architecture["input_shape"]])
     numbers = architectures.layer_numbers(architecture)
@@ -133,20 +134,24 @@ def calculate_cost(A_output, y, parameters: Mapping, *, cost: str = "mse", l2: f
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
-    y = tf.cast(y, tf.float32)
+    A_output = tf.convert_to_tensor(A_output)
+    if not A_output.dtype.is_floating:
+        A_output = tf.cast(A_output, tf.float32)
+    y = tf.cast(y, A_output.dtype)
     if label_smoothing:
-        y = y * (1.0 - label_smoothing) + label_smoothing / tf.cast(tf.shape(y)[-1], tf.float32)
+        y = y * (1.0 - label_smoothing) + label_smoothing / tf.cast(tf.shape(y)[-1], y.dtype)
     if cost == "mse":
-        value = tf.reduce_mean(tf.math.squared_difference(tf.cast(A_output, tf.float32), y))
+        value = tf.reduce_mean(tf.math.squared_difference(A_output, y))
     elif logits is not None:
         value = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
-            labels=y, logits=tf.cast(logits, tf.float32)))
+            labels=y, logits=tf.cast(logits, y.dtype)))
     else:
-        probabilities = tf.clip_by_value(tf.cast(A_output, tf.float32), 1e-7, 1.0)
+        probabilities = tf.clip_by_value(A_output, 1e-7, 1.0)
         value = -tf.reduce_mean(tf.reduce_sum(y * tf.math.log(probabilities), axis=-1))
     if l2:
         weights = [value_ for name, value_ in parameters.items() if name.startswith("W")]
-        value = value + l2 * tf.add_n([tf.reduce_sum(tf.square(W)) for W in weights])
+        value = value + l2 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(W, value.dtype)))
+                                       for W in weights])
     return value
 
 
