@@ -81,6 +81,10 @@ _FLOOR_SIGMAS = 5.0
 _SIGNAL_SIGMAS = 8.0
 # Faintest ink core accepted (pencil in dim light is about 0.15).
 _MIN_CONTRAST = 0.08
+# The digit must span at least this many pixels and this fraction of the image's long side; a
+# 30-px digit on a 600-px page is 5 %, a fleck of dust is far less.
+_MIN_DIGIT_PIXELS = 3
+_MIN_DIGIT_FRACTION = 0.015
 # Components below this fraction of the largest one's ink mass are specks.
 _SPECK_FRACTION = 0.05
 # Larger crops are reduced to this long side before stroke-width normalisation and the final
@@ -248,6 +252,9 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
             "(refused before decoding)"
         ) from None
     except UnidentifiedImageError:
+        image_format = _format_from_signature(data)
+        if image_format:
+            raise ImageError(f"{name} starts like a {image_format} file but cannot be read: it is truncated or corrupt") from None
         raise ImageError(
             f"{name} is not an image (or not in a format that can be read: PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
         ) from None
@@ -267,6 +274,27 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         except MemoryError:
             raise ImageError(f"{name} is too large to decode") from None
         return _pil_to_grey(_upright(opened), name)
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def _format_from_signature(data: bytes) -> str | None:
+    """The format whose magic bytes ``data`` starts with, to tell a cut-off file from a non-image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for signature, image_format in _SIGNATURES:
+        if data.startswith(signature):
+            return image_format
+    return None
 
 
 def _one_line(error: BaseException) -> str:
@@ -452,6 +480,12 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
         )
     ink = np.clip((residual - floor) / (level - floor), 0.0, 1.0)
     keep = _digit_components(candidates, ink, name)
+    rows, cols = np.nonzero(keep)
+    extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
+    if extent < max(_MIN_DIGIT_PIXELS, _MIN_DIGIT_FRACTION * max(grey.shape)):
+        raise NoDigitFound(
+            f"no digit found in {name}: the image is nearly blank (only a speck {extent} px across)"
+        )
     # Anti-aliased fringe pixels whose smoothed value fell below the floor belong to the stroke.
     keep = ndimage.binary_dilation(keep, structure=np.ones((3, 3), bool))
     ink = np.where(keep, ink, 0.0).astype(np.float32)
@@ -601,7 +635,9 @@ def _fit_into_mnist_frame(ink: np.ndarray, name: str) -> np.ndarray:
         (width, height), Image.Resampling.LANCZOS, box=(pad, pad, pad + source_width, pad + source_height)
     )
     frame = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
-    frame[top : top + height, left : left + width] = np.asarray(small, dtype=np.float32)
+    # Lanczos overshoots by a few percent at edges; clipping first keeps solid strokes at 1.0
+    # instead of dimming them to make room for the overshoot.
+    frame[top : top + height, left : left + width] = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
     peak = float(frame.max())
     if peak <= 0:
         raise NoDigitFound(f"no digit found in {name}: the ink vanished when scaled to 20 pixels")
