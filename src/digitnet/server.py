@@ -882,5 +882,7 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *,
                  f"it can use the model")
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it handled; for a server it is the normal stop
     finally:
         sock.close()
