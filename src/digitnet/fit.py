@@ -58,10 +58,12 @@ class Fitter:
 
     def __init__(self, architecture: Mapping, *, cost: str = "mse", learning_rate=0.002,
                  l2: float = 0.0, label_smoothing: float = 0.0, batch_size: int = 1000,
-                 seed: int = 1, augment: Augment | None = None, jit_compile: bool = False):
+                 seed: int = 1, augment: Augment | None = None, jit_compile: bool = False,
+                 compute_dtype: str | None = None):
         self.architecture = architectures.validate_architecture(architecture)
         self.cost, self.l2, self.label_smoothing = cost, float(l2), float(label_smoothing)
         self.batch_size, self.seed, self.augment = int(batch_size), int(seed), augment
+        self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
         self.variables = initialize_parameters(self.architecture, seed=self.seed)
         self.trainable = [v for name, v in self.variables.items()
                           if architectures.is_trainable(name)]
@@ -87,7 +89,8 @@ class Fitter:
         with tf.GradientTape() as tape:
             A_output, logits = forward_propagation(X_batch, self.variables, self.architecture,
                                                    training=True, seed=step_seed,
-                                                   return_logits=True)
+                                                   return_logits=True,
+                                                   compute_dtype=self.compute_dtype)
             cost = calculate_cost(A_output, y_batch, self.variables, cost=self.cost, l2=self.l2,
                                   label_smoothing=self.label_smoothing, logits=logits)
         gradients = tape.gradient(cost, self.trainable)
@@ -199,4 +202,5 @@ class Fitter:
             raise ValueError(f"the checkpoint holds {len(state)} optimiser variables, this "
                              f"model needs {len(variables)}")
         for i, variable in enumerate(variables):
-            variable.assign(state[f"{i:04d}"])
+            # safetensors stores a scalar (the step count) as shape (1,).
+            variable.assign(np.reshape(state[f"{i:04d}"], variable.shape))

@@ -27,13 +27,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's run: its network, split, learning rate, epochs and batch size.
     "seed": dict(cost="mse", learning_rate=0.005, schedule="constant", epochs=20,
                  batch_size=1000, l2=0.0, dropout=0.0, label_smoothing=0.0, augment=False,
-                 split="seed", val_size=0, patience=0),
+                 split="seed", val_size=0, patience=0, precision="float32"),
     "mlp": dict(cost="cross_entropy", learning_rate=0.001, schedule="onecycle", epochs=30,
                 batch_size=128, l2=0.0, dropout=0.3, label_smoothing=0.1, augment=True,
-                split="official", val_size=5000, patience=0),
-    "cnn": dict(cost="cross_entropy", learning_rate=0.003, schedule="onecycle", epochs=20,
+                split="official", val_size=5000, patience=0, precision="auto"),
+    "cnn": dict(cost="cross_entropy", learning_rate=0.003, schedule="onecycle", epochs=30,
                 batch_size=128, l2=0.0, dropout=0.4, label_smoothing=0.1, augment=True,
-                split="official", val_size=5000, patience=0),
+                split="official", val_size=5000, patience=0, precision="auto"),
 }
 
 # Declarative checks for every setting: name -> (test, what it must be).
@@ -53,6 +53,7 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_size": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
     "patience": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0 (0: off)"),
     "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**31, "a whole number >= 0"),
+    "precision": (lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
 }
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
     source: str = "idx"
     val_size: int | None = None
     patience: int | None = None
+    precision: str | None = None
     seed: int = 1
     dry_run: bool = False
 
@@ -198,6 +200,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
     fitter = Fitter(
         architecture, cost=config.cost, l2=config.l2, label_smoothing=config.label_smoothing,
         batch_size=config.batch_size, seed=config.seed,
+        compute_dtype=compute_dtype(config.precision),
         learning_rate=make_learning_rate(config.learning_rate, config.schedule,
                                          steps_per_epoch * config.epochs),
         augment=_augment(config))
@@ -243,11 +246,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
                "train_seconds": state["seconds"]}
     if len(X_val):
         metrics["val_accuracy"] = fitter.accuracy(X_val, y_val)
-    log(f"Accuracy on the training set: {metrics['train_accuracy'] * 100} %")
+    log(f"Accuracy on the training set: {metrics['train_accuracy'] * 100:.2f} %")
     if len(X_val):
-        log(f"Accuracy on the validation set: {metrics['val_accuracy'] * 100} % "
+        log(f"Accuracy on the validation set: {metrics['val_accuracy'] * 100:.2f} % "
             f"(weights of epoch {metrics['best_epoch']})")
-    log(f"Accuracy on the test set: {metrics['test_accuracy'] * 100} %")
+    log(f"Accuracy on the test set: {metrics['test_accuracy'] * 100:.2f} %")
 
     model = Model(architecture, fitter.parameters(), {
         "training": config.to_json(), "metrics": metrics, "history": state["history"],
@@ -258,6 +261,24 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
         save_model(model, save_model_path)
         log(f"Saved the model to {save_model_path}")
     return TrainResult(model, state["history"], metrics)
+
+
+def bfloat16_is_fast() -> bool:
+    """True on CPUs with AMX or AVX-512 BF16 units, where bfloat16 products run several times
+    faster than float32 (elsewhere bfloat16 is emulated and slower)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def compute_dtype(precision: str) -> str | None:
+    """The dtype training computes in: None (the parameters' float32) or "bfloat16"."""
+    if precision == "auto":
+        return "bfloat16" if bfloat16_is_fast() else None
+    return "bfloat16" if precision == "bfloat16" else None
 
 
 def _augment(config: TrainConfig):

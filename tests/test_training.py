@@ -1,0 +1,114 @@
+"""train_and_evaluate: validation split, best weights, checkpoints, resume, and accuracy floors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from digitnet.errors import DigitnetError
+from digitnet.training import TrainConfig, train_and_evaluate
+
+
+def quiet(_line):
+    pass
+
+
+def small_config(**changes):
+    settings = dict(model="mlp", layout=[784, 32, 10], epochs=4, batch_size=16, val_size=20,
+                    precision="float32")
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_config_checks_every_setting_in_one_place():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=-1).resolved()
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0).resolved()
+    with pytest.raises(ValueError, match="unknown model"):
+        TrainConfig(model="resnet").resolved()
+    resolved = TrainConfig(model="cnn").resolved()
+    assert resolved.split == "official" and resolved.val_size == 5000
+    assert TrainConfig().resolved().split == "seed"  # the tutorial's default
+
+
+def test_validation_set_is_held_out_and_best_weights_are_kept(tmp_path, fake_mnist_dir):
+    result = train_and_evaluate(small_config(), tmp_path, data_dir=fake_mnist_dir, log=quiet)
+    data = result.model.metadata["data"]
+    assert (data["n_train"], data["n_validation"], data["n_test"]) == (40, 20, 20)
+    history = result.history
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    best = max(history, key=lambda row: (row["val_accuracy"], -row["val_cost"]))
+    assert result.metrics["best_epoch"] == best["epoch"]
+    assert result.metrics["val_accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_path,
+                                                                          fake_mnist_dir):
+    config = small_config(epochs=5, dropout=0.2, augment=True)
+    whole = train_and_evaluate(config, tmp_path / "whole", data_dir=fake_mnist_dir, log=quiet)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet,
+                           stop_after_epoch=2)
+    resumed = train_and_evaluate(config, tmp_path / "split", data_dir=fake_mnist_dir,
+                                 log=quiet, resume=True)
+    for name, value in whole.model.parameters.items():
+        assert np.array_equal(resumed.model.parameters[name], value), name
+    assert [row["cost"] for row in resumed.history] == [row["cost"] for row in whole.history]
+    assert resumed.metrics["test_accuracy"] == whole.metrics["test_accuracy"]
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, fake_mnist_dir):
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(small_config(), tmp_path, data_dir=fake_mnist_dir, log=quiet,
+                           stop_after_epoch=1)
+    with pytest.raises(DigitnetError, match="learning_rate"):
+        train_and_evaluate(small_config(learning_rate=0.01), tmp_path,
+                           data_dir=fake_mnist_dir, log=quiet, resume=True)
+    with pytest.raises(DigitnetError, match="no checkpoint"):
+        train_and_evaluate(small_config(), tmp_path / "empty", data_dir=fake_mnist_dir,
+                           log=quiet, resume=True)
+
+
+def test_resume_after_the_process_is_killed(tmp_path, fake_mnist_dir):
+    """SIGKILL mid-run (no clean-up at all), then `digitnet train --resume` finishes it."""
+    workdir, model_path = tmp_path / "run", tmp_path / "model.safetensors"
+    args = [sys.executable, "-m", "digitnet", "train", "--model", "mlp", "--layout",
+            "784,256,10", "--epochs", "60", "--batch-size", "8", "--val-size", "20",
+            "--precision", "float32", "--data-dir", str(fake_mnist_dir), "--workdir",
+            str(workdir), "--save-model", str(model_path)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
+    lines = []
+    for line in process.stdout:  # wait until a few epochs are checkpointed
+        lines.append(line)
+        if line.startswith("Cost after epoch 3:"):
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not model_path.exists()
+    assert (workdir / "checkpoint.safetensors").exists()
+    assert not [p for p in workdir.iterdir() if p.name.endswith(".tmp")]
+    result = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Resuming after epoch" in result.stdout
+    assert "Cost after epoch 60:" in result.stdout
+    assert model_path.exists()
+
+
+@pytest.mark.slow
+def test_mlp_reaches_a_floor_on_real_mnist_quickly(tmp_path, mnist_dir):
+    """A short mlp run (a few epochs of the default recipe) on the official split."""
+    started = time.perf_counter()
+    result = train_and_evaluate(TrainConfig(model="mlp", epochs=3), tmp_path,
+                                data_dir=mnist_dir, log=quiet)
+    accuracy = result.metrics["test_accuracy"]
+    assert 0.975 <= accuracy < 0.999, accuracy
+    assert result.metrics["val_accuracy"] >= 0.97
+    print(f"mlp, 3 epochs: {accuracy:.4f} test in {time.perf_counter() - started:.0f} s")
