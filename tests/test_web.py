@@ -83,10 +83,10 @@ def trained_model():
     return model_from_parameters(parameters, metadata={"training": {"model": "seed"}})
 
 
-@pytest.fixture(scope="module")
-def server_url(trained_model):
+def serving(model):
+    """Serve ``model`` in a thread; yields the base URL."""
     sock = bind_socket("127.0.0.1", 0)
-    server = build_server(create_app(trained_model), log_requests=False)
+    server = build_server(create_app(model), log_requests=False)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -97,6 +97,25 @@ def server_url(trained_model):
     server.should_exit = True
     thread.join(10)
     sock.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_model):
+    yield from serving(trained_model)
+
+
+@pytest.fixture(scope="module")
+def untrained_server_url():
+    """A server with random weights, for tests that replace its answers."""
+    from digitnet import architectures
+    from digitnet.model import Model
+
+    architecture = architectures.seed_architecture()
+    rng = np.random.default_rng(0)
+    model = Model(architecture, {name: rng.normal(0, 0.1, shape).astype(np.float32)
+                                 for name, shape in
+                                 architectures.parameter_shapes(architecture).items()})
+    yield from serving(model)
 
 
 @pytest.fixture(scope="module")
@@ -291,4 +310,42 @@ def test_dark_mode_and_docs_render(browser, server_url, artifacts):
     assert page.locator(".op").count() >= 8
     page.screenshot(path=str(artifacts / "docs.png"))
     assert not watch.foreign and not watch.console_errors
+    page.context.close()
+
+
+def _answer_with(page, status: int, body: dict) -> None:
+    import json
+
+    page.route("**/api/predict", lambda route: route.fulfill(
+        status=status, content_type="application/json", body=json.dumps(body)))
+
+
+def test_low_confidence_is_marked(browser, untrained_server_url, artifacts):
+    page, _ = open_page(browser, untrained_server_url, **DESKTOP)
+    probabilities = [0.02, 0.03, 0.05, 0.28, 0.31, 0.04, 0.05, 0.1, 0.07, 0.05]
+    _answer_with(page, 200, {"digit": 4, "confidence": 0.31, "low_confidence": True,
+                             "probabilities": probabilities, "no_digit": False,
+                             "image": np.eye(28).tolist()})
+    draw_with_mouse(page, DIGIT_STROKES[4])
+    assert settled_prediction(page) == "4"
+    assert "low" in page.locator("#prediction").get_attribute("class")
+    assert "unsure" in page.locator("#confidence").inner_text().lower()
+    assert page.locator("#bars li.best .digit").inner_text() == "4"
+    assert page.locator("#bars li").nth(4).get_attribute("aria-label") == "4: 31%"
+    screenshot(page, artifacts / "low-confidence.png")
+    page.context.close()
+
+
+def test_no_digit_answer_and_server_errors_are_shown(browser, untrained_server_url):
+    page, _ = open_page(browser, untrained_server_url, **DESKTOP)
+    _answer_with(page, 200, {"digit": None, "confidence": None, "low_confidence": False,
+                             "probabilities": None, "image": None, "no_digit": True,
+                             "message": "no digit found"})
+    draw_with_mouse(page, [[(14, 14), (14.2, 14.2)]])
+    assert settled_prediction(page) == "no digit found"
+    page.unroute("**/api/predict")
+    _answer_with(page, 503, {"error": "the model is resting"})
+    draw_with_mouse(page, DIGIT_STROKES[1])
+    page.wait_for_function("() => document.getElementById('status').textContent !== ''")
+    assert "the model is resting" in page.locator("#status").inner_text()
     page.context.close()
