@@ -279,6 +279,8 @@ BAD_REQUESTS = {
     "boolean value": ({"instances": [[True] + _row(count=783)]}, "boolean"),
     "null value": ({"instances": [[None] + _row(count=783)]}, "null"),
     "object value": ({"instances": [[{"a": 1}] + _row(count=783)]}, "object"),
+    "list inside a row": ({"instances": [[0.5, [0.5]] + _row(count=782)]}, "[1] is list"),
+    "string in a 28x28 row": ({"instances": [[_row(count=28)] * 27 + [["x"] * 28]]}, "[27][0]"),
     "scalar instance": ({"instances": [0.5]}, "expected a list of numbers"),
     "bad base64": ({"instances": [{"b64": "!!not base64!!"}]}, "not valid base64"),
     "b64 not a string": ({"instances": [{"b64": 12}]}, "base64 string"),
