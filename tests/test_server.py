@@ -47,13 +47,15 @@ def random_seed_model(seed: int = 0) -> Model:
 
 
 class RunningServer:
-    """uvicorn serving ``create_app(model)`` in a thread; ``url`` is its base address."""
+    """uvicorn serving ``create_app(model)`` (or ``app``) in a thread; ``url`` is its base
+    address."""
 
-    def __init__(self, model: Model, **app_options) -> None:
+    def __init__(self, model: Model, app=None, **app_options) -> None:
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = build_server(create_app(model, **app_options), log_requests=False)
+        app = app if app is not None else create_app(model, **app_options)
+        self.server = build_server(app, log_requests=False)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
 
@@ -330,6 +332,25 @@ def test_unknown_model_and_version_answer_404(client):
     assert_error(client.get("/v1/models/other/metadata"), 404, "other")
     assert_error(client.get("/v1/models/digitnet/versions/3"), 404, "3")
     assert_error(client.get("/v1/models/digitnet/versions/3/metadata"), 404, "3")
+
+
+def test_other_tf_serving_methods_answer_404(client):
+    assert_error(client.post("/v1/models/digitnet:classify", json={"examples": []}), 404,
+                 ":predict")
+    assert_error(client.get("/v1/models/digitnet:regress"), 404, ":predict")
+
+
+def test_a_bug_still_answers_json_500(model):
+    app = create_app(model)
+
+    @app.get("/bug")
+    async def bug():
+        raise RuntimeError("a deliberate bug")
+
+    with RunningServer(model, app=app) as running:
+        response = httpx.get(running.url + "/bug")
+    message = assert_error(response, 500, "internal error")
+    assert "deliberate" not in message  # details go to the log, not to the client
 
 
 def test_wrong_methods_and_routes_answer_json(client):
