@@ -550,6 +550,19 @@ def test_docs_are_self_hosted_and_openapi_lists_every_route(client):
     assert client.get("/redoc").status_code == 404
 
 
+def test_json_without_orjson_is_as_strict(monkeypatch):
+    from digitnet import server as server_module
+
+    monkeypatch.setattr(server_module, "orjson", None)
+    assert server_module.loads_json(b'{"instances": [[0.5, 1]]}') == {"instances": [[0.5, 1]]}
+    for body in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"{", b"\xff"):
+        with pytest.raises(server_module.RequestError):
+            server_module.loads_json(body)
+    encoded = server_module.dumps_json({"p": np.array([[0.25, 0.75]], np.float32),
+                                        "n": np.int64(3)})
+    assert json.loads(encoded) == {"p": [[0.25, 0.75]], "n": 3}
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 

@@ -901,9 +901,14 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *,
     bound_port = sock.getsockname()[1]
     server = build_server(create_app(model, max_body_bytes=max_body_bytes), log_requests)
     shown_host = f"[{host}]" if ":" in host else host
-    announce(f"digitnet: serving {model.name} model ({architectures.describe(model.architecture)})"
-             f" at http://{shown_host}:{bound_port}/ (API /v1/models/{MODEL_NAME}:predict, "
-             f"docs /docs); Ctrl-C stops")
+    base = f"http://{shown_host}:{bound_port}"
+    announce(f"digitnet: serving the {model.name} model, "
+             f"{architectures.describe(model.architecture)}\n"
+             f"  draw:  {base}/\n"
+             f"  API:   {base}/v1/models/{MODEL_NAME}:predict (TensorFlow Serving REST), "
+             f"{base}/api/predict (image upload)\n"
+             f"  docs:  {base}/docs\n"
+             f"Ctrl-C stops.")
     if host not in ("127.0.0.1", "localhost", "::1"):
         announce(f"digitnet: listening on {host}, not only this machine: anyone who can reach "
                  f"it can use the model")
