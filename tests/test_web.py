@@ -308,6 +308,12 @@ def test_dark_mode_and_docs_render(browser, server_url, artifacts):
     page.goto(server_url + "/docs")
     page.wait_for_selector(".op")
     assert page.locator(".op").count() >= 8
+    predict = page.locator(".op").first  # its example holds a 7 drawn on a canvas, as b64
+    predict.locator("summary", has_text="Try it").click()
+    predict.locator("button", has_text="Send").click()
+    answer = predict.locator(".try + pre")
+    answer.locator("text=predictions").wait_for()
+    assert answer.inner_text().startswith("200")
     page.screenshot(path=str(artifacts / "docs.png"))
     assert not watch.foreign and not watch.console_errors
     page.context.close()
