@@ -58,7 +58,8 @@ OUTPUT_NAME = "probabilities"
 # A client batching the whole MNIST test set should split it; 1,000 instances of 784 floats is
 # about 6 MB of JSON and 3 MB of float32, predicted in a few milliseconds.
 MAX_INSTANCES = 1000
-# Enough for a 12-megapixel phone JPEG; far below what would strain memory.
+# Enough for a typical phone photo (a 12-megapixel JPEG is 3 to 5 MB); far below what would
+# strain memory. `digitnet serve --max-request-mb` changes it.
 MAX_BODY_BYTES = 5 * 1024 * 1024
 MNIST_SIDE = 28
 STATIC_DIR = Path(__file__).with_name("static")
