@@ -43,15 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`digitnet ... | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     except (DigitnetError, ValueError, FloatingPointError, OSError) as error:
         # User input is checked with ValueError throughout (keras-io's rule); the message
         # already says what was wrong and what to do.
         print(f"digitnet {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        # The reader went away (`digitnet ... | head`): not an error worth a traceback.
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print(f"digitnet {args.command}: interrupted", file=sys.stderr)
         return 130

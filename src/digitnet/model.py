@@ -42,8 +42,12 @@ def _conv2d(images: np.ndarray, kernel: np.ndarray, stride: int, padding: str) -
         images = np.pad(images, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
                                  (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
     windows = sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
-    # windows: (n, h', w', c, k, k); contract c, k, k against the kernel.
-    return np.einsum("nhwcij,ijcf->nhwf", windows, kernel, optimize=True)
+    # windows: (n, h', w', c, k, k). Copying them into one (n*h'*w', c*k*k) matrix (im2col)
+    # turns the convolution into a single BLAS matrix product, far faster than einsum here.
+    n, out_h, out_w = windows.shape[:3]
+    columns = windows.reshape(n * out_h * out_w, -1)
+    weights = kernel.transpose(2, 0, 1, 3).reshape(-1, kernel.shape[3])
+    return (columns @ weights).reshape(n, out_h, out_w, kernel.shape[3])
 
 
 @dataclass
@@ -159,7 +163,7 @@ class Model:
                 values = values.reshape(len(values), -1)
         return values
 
-    def predict_proba(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities, (n, n_classes) float32, each row summing to 1.
 
         A sigmoid output (the tutorial's network) scores each class independently; its scores
