@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from digitnet import __version__
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:
-        # The reader went away (`digitnet ... | head`): not an error worth a traceback.
-        sys.stderr.close()
+        # The reader went away (`digitnet ... | head`): not an error worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (DigitnetError, ValueError, FloatingPointError, OSError) as error:
         # User input is checked with ValueError throughout (keras-io's rule); the message
