@@ -65,7 +65,7 @@ def predict_image(model, image, name: str | None = None) -> ImagePrediction:
     label = name if name is not None else (str(image) if isinstance(image, (str, os.PathLike))
                                            else "<image>")
     try:
-        seen = preprocess_image(image)
+        seen = preprocess_image(image, name=label)
     except NoDigitFound as error:
         return ImagePrediction(label, error=str(error), no_digit=True)
     except ImageError as error:
