@@ -32,7 +32,11 @@ resolution noise to about 1e-4 in covariance (the sum of Gaussian bumps is then 
 translation invariant) at a small fraction of the cost: a 28x28 image with sigma = 5 needs an
 11x11 lattice instead of a convolution over 28x28 noise. Rows of ``Gy`` and ``Gx`` are scaled to
 unit length, which makes the variance exactly 1 at every pixel, edges included (the lattice
-extends 2 sigma beyond the frame for the same reason).
+extends 2 sigma beyond the frame for the same reason). Measured per 1000 images on the 2-core
+CPU: without XLA the lattice costs about what 7x7 noise + ``tf.image.resize`` does (6 ms, half
+the full-resolution depthwise convolution), and under XLA it is the only one of the three that
+stays cheap (12 ms against 260 ms for resize and 1100 ms for the convolution); resize would
+also leave creases along its grid lines, where bilinear interpolation has a kink.
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ import tensorflow as tf
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
+# Why these values: MNIST digits are centred by mass in a 20x20 box inside 28x28, so 2 px of
+# shift plus 10% of scale keeps nearly all ink in frame (at 2 px, 1% of test digits lose more
+# than 2% of their ink off the edge; at 3 px, 3%). +-10 degrees of rotation and of shear cover
+# the slant seen across writers without turning a 1 into a 7. The elastic field, 0.75 px RMS
+# with sigma 5, strains strokes by about +-11% (RMS of alpha / (sigma * sqrt 2)), close to
+# Ciresan et al. 2010 (sigma 6, Simard alpha 36: 1 px RMS) and about half the displacement of
+# Simard's alpha 34, sigma 4 (1.4 px RMS), at which some 9s start to look like 4s.
 DEFAULT_AUGMENT: dict[str, Any] = {
     "rotation_degrees": 10.0,
     "shift_pixels": 2.0,
@@ -288,8 +299,9 @@ class Augmenter:
         height, width = self.parameters["image_shape"]
         self._shape = (height, width)
         # Pixel coordinates relative to the image centre, which every transform is about.
-        self._x = tf.constant(np.arange(width, dtype=np.float32)[None, :] - (width - 1) / 2.0)
-        self._y = tf.constant(np.arange(height, dtype=np.float32)[:, None] - (height - 1) / 2.0)
+        # NumPy, not tensors: an eager tensor made here would be captured by every graph.
+        self._x = np.arange(width, dtype=np.float32)[None, :] - np.float32((width - 1) / 2)
+        self._y = np.arange(height, dtype=np.float32)[:, None] - np.float32((height - 1) / 2)
 
     def __repr__(self) -> str:
         return f"Augmenter({self.parameters})"
@@ -304,6 +316,8 @@ class Augmenter:
                                       and images.shape[1] != height * width):
             raise ValueError(f"augment: images must be (batch, {height * width}) for "
                              f"image_shape {[height, width]}, got {images.shape}")
+        if parameters["probability"] == 0:
+            return images
         batch = tf.shape(images)[0]
         seeds = tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _SEED_SALT,
