@@ -115,7 +115,8 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
     or a description of the object).
 
     Returns float32 (28, 28) in [0, 1], white ink on black, max exactly 1.0, ink within a 20x20
-    box, centre of mass within half a pixel of (14, 14) in index coordinates.
+    box (20 px on its longer side), centre of mass within one pixel of (14, 14) in index
+    coordinates (usually within half a pixel, as in MNIST).
 
     Raises ``ImageError`` if the image cannot be read or is unusable, ``NoDigitFound`` (a
     subclass) if it holds no ink.
@@ -147,7 +148,7 @@ def validate_mnist_array(array: object, *, name: str = "the array") -> np.ndarra
     and ``NoDigitFound`` for an all-zero array.
     """
     values = np.asarray(array)
-    if values.size != MNIST_SIDE * MNIST_SIDE or values.ndim not in (1, 2, 3):
+    if values.shape not in _MNIST_SHAPES:
         raise ImageError(
             f"{name} has shape {values.shape}; MNIST form is (28, 28) or (784,) "
             "(send a photo or drawing as an image file instead)"
@@ -160,10 +161,13 @@ def validate_mnist_batch(array: object, *, name: str = "the array") -> np.ndarra
     values = np.asarray(array)
     if values.ndim not in (2, 3) or values.shape[1:] not in ((784,), (28, 28)):
         raise ImageError(f"{name} has shape {values.shape}; a batch in MNIST form is (n, 28, 28) or (n, 784)")
-    values = values.reshape(-1, MNIST_SIDE, MNIST_SIDE)
-    return np.stack([_validate_mnist_values(item, f"{name}[{index}]") for index, item in enumerate(values)]) if len(
-        values
-    ) else np.zeros((0, MNIST_SIDE, MNIST_SIDE), np.float32)
+    out = np.zeros((len(values), MNIST_SIDE, MNIST_SIDE), np.float32)
+    for index, item in enumerate(values.reshape(-1, MNIST_SIDE, MNIST_SIDE)):
+        out[index] = _validate_mnist_values(item, f"{name}[{index}]")
+    return out
+
+
+_MNIST_SHAPES = {(28, 28), (784,), (1, 28, 28), (28, 28, 1), (1, 784)}
 
 
 def _validate_mnist_values(values: np.ndarray, name: str) -> np.ndarray:
@@ -186,7 +190,7 @@ def _validate_mnist_values(values: np.ndarray, name: str) -> np.ndarray:
 def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
     """Read any supported input as grey float32 (H, W) in [0, 1], 0 black, transparency composited.
 
-    Very large images come back reduced (area-averaged) to about 1024 px on the long side.
+    Images larger than 640 px on the long side come back reduced by area-averaging to at most that.
     Raises ``ImageError`` with a one-line message naming the image for unreadable input.
     """
     label = _describe(image, name)
@@ -553,7 +557,7 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
         keep = new_keep
         # Normal equations: a 6x6 solve, where lstsq's SVD of the whole sample costs milliseconds.
         kept = design[keep]
-        coefficients = np.linalg.solve(kept.T @ kept + 1e-9 * np.eye(6), kept.T @ values[keep])
+        coefficients = np.linalg.solve(kept.T @ kept + 1e-6 * len(kept) * np.eye(6), kept.T @ values[keep])
     full_y = np.linspace(-1.0, 1.0, rows)[:, None]
     full_x = np.linspace(-1.0, 1.0, cols)[None, :]
     c = coefficients
