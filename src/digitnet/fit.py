@@ -71,9 +71,14 @@ class Fitter:
         self.optimizer.build(self.trainable)
         self._train_chunk = tf.function(self._train_chunk_python, jit_compile=jit_compile,
                                         reduce_retracing=True)
+        # The step and the forward pass have no Python control flow that depends on tensors,
+        # so AutoGraph need not rewrite them, nor everything they call (architecture checks,
+        # the layers, the cost, Adam, augmentation): that rewriting was most of the 2 s the
+        # first epoch took to trace. Only the loop over batches needs it.
+        self._step_graph = tf.autograph.experimental.do_not_convert(self._step)
         self._forward = tf.function(
             lambda X: forward_propagation(X, self.variables, self.architecture),
-            reduce_retracing=True)
+            reduce_retracing=True, autograph=False)
         self._stored_inputs: tuple[tf.Tensor, tf.Tensor] | None = None
 
     # ------------------------------------------------------------------ data and training
@@ -105,7 +110,7 @@ class Fitter:
             indices = order[batch * size:(batch + 1) * size]
             step_seed = tf.stack([tf.constant(self.seed, tf.int64),
                                   tf.cast(self.optimizer.iterations, tf.int64)])
-            total += self._step(tf.gather(X, indices), tf.gather(y, indices), step_seed)
+            total += self._step_graph(tf.gather(X, indices), tf.gather(y, indices), step_seed)
         return total
 
     def _training_inputs(self, X: tf.Tensor) -> tf.Tensor:
