@@ -220,7 +220,9 @@ def train_parameters(X_train, y_train, X_test, y_test, layout, learning_rate: fl
     return fitter.parameters()
 
 
-@tf.function(reduce_retracing=True)
+# Plain Python over the architecture, no tensor-dependent branches: AutoGraph's rewriting of
+# everything it calls would be most of the first call's time.
+@tf.function(reduce_retracing=True, autograph=False)
 def _labels(X, parameters, architecture_json):
     architecture = architectures.validate_architecture(_decode(architecture_json))
     return tf.argmax(forward_propagation(X, parameters, architecture), axis=1)
