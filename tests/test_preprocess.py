@@ -73,6 +73,14 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
+def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Best correlation over shifts of up to one pixel: MNIST's centring rounds to whole pixels,
+    so a centre of mass on a half pixel can land either way."""
+    return max(
+        correlation(np.roll(a, (rows, cols), axis=(0, 1)), b) for rows in (-1, 0, 1) for cols in (-1, 0, 1)
+    )
+
+
 def assert_mnist_geometry(out: np.ndarray) -> None:
     assert out.dtype == np.float32
     assert out.shape == (28, 28)
@@ -566,6 +574,21 @@ def _paper_photo(seed: int) -> bytes:
 def test_blank_images_raise_no_digit_found(make):
     with pytest.raises(NoDigitFound, match="no digit found in"):
         preprocess_image(make())
+
+
+@pytest.mark.parametrize("width", [5, 6])
+def test_a_bold_digit_filling_its_frame_is_not_blank(width):
+    # Over a third of the pixels are ink: the noise must not be measured on the ink.
+    frame = Image.new("L", (28, 28), 0)
+    draw = ImageDraw.Draw(frame)
+    draw.ellipse([6, 3, 21, 14], outline=255, width=width)
+    draw.ellipse([5, 12, 22, 25], outline=255, width=width)
+    eight = np.asarray(frame)
+    assert (eight > 0).mean() > 0.35
+    out = preprocess_image(eight)
+    assert_mnist_geometry(out)
+    # The same drawing with a wide margin, where ink is a small part of the image.
+    assert aligned_correlation(out, preprocess_image(np.pad(eight, 40))) > 0.95
 
 
 def test_a_speck_of_dust_is_not_a_digit():

@@ -491,7 +491,7 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     # Smoothing lets noise average out before any pixel is judged, so a JPEG block or a fibre of
     # paper texture does not pass for ink while a 1-px line keeps about half its contrast.
     smooth = ndimage.gaussian_filter(residual, sigma=1.0, mode="nearest")
-    noise = _robust_sigma(smooth)
+    noise = _background_noise(smooth)
     floor = max(_FLOOR_SIGMAS * noise, _NOISE_FLOOR)
     dark_mass = float(np.clip(-smooth - floor, 0, None).sum())
     light_mass = float(np.clip(smooth - floor, 0, None).sum())
@@ -565,11 +565,19 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     return np.clip(surface, values.min(), values.max()).astype(np.float32)
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    # A strided sample is plenty for a median and keeps this cheap on 1-MP images.
-    step = max(1, int(math.sqrt(values.size / 65536)))
-    sample = values[::step, ::step]
-    return float(1.4826 * np.median(np.abs(sample - np.median(sample))))
+def _background_noise(residual: np.ndarray) -> float:
+    """Standard deviation of the background's noise in a residual centred on the background.
+
+    Ink lies on one side of the background, noise on both: the quieter side measures the noise
+    even where ink covers a large part of the image (a bold digit cropped tight), which a plain
+    median absolute deviation mistakes for noise.
+    """
+    # A strided sample is plenty for a median and keeps this cheap.
+    step = max(1, int(math.sqrt(residual.size / 65536)))
+    sample = residual[::step, ::step]
+    sides = [side for side in (sample[sample >= 0], -sample[sample <= 0]) if side.size]
+    # The median of |x| over one side of a normal distribution is 0.6745 sigma.
+    return float(min(np.median(side) for side in sides) / 0.6745)
 
 
 def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.ndarray:
