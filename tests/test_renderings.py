@@ -151,6 +151,18 @@ def test_felt_pen_is_bolder_and_thin_pen_thinner():
     assert bottom - top > 300
 
 
+def test_thin_pen_draws_a_loop_where_a_thick_pen_filled_it():
+    from scipy import ndimage
+
+    nine = Image.new("L", (28, 28), 0)
+    draw = ImageDraw.Draw(nine)
+    draw.ellipse([9, 4, 19, 13], fill=255)  # the loop, filled in
+    draw.line([(18, 9), (16, 24)], fill=255, width=3)
+    ink = ink_of(render("thin_pen", np.asarray(nine), np.random.default_rng(0))) > 0.5
+    background_regions = ndimage.label(~ink)[1]
+    assert background_regions == 2  # around the digit, and inside the loop
+
+
 def test_rotated_is_turned_by_three_to_ten_degrees():
     bar = np.zeros((28, 28), np.uint8)
     bar[4:24, 13:16] = 255  # exactly vertical
