@@ -210,6 +210,16 @@ def test_uneven_lighting_and_shadow_are_removed():
     assert correlation(out, clean) > 0.9
 
 
+def test_ink_in_shadow_is_as_strong_as_ink_in_light():
+    # A bar across a page lit from the right: its left end reflects a third of the light.
+    drawing = np.asarray(draw_digit("dash", size=300, width=30), np.float32) / 255.0
+    light = np.linspace(0.35, 1.0, 300)[None, :]
+    out = preprocess_image(drawing * light)
+    row = out[int(round(ndimage.center_of_mass(out)[0]))]
+    inside = row[np.flatnonzero(row)[1:-1]]  # the bar's ends are anti-aliased
+    assert inside.min() > 0.8, row
+
+
 def test_specks_far_from_the_digit_are_dropped():
     clean = preprocess_image(draw_digit("seven", size=300))
     specked = draw_digit("seven", size=300)

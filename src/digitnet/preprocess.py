@@ -487,7 +487,8 @@ def _reduce(grey: np.ndarray) -> np.ndarray:
 
 def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke cores."""
-    residual = grey - _fit_background(grey)
+    background = _fit_background(grey)
+    residual = grey - background
     # Smoothing lets noise average out before any pixel is judged, so a JPEG block or a fibre of
     # paper texture does not pass for ink while a 1-px line keeps about half its contrast.
     smooth = ndimage.gaussian_filter(residual, sigma=1.0, mode="nearest")
@@ -503,8 +504,18 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
         dark_ink = float(np.median(grey)) > 0.5
     if dark_ink:
         residual, smooth = -residual, -smooth
+        # Light falls on ink and paper alike, so in a shadow the ink's contrast shrinks with the
+        # paper's brightness; dividing by the paper's level restores it (reflectance instead of
+        # brightness). Light ink on a dark board has no paper level to divide by.
+        level = float(np.median(background))
+        gain = level / np.maximum(background, 0.1 * level + 1e-3)
+        residual, smooth = residual * gain, smooth * gain
+        noise = _background_noise(smooth)
+        floor = max(_FLOOR_SIGMAS * noise, _NOISE_FLOOR)
 
     candidates = smooth > floor
+    if not candidates.any():
+        raise NoDigitFound(f"no digit found in {name}: the image is blank (no ink stands out from the background)")
     level = float(np.percentile(np.maximum(residual[candidates], smooth[candidates]), 90))
     if level < max(_MIN_CONTRAST, _SIGNAL_SIGMAS * noise):
         raise NoDigitFound(
@@ -548,11 +559,12 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     coefficients = np.zeros(6)
     coefficients[0] = np.median(values)
     keep = np.ones(values.shape, bool)
-    for _ in range(6):
+    for iteration in range(6):
         residual = values - design @ coefficients
         spread = 1.4826 * np.median(np.abs(residual)) + 1e-3
         new_keep = np.abs(residual) < 2.5 * spread
-        if new_keep.sum() < 12 or np.array_equal(new_keep, keep):
+        # The first pass always fits: a strong gradient can keep every pixel at first.
+        if new_keep.sum() < 12 or (iteration > 0 and np.array_equal(new_keep, keep)):
             break
         keep = new_keep
         # Normal equations: a 6x6 solve, where lstsq's SVD of the whole sample costs milliseconds.
@@ -700,7 +712,9 @@ def _placement(length: int, centre_of_mass: float, scale: float) -> tuple[int, i
     count = max(1, math.ceil(span - 1e-6))
     if count > BOX_SIDE:
         return None
-    start = round(CENTRE + 0.5 - centre_of_mass * scale)
+    # A symmetric digit has its centre of mass on a half pixel; rounding such ties the same way
+    # every time keeps float noise (from the polarity, the format) from moving it a pixel.
+    start = math.floor(CENTRE + 1.0 - centre_of_mass * scale + 1e-4)
     if start < 0 or start + count > MNIST_SIDE:
         return None
     return start, count
