@@ -9,7 +9,6 @@ an interrupted run to the same result, and touches the test set once, for the fi
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from digitnet import __version__, architectures
+from digitnet import architectures
 from digitnet.errors import DigitnetError, ModelFileError
 from digitnet.model import Model
 from digitnet.modelfile import CHECKPOINT_KIND, base_header, read_bundle, write_bundle
