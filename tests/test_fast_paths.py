@@ -10,7 +10,6 @@ by ``benchmarks/speed.py``, never asserted here.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -124,6 +123,30 @@ def test_large_batches_equal_the_reference(bfloat16_models, name, count):
     X = np.random.default_rng(count).random((count, 784), dtype=np.float32)
     X[X < 0.8] = 0.0  # MNIST-like sparsity
     assert_same_predictions(model, X)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_blocks_on_worker_threads_equal_one_block_and_restore_blas(bfloat16_models, name):
+    """Concurrent callers (the server's threads) share the worker threads and BLAS's
+    one-thread hold; afterwards BLAS has its threads back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info()
+                if info["user_api"] == "blas"]
+
+    model, _ = bfloat16_models[name]
+    X = np.random.default_rng(1).random((1100 if name == "cnn" else 3000, 784),
+                                        dtype=np.float32)
+    before = blas_threads()
+    whole = model.forward(X, block_rows=len(X))
+    with ThreadPoolExecutor(4) as callers:
+        answers = list(callers.map(lambda rows: model.forward(X, block_rows=rows),
+                                   [None, 100, 333, 1000] * 2))
+    for answer in answers:
+        np.testing.assert_allclose(answer, whole, rtol=1e-5, atol=1e-6)
+    assert blas_threads() == before
 
 
 def test_the_dense_path_leaves_the_input_alone(bfloat16_models, mnist_like):
