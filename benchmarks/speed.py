@@ -925,7 +925,7 @@ def _targets(results: dict) -> list[str]:
         lines.append(f"- `digitnet predict` of one image {seconds:.2f} s median, "
                      f"{cli['predict_best_s']:.2f} s best (target <= {TARGET_CLI_SECONDS:g} s):"
                      f" {'met' if seconds <= TARGET_CLI_SECONDS else 'NOT met'}; it printed "
-                     f"`{cli['output']}` for a {cli['label']}")
+                     f"`{' '.join(cli['output'].split())}` for a {cli['label']}")
     keras_predict = results.get("predict_keras", {})
     if "agreement_with_reference" in keras_predict:
         lines.append(f"- NumPy predictions agree with TensorFlow's forward pass on "
