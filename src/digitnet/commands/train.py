@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="random shifts, rotations and elastic distortion while training")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
                         help="arithmetic for training: bfloat16 is several times faster on CPUs "
-                             "with AMX; auto picks it there for mlp and cnn (weights and the "
+                             "with AMX; auto picks it there (weights and the "
                              "saved model stay float32)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seeds initialisation, shuffling, dropout and augmentation "
