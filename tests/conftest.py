@@ -25,6 +25,21 @@ def encode_idx(array: np.ndarray) -> bytes:
     return header + array.tobytes()
 
 
+def write_dataset(directory: Path, arrays: dict, gzipped=True, names: dict | None = None) -> Path:
+    """Write ``arrays`` (kind -> uint8 array) as IDX files under MNIST's names (or ``names``),
+    gzipped or raw, into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, array in arrays.items():
+        content = encode_idx(array)
+        file_name = (names or {}).get(kind) or FAKE_FILE_NAMES[kind]
+        if gzipped:
+            content = gzip.compress(content)
+        else:
+            file_name = file_name.removesuffix(".gz")
+        (directory / file_name).write_bytes(content)
+    return directory
+
+
 def fake_mnist_arrays(n_train=60, n_test=20, n_classes=10, rows=28, cols=28, seed=0):
     """Learnable fake digits: class k lights a horizontal band at a k-dependent height over
     dim noise, so a model can separate classes. Every class appears in train and in test."""
@@ -58,17 +73,7 @@ def make_fake_mnist(tmp_path):
     """
 
     def make(name="fake", gzipped=True, **sizes):
-        directory = tmp_path / name
-        directory.mkdir(parents=True, exist_ok=True)
-        for kind, array in fake_mnist_arrays(**sizes).items():
-            content = encode_idx(array)
-            file_name = FAKE_FILE_NAMES[kind]
-            if gzipped:
-                content = gzip.compress(content)
-            else:
-                file_name = file_name.removesuffix(".gz")
-            (directory / file_name).write_bytes(content)
-        return directory
+        return write_dataset(tmp_path / name, fake_mnist_arrays(**sizes), gzipped=gzipped)
 
     return make
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
@@ -57,19 +58,6 @@ def fake_dataset(n_train=50, n_test=20, n_classes=3, rows=28, cols=28, seed=0):
         "test_images": rng.integers(0, 256, size=(n_test, rows, cols), dtype=np.uint8),
         "test_labels": rng.integers(0, n_classes, size=n_test, dtype=np.uint8),
     }
-
-
-def write_dataset(directory: Path, arrays: dict, gzipped=True, names: dict | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for kind, array in arrays.items():
-        content = encode_idx(array)
-        name = (names or {}).get(kind) or MNIST_FILES[kind]
-        if gzipped:
-            content = gzip.compress(content)
-        else:
-            name = name.removesuffix(".gz")
-        (directory / name).write_bytes(content)
-    return directory
 
 
 def decompressed_sha256(arrays: dict) -> dict[str, str]:

@@ -8,6 +8,7 @@ tutorial's network and digitnet's own models go through the same code.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping
 
@@ -224,14 +225,9 @@ def train_parameters(X_train, y_train, X_test, y_test, layout, learning_rate: fl
 # everything it calls would be most of the first call's time.
 @tf.function(reduce_retracing=True, autograph=False)
 def _labels(X, parameters, architecture_json):
-    architecture = architectures.validate_architecture(_decode(architecture_json))
+    # The architecture travels as a JSON string: a hashable, value-compared trace key.
+    architecture = architectures.validate_architecture(json.loads(architecture_json))
     return tf.argmax(forward_propagation(X, parameters, architecture), axis=1)
-
-
-def _decode(architecture_json):
-    import json
-
-    return json.loads(architecture_json)
 
 
 def predict(X_predict, parameters: Mapping, layout: Any = None) -> np.ndarray:
@@ -239,8 +235,6 @@ def predict(X_predict, parameters: Mapping, layout: Any = None) -> np.ndarray:
 
     The compiled graph is traced once per architecture and reused on later calls.
     """
-    import json
-
     X_predict = np.asarray(X_predict, dtype=np.float32)
     if X_predict.ndim == 1:
         X_predict = X_predict.reshape(1, -1)
