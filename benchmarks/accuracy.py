@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override every model's epochs (quick look)")
     args = parser.parse_args(argv)
 
-    from digitnet.training import TrainConfig, train_and_evaluate
+    from digitnet.training.runs import TrainConfig, train_and_evaluate
 
     rows = []
     for model in args.models.split(","):
@@ -38,29 +38,50 @@ def main(argv: list[str] | None = None) -> int:
             config = TrainConfig(model=model, seed=seed, epochs=args.epochs)
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as workdir:
-                result = train_and_evaluate(config, workdir, data_dir=args.data_dir,
-                                            log=lambda line: None)
+                result = train_and_evaluate(
+                    config, workdir, data_dir=args.data_dir, log=lambda line: None
+                )
             seconds = time.perf_counter() - started
             metrics = result.metrics
-            rows.append((model, seed, metrics.get("val_accuracy"), metrics["test_accuracy"],
-                         metrics["epochs"], metrics["best_epoch"], metrics["train_seconds"],
-                         seconds))
-            val = "-" if metrics.get("val_accuracy") is None else \
-                f"{metrics['val_accuracy'] * 100:.2f}"
-            print(f"# {model} seed {seed}: val {val} test {metrics['test_accuracy'] * 100:.2f} "
-                  f"in {seconds:.0f} s", file=sys.stderr, flush=True)
+            rows.append(
+                (
+                    model,
+                    seed,
+                    metrics.get("val_accuracy"),
+                    metrics["test_accuracy"],
+                    metrics["epochs"],
+                    metrics["best_epoch"],
+                    metrics["train_seconds"],
+                    seconds,
+                )
+            )
+            val = (
+                "-"
+                if metrics.get("val_accuracy") is None
+                else f"{metrics['val_accuracy'] * 100:.2f}"
+            )
+            print(
+                f"# {model} seed {seed}: val {val} test {metrics['test_accuracy'] * 100:.2f} "
+                f"in {seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     print("| model | seed | validation % | test % | epochs (best) | train s | total s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for model, seed, val, test, epochs, best, train_s, total_s in rows:
         val_text = "-" if val is None else f"{val * 100:.2f}"
-        print(f"| {model} | {seed} | {val_text} | {test * 100:.2f} | {epochs} ({best}) | "
-              f"{train_s:.0f} | {total_s:.0f} |")
+        print(
+            f"| {model} | {seed} | {val_text} | {test * 100:.2f} | {epochs} ({best}) | "
+            f"{train_s:.0f} | {total_s:.0f} |"
+        )
     for model in dict.fromkeys(row[0] for row in rows):
         tests = [row[3] * 100 for row in rows if row[0] == model]
         if len(tests) > 1:
-            print(f"| {model} | mean of {len(tests)} | | {statistics.mean(tests):.2f} "
-                  f"(min {min(tests):.2f}) | | | |")
+            print(
+                f"| {model} | mean of {len(tests)} | | {statistics.mean(tests):.2f} "
+                f"(min {min(tests):.2f}) | | | |"
+            )
     print()
     print("| reference | test % |")
     print("| --- | --- |")

@@ -1,12 +1,14 @@
 """Accuracy of a trained model on realistic renderings of MNIST test digits.
 
 Each of the first ``--n`` MNIST test digits is rendered the way people really produce digit
-images (``digitnet.renderings``: phone photo, canvas export, small digit on a large page, felt
-pen, rotated, thin pen), encoded, read back and preprocessed by ``digitnet.preprocess`` exactly
-as ``digitnet predict`` would, and classified. The table compares each kind's accuracy with the
-accuracy on the untouched 28x28 digits; the goal is that every kind is within 1.5 points.
+images (``renderings``: phone photo, canvas export, small digit on a large page, felt
+pen, rotated, thin pen), encoded, read back and preprocessed by
+``digitnet.inference.preprocess`` exactly as ``digitnet predict`` would, and classified. The
+table compares each kind's accuracy with the accuracy on the untouched 28x28 digits; the goal
+is that every kind is within 1.5 points.
 
-    python benchmarks/images.py MODEL_FILE [--n 1000] [--seed 0] [--data-dir DIR] [--kinds photo_jpeg,...]
+    python benchmarks/images.py MODEL_FILE [--n 1000] [--seed 0] [--data-dir DIR]
+        [--kinds photo_jpeg,...]
 
 Rows:
     28x28           the test digits as they are (the baseline)
@@ -36,7 +38,8 @@ RECENTRED = "28x28 re-centred"
 
 @dataclass
 class Row:
-    """One line of the table. ``accuracy`` in [0, 1]; ``seconds`` spent rendering + preprocessing."""
+    """One line of the table. ``accuracy`` in [0, 1]; ``seconds`` spent rendering +
+    preprocessing."""
 
     kind: str
     accuracy: float
@@ -47,7 +50,9 @@ class Row:
 
 def accuracy_of(model, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of ``images`` (n, 28, 28) float32 MNIST form that ``model`` labels correctly."""
-    probabilities = np.asarray(model.predict_proba(images.reshape(len(images), 784).astype(np.float32)))
+    probabilities = np.asarray(
+        model.predict_proba(images.reshape(len(images), 784).astype(np.float32))
+    )
     return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
@@ -64,7 +69,7 @@ def preprocessed_kind(
     all zeros and is scored wrong whatever the model says about it.
     """
     from digitnet.errors import ImageError
-    from digitnet.preprocess import preprocess_image
+    from digitnet.inference.preprocess import preprocess_image
 
     images = np.zeros((len(digits), 28, 28), np.float32)
     refused = np.zeros(len(digits), bool)
@@ -77,26 +82,53 @@ def preprocessed_kind(
     return images, refused, time.perf_counter() - start
 
 
-def evaluate(model, digits: np.ndarray, labels: np.ndarray, *, seed: int = 0, kinds: Sequence[str] | None = None) -> list[Row]:
+def evaluate(
+    model,
+    digits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    kinds: Sequence[str] | None = None,
+) -> list[Row]:
     """Rows of the table for ``digits`` uint8 (n, 28, 28) with ``labels`` (n,)."""
-    from digitnet.renderings import RENDERINGS
+    from renderings import RENDERINGS
 
     kinds = list(RENDERINGS) if kinds is None else list(kinds)
     labels = np.asarray(labels)
-    rows = [Row(BASELINE, accuracy_of(model, digits.astype(np.float32) / 255.0, labels), len(digits))]
+    rows = [
+        Row(BASELINE, accuracy_of(model, digits.astype(np.float32) / 255.0, labels), len(digits))
+    ]
 
     images, refused, seconds = preprocessed_kind(lambda digit, index: digit, digits, RECENTRED)
-    rows.append(Row(RECENTRED, _scored(model, images, refused, labels), len(digits), int(refused.sum()), seconds))
+    rows.append(
+        Row(
+            RECENTRED,
+            _scored(model, images, refused, labels),
+            len(digits),
+            int(refused.sum()),
+            seconds,
+        )
+    )
 
     for kind in kinds:
         function = RENDERINGS[kind]
         kind_index = list(RENDERINGS).index(kind)
 
-        def make_image(digit: np.ndarray, index: int, function=function, kind_index=kind_index) -> bytes:
+        def make_image(
+            digit: np.ndarray, index: int, function=function, kind_index=kind_index
+        ) -> bytes:
             return function(digit, rendering_seed(seed, kind_index, index)).data
 
         images, refused, seconds = preprocessed_kind(make_image, digits, kind)
-        rows.append(Row(kind, _scored(model, images, refused, labels), len(digits), int(refused.sum()), seconds))
+        rows.append(
+            Row(
+                kind,
+                _scored(model, images, refused, labels),
+                len(digits),
+                int(refused.sum()),
+                seconds,
+            )
+        )
     return rows
 
 
@@ -107,16 +139,20 @@ def _scored(model, images: np.ndarray, refused: np.ndarray, labels: np.ndarray) 
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """The table as text: kind, accuracy %, delta in points against the 28x28 row, refused, ms/image."""
+    """The table as text: kind, accuracy %, delta in points against the 28x28 row, refused,
+    ms/image."""
     baseline = next(row.accuracy for row in rows if row.kind == BASELINE)
     width = max(len(row.kind) for row in rows)
-    lines = [f"{'kind':<{width}}  {'accuracy':>8}  {'delta':>6}  {'refused':>7}  {'ms/image':>8}  goal"]
+    lines = [
+        f"{'kind':<{width}}  {'accuracy':>8}  {'delta':>6}  {'refused':>7}  {'ms/image':>8}  goal"
+    ]
     for row in rows:
         delta = 100.0 * (row.accuracy - baseline)
         ms = f"{1000.0 * row.seconds / row.count:8.1f}" if row.seconds else f"{'':8}"
         goal = "" if row.kind == BASELINE else ("ok" if delta >= -GOAL_POINTS else "MISSED")
         lines.append(
-            f"{row.kind:<{width}}  {100.0 * row.accuracy:7.2f}%  {delta:+6.2f}  {row.refused:>7}  {ms}  {goal}"
+            f"{row.kind:<{width}}  {100.0 * row.accuracy:7.2f}%  {delta:+6.2f}  {row.refused:>7} "
+            f" {ms}  {goal}"
         )
     return "\n".join(lines)
 
@@ -124,24 +160,40 @@ def format_table(rows: Sequence[Row]) -> str:
 def missed(rows: Sequence[Row]) -> list[str]:
     """Kinds more than GOAL_POINTS below the 28x28 accuracy."""
     baseline = next(row.accuracy for row in rows if row.kind == BASELINE)
-    return [row.kind for row in rows if row.kind != BASELINE and 100.0 * (row.accuracy - baseline) < -GOAL_POINTS]
+    return [
+        row.kind
+        for row in rows
+        if row.kind != BASELINE and 100.0 * (row.accuracy - baseline) < -GOAL_POINTS
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_file", help="a model file written by `digitnet train --save-model`")
-    parser.add_argument("--n", type=int, default=1000, help="number of MNIST test digits (default 1000)")
+    parser.add_argument(
+        "--n", type=int, default=1000, help="number of MNIST test digits (default 1000)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the renderings (default 0)")
-    parser.add_argument("--data-dir", default=None, help="directory with the MNIST IDX files (default: DIGITNET_DATA_DIR or the cache)")
-    parser.add_argument("--kinds", default=None, help="comma-separated rendering kinds (default: all)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the MNIST IDX files (default: DIGITNET_DATA_DIR or the cache)",
+    )
+    parser.add_argument(
+        "--kinds", default=None, help="comma-separated rendering kinds (default: all)"
+    )
     args = parser.parse_args(argv)
 
-    from digitnet.data import load_mnist_arrays
+    from digitnet.data.mnist import load_mnist_arrays
     from digitnet.errors import DigitnetError
-    from digitnet.modelfile import load_model
-    from digitnet.renderings import RENDERINGS
+    from digitnet.inference.modelfile import load_model
+    from renderings import RENDERINGS
 
-    kinds = None if args.kinds is None else [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    kinds = (
+        None
+        if args.kinds is None
+        else [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+    )
     unknown = sorted(set(kinds or []) - set(RENDERINGS))
     if unknown:
         parser.error(f"unknown kinds {', '.join(unknown)}; choose from {', '.join(RENDERINGS)}")

@@ -40,27 +40,36 @@ TARGET_P99_MS = 25.0
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="model file to serve (default: a seed-shaped "
-                        "model with random weights: same work per request as a trained one)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model file to serve (default: a seed-shaped "
+        "model with random weights: same work per request as a trained one)",
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured (30)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (2)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
-    parser.add_argument("--quiet-server", action="store_true",
-                        help="run the server without its per-request log line")
+    parser.add_argument(
+        "--quiet-server",
+        action="store_true",
+        help="run the server without its per-request log line",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     return parser.parse_args(argv)
 
 
 def random_seed_model(path: Path) -> Path:
-    from digitnet import architectures
-    from digitnet.model import Model
-    from digitnet.modelfile import save_model
+    from digitnet.inference.model import Model
+    from digitnet.inference.modelfile import save_model
+    from digitnet.models import architectures
 
     architecture = architectures.seed_architecture()
     rng = np.random.default_rng(0)
-    parameters = {name: rng.normal(0, 0.05, shape).astype(np.float32)
-                  for name, shape in architectures.parameter_shapes(architecture).items()}
+    parameters = {
+        name: rng.normal(0, 0.05, shape).astype(np.float32)
+        for name, shape in architectures.parameter_shapes(architecture).items()
+    }
     save_model(Model(architecture, parameters, {"training": {"model": "seed"}}), path)
     return path
 
@@ -79,13 +88,16 @@ def start_server(model: Path, port: int, quiet: bool, log_path: Path) -> subproc
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_until_ready(process: subprocess.Popen, port: int, log_path: Path,
-                     timeout: float = 60.0) -> None:
+def wait_until_ready(
+    process: subprocess.Popen, port: int, log_path: Path, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}:\n"
-                             f"{log_path.read_text(errors='replace')}")
+            raise SystemExit(
+                f"the server exited with {process.returncode}:\n"
+                f"{log_path.read_text(errors='replace')}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
                 return
@@ -100,8 +112,10 @@ def request_bytes(port: int) -> bytes:
     image = np.zeros((28, 28))
     image[6:22, 12:16] = rng.uniform(0.6, 1.0, (16, 4))  # a "1"
     body = json.dumps({"instances": [np.round(image.reshape(-1), 4).tolist()]}).encode()
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -131,14 +145,21 @@ def _complete_response(buffer: bytearray) -> tuple[int, int] | None:
         return None
     head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
     status = int(head[0].split(" ", 2)[1])
-    length = next((int(line.split(":", 1)[1]) for line in head[1:]
-                   if line.lower().startswith("content-length:")), 0)
+    length = next(
+        (
+            int(line.split(":", 1)[1])
+            for line in head[1:]
+            if line.lower().startswith("content-length:")
+        ),
+        0,
+    )
     total = end + 4 + length
     return (status, total) if len(buffer) >= total else None
 
 
-def run_load(port: int, concurrency: int, warmup: float, duration: float,
-             payload: bytes) -> tuple[Results, float]:
+def run_load(
+    port: int, concurrency: int, warmup: float, duration: float, payload: bytes
+) -> tuple[Results, float]:
     """Keep ``concurrency`` requests in flight; returns results of the measured window and
     its length in seconds."""
     selector = selectors.DefaultSelector()
@@ -201,8 +222,9 @@ def cpu_seconds(pid: int) -> float:
 
 def check_answer(port: int, payload: bytes) -> None:
     body = payload.split(b"\r\n\r\n", 1)[1]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", body,
-                                     {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{PATH}", body, {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = json.loads(response.read())
     row = answer["predictions"][0]
@@ -210,33 +232,59 @@ def check_answer(port: int, payload: bytes) -> None:
         raise SystemExit(f"unexpected answer: {answer}")
 
 
-def report(results: Results, seconds: float, server_cpu: float, client_cpu: float,
-           concurrency: int, model_label: str, load_before: float) -> dict:
+def report(
+    results: Results,
+    seconds: float,
+    server_cpu: float,
+    client_cpu: float,
+    concurrency: int,
+    model_label: str,
+    load_before: float,
+) -> dict:
     latencies = np.array(results.latencies_ns, dtype=np.float64) / 1e6
     count = len(latencies)
-    p50, p90, p99 = (np.percentile(latencies, [50, 90, 99]) if count else (float("nan"),) * 3)
-    figures = {"requests": count, "errors": results.errors,
-               "requests_per_second": count / seconds, "p50_ms": p50, "p90_ms": p90,
-               "p99_ms": p99, "max_ms": float(latencies.max()) if count else float("nan"),
-               "server_cpu_percent": 100 * server_cpu / seconds,
-               "client_cpu_percent": 100 * client_cpu / seconds,
-               # CPU time per request: unlike req/s, it barely moves when other processes
-               # share the cores, and 1e6 / it is what one free core could serve.
-               "server_cpu_us_per_request": 1e6 * server_cpu / count if count else float("nan")}
-    print(f"digitnet serve: POST {PATH}, one digit (784 floats) per request, "
-          f"{concurrency} concurrent clients, {seconds:.0f} s, {model_label}")
-    print(f"{'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
-          f"{'p99 ms':>7} {'max ms':>7} {'server CPU':>11} {'us/req':>7} {'client CPU':>11}")
-    print(f"{count:>9,} {results.errors:>7} {figures['requests_per_second']:>8,.0f} "
-          f"{p50:>7.2f} {p90:>7.2f} {p99:>7.2f} {figures['max_ms']:>7.2f} "
-          f"{figures['server_cpu_percent']:>10.0f}% {figures['server_cpu_us_per_request']:>7.0f} "
-          f"{figures['client_cpu_percent']:>10.0f}%")
-    print(f"load average before the run: {load_before:.1f} on {os.cpu_count()} cores "
-          f"(other processes lower req/s and raise p99)")
-    met = (figures["requests_per_second"] >= TARGET_REQUESTS_PER_SECOND
-           and p99 <= TARGET_P99_MS and results.errors == 0)
-    print(f"target (>= {TARGET_REQUESTS_PER_SECOND:,} req/s, p99 <= {TARGET_P99_MS:g} ms, "
-          f"no errors): {'met' if met else 'NOT met'}")
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) if count else (float("nan"),) * 3
+    figures = {
+        "requests": count,
+        "errors": results.errors,
+        "requests_per_second": count / seconds,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "max_ms": float(latencies.max()) if count else float("nan"),
+        "server_cpu_percent": 100 * server_cpu / seconds,
+        "client_cpu_percent": 100 * client_cpu / seconds,
+        # CPU time per request: unlike req/s, it barely moves when other processes
+        # share the cores, and 1e6 / it is what one free core could serve.
+        "server_cpu_us_per_request": 1e6 * server_cpu / count if count else float("nan"),
+    }
+    print(
+        f"digitnet serve: POST {PATH}, one digit (784 floats) per request, "
+        f"{concurrency} concurrent clients, {seconds:.0f} s, {model_label}"
+    )
+    print(
+        f"{'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
+        f"{'p99 ms':>7} {'max ms':>7} {'server CPU':>11} {'us/req':>7} {'client CPU':>11}"
+    )
+    print(
+        f"{count:>9,} {results.errors:>7} {figures['requests_per_second']:>8,.0f} "
+        f"{p50:>7.2f} {p90:>7.2f} {p99:>7.2f} {figures['max_ms']:>7.2f} "
+        f"{figures['server_cpu_percent']:>10.0f}% {figures['server_cpu_us_per_request']:>7.0f} "
+        f"{figures['client_cpu_percent']:>10.0f}%"
+    )
+    print(
+        f"load average before the run: {load_before:.1f} on {os.cpu_count()} cores "
+        f"(other processes lower req/s and raise p99)"
+    )
+    met = (
+        figures["requests_per_second"] >= TARGET_REQUESTS_PER_SECOND
+        and p99 <= TARGET_P99_MS
+        and results.errors == 0
+    )
+    print(
+        f"target (>= {TARGET_REQUESTS_PER_SECOND:,} req/s, p99 <= {TARGET_P99_MS:g} ms, "
+        f"no errors): {'met' if met else 'NOT met'}"
+    )
     for example in results.error_examples:
         print(f"error response: {example!r}")
     return figures
@@ -258,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             check_answer(port, payload)
             server_before = cpu_seconds(process.pid)
             client_before = time.process_time()
-            results, seconds = run_load(port, args.concurrency, args.warmup, args.duration,
-                                        payload)
+            results, seconds = run_load(port, args.concurrency, args.warmup, args.duration, payload)
             # The warm-up is included in both CPU readings; it is short next to the run.
             server_cpu = cpu_seconds(process.pid) - server_before
             client_cpu = time.process_time() - client_before
@@ -269,9 +316,15 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        figures = report(results, seconds, server_cpu * seconds / (seconds + args.warmup),
-                         client_cpu * seconds / (seconds + args.warmup), args.concurrency,
-                         model_label, load_before)
+        figures = report(
+            results,
+            seconds,
+            server_cpu * seconds / (seconds + args.warmup),
+            client_cpu * seconds / (seconds + args.warmup),
+            args.concurrency,
+            model_label,
+            load_before,
+        )
         if args.json:
             print(json.dumps(figures))
     return 1 if results.errors else 0

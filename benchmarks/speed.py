@@ -80,7 +80,7 @@ def _quiet_tensorflow() -> None:
 
 def _load(data_dir: str):
     """The official split as float32 images (n, 784) in [0, 1] and one-hot labels (n, 10)."""
-    from digitnet.data import load_mnist
+    from digitnet.data.mnist import load_mnist
 
     X_train, X_test, y_train, y_test = load_mnist(split="official", data_dir=data_dir)
     return X_train, y_train, X_test, y_test
@@ -101,7 +101,7 @@ def training_flops_per_sample(architecture: dict) -> int:
     """Matrix-product FLOPs to train on one sample: the forward pass, the weight gradients,
     and the input gradients of every layer but the first (nothing needs the image's gradient).
     Elementwise work (activations, batchnorm, Adam) is left out, as GEMM peaks count none."""
-    from digitnet import architectures
+    from digitnet.models import architectures
 
     shapes = architectures.layer_shapes(architecture)
     previous = tuple(architecture["input_shape"])
@@ -117,7 +117,10 @@ def training_flops_per_sample(architecture: dict) -> int:
 
 def _percentiles_us(nanoseconds: list[int]) -> dict:
     ordered = sorted(nanoseconds)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+
     return {"p50_us": pick(0.50), "p99_us": pick(0.99), "calls": len(ordered)}
 
 
@@ -132,7 +135,7 @@ def worker_gemm(options: dict) -> dict:
     import tensorflow as tf
 
     size, seconds = 2048, options["seconds"]
-    flops = 2 * size ** 3
+    flops = 2 * size**3
     rng = np.random.default_rng(0)
     a, b = (rng.random((size, size), dtype=np.float32) for _ in range(2))
 
@@ -148,9 +151,9 @@ def worker_gemm(options: dict) -> dict:
     results = {"numpy_float32": best(lambda: a @ b)}
     for dtype in (tf.float32, tf.bfloat16):
         ta, tb = tf.constant(a, dtype), tf.constant(b, dtype)
-        product = tf.function(lambda: tf.reduce_sum(tf.matmul(ta, tb)[:1, :1]))
+        product = tf.function(lambda ta=ta, tb=tb: tf.reduce_sum(tf.matmul(ta, tb)[:1, :1]))
         # Reducing one element makes .numpy() wait for the product without copying 16 MB.
-        results[f"tensorflow_{dtype.name}"] = best(lambda: product().numpy())
+        results[f"tensorflow_{dtype.name}"] = best(lambda product=product: product().numpy())
     results["float32_peak"] = max(results["numpy_float32"], results["tensorflow_float32"])
     results["bfloat16_peak"] = results["tensorflow_bfloat16"]
     return results
@@ -161,17 +164,22 @@ def worker_seed_digitnet(options: dict) -> dict:
     _quiet_tensorflow()
     import tensorflow as tf
 
-    from digitnet import architectures
-    from digitnet.fit import Fitter
-    from digitnet.training import PRESETS, compute_dtype
+    from digitnet.models import architectures
+    from digitnet.training.engine import Fitter
+    from digitnet.training.runs import PRESETS, compute_dtype
 
     X, y, X_test, y_test = _load(options["data_dir"])
     precision = options["precision"] or PRESETS["seed"]["precision"]
     architecture = architectures.seed_architecture()
     tf.config.experimental.enable_op_determinism()  # as digitnet train does
-    fitter = Fitter(architecture, cost="mse", learning_rate=SEED_LEARNING_RATE,
-                    batch_size=SEED_BATCH, seed=options["seed"],
-                    compute_dtype=compute_dtype(precision))
+    fitter = Fitter(
+        architecture,
+        cost="mse",
+        learning_rate=SEED_LEARNING_RATE,
+        batch_size=SEED_BATCH,
+        seed=options["seed"],
+        compute_dtype=compute_dtype(precision),
+    )
     fitter.set_output_bias_from_labels(y)
     data = fitter.dataset(X, y)
     times = []
@@ -179,17 +187,23 @@ def worker_seed_digitnet(options: dict) -> dict:
         started = time.perf_counter()
         fitter.train_epoch(data, epoch)
         times.append(time.perf_counter() - started)
-    result = {"precision": compute_dtype(precision) or "float32",
-              "samples_per_second": len(X) // SEED_BATCH * SEED_BATCH * (len(times) - 1)
-              / sum(times[1:]),
-              "test_accuracy": fitter.accuracy(X_test, y_test)}
+    result = {
+        "precision": compute_dtype(precision) or "float32",
+        "samples_per_second": len(X) // SEED_BATCH * SEED_BATCH * (len(times) - 1) / sum(times[1:]),
+        "test_accuracy": fitter.accuracy(X_test, y_test),
+    }
     if options.get("save_model"):
-        from digitnet.model import Model
-        from digitnet.modelfile import save_model
+        from digitnet.inference.model import Model
+        from digitnet.inference.modelfile import save_model
 
-        model = Model(architecture, fitter.parameters(), {
-            "training": {"model": "seed", "precision": result["precision"]},
-            "data": {"split": "official"}})
+        model = Model(
+            architecture,
+            fitter.parameters(),
+            {
+                "training": {"model": "seed", "precision": result["precision"]},
+                "data": {"split": "official"},
+            },
+        )
         save_model(model, options["save_model"])
     return result
 
@@ -203,17 +217,24 @@ def _keras_layers(architecture: dict, output_bias):
     for layer in architecture["layers"][:-1]:
         kind = layer["type"]
         if kind == "dense":
-            layers.append(keras.layers.Dense(layer["units"], activation=layer["activation"],
-                                             use_bias=layer["use_bias"]))
+            layers.append(
+                keras.layers.Dense(
+                    layer["units"], activation=layer["activation"], use_bias=layer["use_bias"]
+                )
+            )
         elif kind == "conv":
-            layers.append(keras.layers.Conv2D(layer["filters"], layer["kernel"],
-                                              strides=layer["stride"],
-                                              padding=layer["padding"],
-                                              activation=layer["activation"],
-                                              use_bias=layer["use_bias"]))
+            layers.append(
+                keras.layers.Conv2D(
+                    layer["filters"],
+                    layer["kernel"],
+                    strides=layer["stride"],
+                    padding=layer["padding"],
+                    activation=layer["activation"],
+                    use_bias=layer["use_bias"],
+                )
+            )
         elif kind == "batchnorm":
-            layers.append(keras.layers.BatchNormalization(momentum=layer["momentum"],
-                                                          epsilon=1e-3))
+            layers.append(keras.layers.BatchNormalization(momentum=layer["momentum"], epsilon=1e-3))
             if layer["activation"] != "linear":
                 layers.append(keras.layers.Activation(layer["activation"]))
         elif kind == "dropout":
@@ -223,8 +244,9 @@ def _keras_layers(architecture: dict, output_bias):
         else:
             raise ValueError(f"no Keras translation for {kind}")
     last = architecture["layers"][-1]
-    layers.append(keras.layers.Dense(
-        last["units"], bias_initializer=keras.initializers.Constant(output_bias)))
+    layers.append(
+        keras.layers.Dense(last["units"], bias_initializer=keras.initializers.Constant(output_bias))
+    )
     layers.append(keras.layers.Activation(last["activation"], dtype="float32"))
     return layers
 
@@ -243,18 +265,22 @@ def worker_seed_keras(options: dict) -> dict:
     import numpy as np
 
     keras = _keras_setup(options["policy"], options["seed"])
-    from digitnet import architectures
+    from digitnet.models import architectures
 
     X, y, X_test, y_test = _load(options["data_dir"])
-    model = keras.Sequential(_keras_layers(architectures.seed_architecture(),
-                                           _output_bias(y, "sigmoid")))
+    model = keras.Sequential(
+        _keras_layers(architectures.seed_architecture(), _output_bias(y, "sigmoid"))
+    )
     model.compile(keras.optimizers.Adam(SEED_LEARNING_RATE), loss="mse")
     epoch_times = _EpochTimes(keras)
-    model.fit(X, y, batch_size=SEED_BATCH, epochs=options["epochs"], verbose=0,
-              callbacks=[epoch_times])
+    model.fit(
+        X, y, batch_size=SEED_BATCH, epochs=options["epochs"], verbose=0, callbacks=[epoch_times]
+    )
     predicted = model.predict(X_test, batch_size=10000, verbose=0).argmax(axis=1)
-    return {"samples_per_second": len(X) * (options["epochs"] - 1) / sum(epoch_times.times[1:]),
-            "test_accuracy": float(np.mean(predicted == y_test.argmax(axis=1)))}
+    return {
+        "samples_per_second": len(X) * (options["epochs"] - 1) / sum(epoch_times.times[1:]),
+        "test_accuracy": float(np.mean(predicted == y_test.argmax(axis=1))),
+    }
 
 
 def _EpochTimes(keras):
@@ -287,7 +313,7 @@ def _torch_model(torch, architecture: dict, output_bias):
     reproduced exactly; returns logits (the loss applies the output activation)."""
     nn = torch.nn
     modules, shape = [], tuple(architecture["input_shape"])
-    from digitnet import architectures
+    from digitnet.models import architectures
 
     shapes = architectures.layer_shapes(architecture)
     for layer, output in zip(architecture["layers"], shapes):
@@ -305,10 +331,12 @@ def _torch_model(torch, architecture: dict, output_bias):
                 # TensorFlow puts the odd pixel of padding at the bottom/right.
                 pad_h = max((output[0] - 1) * layer["stride"] + layer["kernel"] - shape[0], 0)
                 pad_w = max((output[1] - 1) * layer["stride"] + layer["kernel"] - shape[1], 0)
-                modules.append(nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2,
-                                             pad_h // 2, pad_h - pad_h // 2)))
-            conv = nn.Conv2d(shape[2], layer["filters"], layer["kernel"], layer["stride"],
-                             bias=layer["use_bias"])
+                modules.append(
+                    nn.ZeroPad2d((pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+                )
+            conv = nn.Conv2d(
+                shape[2], layer["filters"], layer["kernel"], layer["stride"], bias=layer["use_bias"]
+            )
             nn.init.xavier_uniform_(conv.weight)
             modules.append(conv)
             if layer["activation"] == "relu":
@@ -333,7 +361,7 @@ def worker_seed_torch(options: dict) -> dict:
     torch = _torch_or_none(options["seed"])
     if torch is None:
         return {"missing": "torch not installed"}
-    from digitnet import architectures
+    from digitnet.models import architectures
 
     X, y, X_test, y_test = _load(options["data_dir"])
     model = _torch_model(torch, architectures.seed_architecture(), _output_bias(y, "sigmoid"))
@@ -342,11 +370,11 @@ def worker_seed_torch(options: dict) -> dict:
     X_all, y_all = torch.from_numpy(X), torch.from_numpy(y)
     bfloat16 = options["precision"] == "bfloat16"
     times = []
-    for epoch in range(options["epochs"]):
+    for _epoch in range(options["epochs"]):
         started = time.perf_counter()
         order = torch.randperm(len(X))
         for start in range(0, len(X) - SEED_BATCH + 1, SEED_BATCH):
-            indices = order[start:start + SEED_BATCH]
+            indices = order[start : start + SEED_BATCH]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
                 outputs = torch.sigmoid(model(X_all[indices]).float())
             loss = torch.nn.functional.mse_loss(outputs, y_all[indices])
@@ -356,8 +384,10 @@ def worker_seed_torch(options: dict) -> dict:
         times.append(time.perf_counter() - started)
     with torch.no_grad():
         predicted = model(torch.from_numpy(X_test)).argmax(dim=1).numpy()
-    return {"samples_per_second": len(X) * (len(times) - 1) / sum(times[1:]),
-            "test_accuracy": float((predicted == y_test.argmax(axis=1)).mean())}
+    return {
+        "samples_per_second": len(X) * (len(times) - 1) / sum(times[1:]),
+        "test_accuracy": float((predicted == y_test.argmax(axis=1)).mean()),
+    }
 
 
 def worker_seed_sklearn(options: dict) -> dict:
@@ -370,22 +400,29 @@ def worker_seed_sklearn(options: dict) -> dict:
     X, y, X_test, y_test = _load(options["data_dir"])
     labels = y.argmax(axis=1)
     # n_iter_no_change above max_iter: every epoch runs, as for the other trainers.
-    classifier = MLPClassifier(hidden_layer_sizes=(100, 100, 60), batch_size=SEED_BATCH,
-                               solver="adam", learning_rate_init=SEED_LEARNING_RATE,
-                               max_iter=options["epochs"], random_state=options["seed"],
-                               n_iter_no_change=options["epochs"] + 1)
+    classifier = MLPClassifier(
+        hidden_layer_sizes=(100, 100, 60),
+        batch_size=SEED_BATCH,
+        solver="adam",
+        learning_rate_init=SEED_LEARNING_RATE,
+        max_iter=options["epochs"],
+        random_state=options["seed"],
+        n_iter_no_change=options["epochs"] + 1,
+    )
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         classifier.fit(X, labels)
     seconds = time.perf_counter() - started
     # No compilation to exclude: every epoch, the first included, costs the same.
-    return {"samples_per_second": len(X) * classifier.n_iter_ / seconds,
-            "test_accuracy": float(classifier.score(X_test, y_test.argmax(axis=1)))}
+    return {
+        "samples_per_second": len(X) * classifier.n_iter_ / seconds,
+        "test_accuracy": float(classifier.score(X_test, y_test.argmax(axis=1))),
+    }
 
 
 def _cnn_architecture():
-    from digitnet import architectures
+    from digitnet.models import architectures
 
     architecture = architectures.cnn_architecture()
     architecture["layers"][-1]["activation"] = "softmax"
@@ -397,27 +434,37 @@ def worker_cnn_digitnet(options: dict) -> dict:
     _quiet_tensorflow()
     import tensorflow as tf
 
-    from digitnet.fit import Fitter
-    from digitnet.training import PRESETS, compute_dtype
+    from digitnet.training.engine import Fitter
+    from digitnet.training.runs import PRESETS, compute_dtype
 
     X, y, _, _ = _load(options["data_dir"])
     warmup, steps = options["warmup_steps"], options["steps"]
     count = (warmup + steps) * CNN_BATCH
     precision = options["precision"] or PRESETS["cnn"]["precision"]
     tf.config.experimental.enable_op_determinism()
-    fitter = Fitter(_cnn_architecture(), cost="cross_entropy", learning_rate=CNN_LEARNING_RATE,
-                    batch_size=CNN_BATCH, seed=options["seed"],
-                    compute_dtype=compute_dtype(precision))
+    fitter = Fitter(
+        _cnn_architecture(),
+        cost="cross_entropy",
+        learning_rate=CNN_LEARNING_RATE,
+        batch_size=CNN_BATCH,
+        seed=options["seed"],
+        compute_dtype=compute_dtype(precision),
+    )
     data = fitter.dataset(X[:count], y[:count])
     # Equal chunks of `warmup` steps: the first one traces and compiles and is not timed.
     chunks = (warmup + steps) // warmup
     stamps = []
-    fitter.train_epoch(data, 1, progress=lambda done, total: stamps.append(
-        (done, time.perf_counter())), chunks=chunks)
+    fitter.train_epoch(
+        data,
+        1,
+        progress=lambda done, total: stamps.append((done, time.perf_counter())),
+        chunks=chunks,
+    )
     (first_done, first_time), (last_done, last_time) = stamps[0], stamps[-1]
-    return {"precision": compute_dtype(precision) or "float32",
-            "samples_per_second": (last_done - first_done) * CNN_BATCH
-            / (last_time - first_time)}
+    return {
+        "precision": compute_dtype(precision) or "float32",
+        "samples_per_second": (last_done - first_done) * CNN_BATCH / (last_time - first_time),
+    }
 
 
 def worker_cnn_keras(options: dict) -> dict:
@@ -436,16 +483,28 @@ def worker_cnn_keras(options: dict) -> dict:
 
         def on_train_batch_end(self, batch, logs=None):
             self.stamps.append(time.perf_counter())
-            if len(self.stamps) > warmup and \
-                    self.stamps[-1] - self.stamps[warmup - 1] > options["max_seconds"]:
+            if (
+                len(self.stamps) > warmup
+                and self.stamps[-1] - self.stamps[warmup - 1] > options["max_seconds"]
+            ):
                 self.model.stop_training = True
 
     timer = StepTimes()
-    model.fit(X[:count].reshape(-1, 28, 28, 1), y[:count], batch_size=CNN_BATCH, epochs=1,
-              verbose=0, callbacks=[timer])
+    model.fit(
+        X[:count].reshape(-1, 28, 28, 1),
+        y[:count],
+        batch_size=CNN_BATCH,
+        epochs=1,
+        verbose=0,
+        callbacks=[timer],
+    )
     stamps = timer.stamps
-    return {"samples_per_second": (len(stamps) - warmup) * CNN_BATCH
-            / (stamps[-1] - stamps[warmup - 1]), "steps": len(stamps)}
+    return {
+        "samples_per_second": (len(stamps) - warmup)
+        * CNN_BATCH
+        / (stamps[-1] - stamps[warmup - 1]),
+        "steps": len(stamps),
+    }
 
 
 def worker_cnn_torch(options: dict) -> dict:
@@ -469,7 +528,7 @@ def worker_cnn_torch(options: dict) -> dict:
             started = time.perf_counter()
         elif step > warmup and time.perf_counter() - started > options["max_seconds"]:
             break
-        indices = order[step * CNN_BATCH:(step + 1) * CNN_BATCH]
+        indices = order[step * CNN_BATCH : (step + 1) * CNN_BATCH]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             logits = model(images[indices])
         loss = torch.nn.functional.cross_entropy(logits.float(), labels[indices])
@@ -477,15 +536,14 @@ def worker_cnn_torch(options: dict) -> dict:
         loss.backward()
         optimizer.step()
         done = step + 1 - warmup
-    return {"samples_per_second": done * CNN_BATCH / (time.perf_counter() - started),
-            "steps": done}
+    return {"samples_per_second": done * CNN_BATCH / (time.perf_counter() - started), "steps": done}
 
 
 def worker_predict_digitnet(options: dict) -> dict:
     """The NumPy path: one image at a time (p50, p99) and the 10,000 test images at once."""
     import numpy as np
 
-    from digitnet.modelfile import load_model
+    from digitnet.inference.modelfile import load_model
 
     _, _, X_test, y_test = _load(options["data_dir"])
     model = load_model(options["model"])
@@ -504,9 +562,12 @@ def worker_predict_digitnet(options: dict) -> dict:
         probabilities = model.predict_proba(X_test)
         batch.append(time.perf_counter() - started)
     np.save(options["predictions"], probabilities)
-    return {"single": _percentiles_us(single), "batch_ms": 1000 * statistics.median(batch),
-            "batch_best_ms": 1000 * min(batch),
-            "test_accuracy": float(np.mean(probabilities.argmax(1) == y_test.argmax(1)))}
+    return {
+        "single": _percentiles_us(single),
+        "batch_ms": 1000 * statistics.median(batch),
+        "batch_best_ms": 1000 * min(batch),
+        "test_accuracy": float(np.mean(probabilities.argmax(1) == y_test.argmax(1))),
+    }
 
 
 def worker_predict_keras(options: dict) -> dict:
@@ -515,14 +576,15 @@ def worker_predict_keras(options: dict) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from digitnet import architectures
-    from digitnet.core import forward_propagation
-    from digitnet.modelfile import load_model
+    from digitnet.inference.modelfile import load_model
+    from digitnet.models import architectures
+    from digitnet.training.network import forward_propagation
 
     _, y, X_test, _ = _load(options["data_dir"])
     digitnet_model = load_model(options["model"])
-    model = keras.Sequential(_keras_layers(architectures.seed_architecture(),
-                                           _output_bias(y, "sigmoid")))
+    model = keras.Sequential(
+        _keras_layers(architectures.seed_architecture(), _output_bias(y, "sigmoid"))
+    )
     weights = []
     for k in range(1, 5):
         weights += [digitnet_model.parameters[f"W{k}"].T, digitnet_model.parameters[f"b{k}"][:, 0]]
@@ -530,7 +592,7 @@ def worker_predict_keras(options: dict) -> dict:
 
     def latency(call, calls: int, warmup: int) -> dict:
         for index in range(warmup):
-            call(X_test[index:index + 1])
+            call(X_test[index : index + 1])
         times = []
         for index in range(calls):
             image = X_test[index % len(X_test)][None]
@@ -541,11 +603,13 @@ def worker_predict_keras(options: dict) -> dict:
 
     compiled = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
     results = {
-        "predict": latency(lambda image: model.predict(image, verbose=0),
-                           *options["predict_calls"]),
+        "predict": latency(
+            lambda image: model.predict(image, verbose=0), *options["predict_calls"]
+        ),
         "call": latency(lambda image: model(image, training=False), *options["call_calls"]),
-        "function": latency(lambda image: compiled(tf.constant(image)).numpy(),
-                            *options["call_calls"]),
+        "function": latency(
+            lambda image: compiled(tf.constant(image)).numpy(), *options["call_calls"]
+        ),
     }
 
     def batch(call, repeats: int) -> float:
@@ -562,13 +626,17 @@ def worker_predict_keras(options: dict) -> dict:
     # Agreement of digitnet's NumPy path with TensorFlow: Keras and the reference forward pass.
     numpy_probabilities = np.load(options["predictions"])
     keras_outputs = np.asarray(model(X_test, training=False))
-    reference = forward_propagation(X_test, {k: tf.constant(v) for k, v in
-                                             digitnet_model.parameters.items()},
-                                    digitnet_model.architecture).numpy()
-    results["agreement_with_keras"] = float(np.mean(
-        numpy_probabilities.argmax(1) == keras_outputs.argmax(1)))
-    results["agreement_with_reference"] = float(np.mean(
-        numpy_probabilities.argmax(1) == reference.argmax(1)))
+    reference = forward_propagation(
+        X_test,
+        {k: tf.constant(v) for k, v in digitnet_model.parameters.items()},
+        digitnet_model.architecture,
+    ).numpy()
+    results["agreement_with_keras"] = float(
+        np.mean(numpy_probabilities.argmax(1) == keras_outputs.argmax(1))
+    )
+    results["agreement_with_reference"] = float(
+        np.mean(numpy_probabilities.argmax(1) == reference.argmax(1))
+    )
     return results
 
 
@@ -583,20 +651,25 @@ def worker_cli(options: dict) -> dict:
         times, output = [], ""
         for _ in range(runs):
             started = time.perf_counter()
-            output = subprocess.run(arguments, capture_output=True, text=True,
-                                    check=True).stdout
+            output = subprocess.run(arguments, capture_output=True, text=True, check=True).stdout
             times.append(time.perf_counter() - started)
         return times, output
 
     predict_times, output = wall(command, options["runs"])
     import_times, _ = wall([sys.executable, "-c", "import tensorflow"], options["import_runs"])
-    return {"predict_s": statistics.median(predict_times), "predict_best_s": min(predict_times),
-            "output": output.strip().replace(str(Path(options["image"]).parent) + os.sep, ""),
-            "import_tensorflow_s": statistics.median(import_times)}
+    return {
+        "predict_s": statistics.median(predict_times),
+        "predict_best_s": min(predict_times),
+        "output": output.strip().replace(str(Path(options["image"]).parent) + os.sep, ""),
+        "import_tensorflow_s": statistics.median(import_times),
+    }
 
 
-WORKERS = {name[len("worker_"):]: function for name, function in globals().items()
-           if name.startswith("worker_")}
+WORKERS = {
+    name[len("worker_") :]: function
+    for name, function in globals().items()
+    if name.startswith("worker_")
+}
 
 
 # ============================================================================================
@@ -606,8 +679,11 @@ WORKERS = {name[len("worker_"):]: function for name, function in globals().items
 def run_worker(name: str, options: dict) -> dict:
     """Run one worker in a new process; its last stdout line is its JSON result."""
     started = time.perf_counter()
-    process = subprocess.run([sys.executable, __file__, "--worker", name, json.dumps(options)],
-                             capture_output=True, text=True)
+    process = subprocess.run(
+        [sys.executable, __file__, "--worker", name, json.dumps(options)],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         tail = "\n".join(process.stderr.strip().splitlines()[-5:])
@@ -616,8 +692,12 @@ def run_worker(name: str, options: dict) -> dict:
     result = json.loads(process.stdout.strip().splitlines()[-1])
     result["load_average"] = os.getloadavg()[0]
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
-    print(f"# {name} {options.get('precision') or options.get('policy') or ''} "
-          f"({seconds:.0f} s): {shown}", file=sys.stderr, flush=True)
+    print(
+        f"# {name} {options.get('precision') or options.get('policy') or ''} "
+        f"({seconds:.0f} s): {shown}",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -630,15 +710,26 @@ def measure(args) -> dict:
     seeds = [int(seed) for seed in (args.seeds or ("1" if quick else "1,2,3")).split(",")]
     # A slow peer stops after max_seconds of timed steps (OpenMP's spinning threads can slow
     # PyTorch a hundredfold while other processes hold the cores).
-    cnn = dict(data_dir=data_dir, warmup_steps=5 if quick else 10,
-               steps=args.cnn_steps or (20 if quick else 90), max_seconds=20 if quick else 60)
+    cnn = dict(
+        data_dir=data_dir,
+        warmup_steps=5 if quick else 10,
+        steps=args.cnn_steps or (20 if quick else 90),
+        max_seconds=20 if quick else 60,
+    )
     seed_network = dict(data_dir=data_dir, epochs=epochs)
     workdir = Path(tempfile.mkdtemp(prefix="digitnet-speed-"))
     model_path = str(workdir / "seed.safetensors")
-    results: dict = {"settings": {"epochs": epochs, "cnn_steps": cnn["steps"],
-                                  "cnn_warmup_steps": cnn["warmup_steps"], "quick": quick,
-                                  "seeds": seeds},
-                     "machine": _machine(), "load_before": os.getloadavg()}
+    results: dict = {
+        "settings": {
+            "epochs": epochs,
+            "cnn_steps": cnn["steps"],
+            "cnn_warmup_steps": cnn["warmup_steps"],
+            "quick": quick,
+            "seeds": seeds,
+        },
+        "machine": _machine(),
+        "load_before": os.getloadavg(),
+    }
     gemm = [run_worker("gemm", {"seconds": 1.0 if quick else 3.0})]
 
     training = [
@@ -668,27 +759,51 @@ def measure(args) -> dict:
     # The peak is what the machine can do: measured before and after the training runs, since
     # other processes can hold it back during either.
     gemm.append(run_worker("gemm", {"seconds": 1.0 if quick else 3.0}))
-    results["gemm"] = {key: max(run[key] for run in gemm if key in run)
-                       for key in gemm[0] if key != "load_average"} \
-        if all("float32_peak" in run for run in gemm) else gemm[0]
+    results["gemm"] = (
+        {
+            key: max(run[key] for run in gemm if key in run)
+            for key in gemm[0]
+            if key != "load_average"
+        }
+        if all("float32_peak" in run for run in gemm)
+        else gemm[0]
+    )
 
     predictions = str(workdir / "predictions.npy")
     if "error" in results["seed_digitnet"]:
         raise SystemExit("speed.py: digitnet's seed training failed; no model to predict with")
     quick_calls = dict(single_calls=2000, batch_repeats=10)
     full_calls = dict(single_calls=20000, batch_repeats=30)
-    results["predict_digitnet"] = run_worker("predict_digitnet", dict(
-        quick_calls if quick else full_calls, data_dir=data_dir, model=model_path,
-        predictions=predictions))
-    results["predict_keras"] = run_worker("predict_keras", dict(
-        data_dir=data_dir, model=model_path, predictions=predictions,
-        predict_calls=(30, 5) if quick else (200, 20),
-        call_calls=(300, 30) if quick else (2000, 100)))
+    results["predict_digitnet"] = run_worker(
+        "predict_digitnet",
+        dict(
+            quick_calls if quick else full_calls,
+            data_dir=data_dir,
+            model=model_path,
+            predictions=predictions,
+        ),
+    )
+    results["predict_keras"] = run_worker(
+        "predict_keras",
+        dict(
+            data_dir=data_dir,
+            model=model_path,
+            predictions=predictions,
+            predict_calls=(30, 5) if quick else (200, 20),
+            call_calls=(300, 30) if quick else (2000, 100),
+        ),
+    )
     image = workdir / "one.png"
     label = _write_test_png(data_dir, image)
-    results["cli"] = run_worker("cli", dict(model=model_path, image=str(image),
-                                            runs=3 if quick else 7,
-                                            import_runs=1 if quick else 3))
+    results["cli"] = run_worker(
+        "cli",
+        dict(
+            model=model_path,
+            image=str(image),
+            runs=3 if quick else 7,
+            import_runs=1 if quick else 3,
+        ),
+    )
     results["cli"]["label"] = label
     results["load_after"] = os.getloadavg()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -737,13 +852,18 @@ def _machine() -> dict:
         try:
             from importlib.metadata import version
 
-            versions[package] = version(package if package != "tensorflow" else
-                                        _tensorflow_distribution())
+            versions[package] = version(
+                package if package != "tensorflow" else _tensorflow_distribution()
+            )
         except Exception:
             versions[package] = None
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(),
-            "amx_bf16": "amx_bf16" in flags, "python": platform.python_version(),
-            "versions": versions}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "amx_bf16": "amx_bf16" in flags,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
 
 
 def _tensorflow_distribution() -> str:
@@ -781,7 +901,7 @@ def _check(ratio: float | None, target: float | None) -> str:
 def render(results: dict) -> str:
     """The markdown table: one row per measurement and peer, with both figures and the ratio
     (how many times faster digitnet is; above 1 is better)."""
-    from digitnet import architectures
+    from digitnet.models import architectures
 
     rows = []
 
@@ -802,32 +922,48 @@ def render(results: dict) -> str:
             peer = results.get(peer_key)
             reason = ours_text or missing(peer)
             if reason:
-                rows.append((label, ours_text or _number(ours["samples_per_second"]),
-                             peer_name, reason, ""))
+                rows.append(
+                    (label, ours_text or _number(ours["samples_per_second"]), peer_name, reason, "")
+                )
                 continue
             ratio = ours["samples_per_second"] / peer["samples_per_second"]
-            rows.append((label, _number(ours["samples_per_second"]), peer_name,
-                         _number(peer["samples_per_second"]),
-                         f"{ratio:.2f}x" + _check(ratio, targets.get(peer_key))))
+            rows.append(
+                (
+                    label,
+                    _number(ours["samples_per_second"]),
+                    peer_name,
+                    _number(peer["samples_per_second"]),
+                    f"{ratio:.2f}x" + _check(ratio, targets.get(peer_key)),
+                )
+            )
 
-    seed_peers = [("seed_keras", "Keras model.fit (float32)"),
-                  ("seed_torch", "PyTorch eager (float32)"),
-                  ("seed_sklearn", "scikit-learn MLPClassifier (float64/32, softmax)"),
-                  ("seed_keras_bfloat16", "Keras model.fit (mixed_bfloat16)"),
-                  ("seed_torch_bfloat16", "PyTorch eager (bfloat16 autocast)")]
-    throughput_rows("seed training", "seed_digitnet", seed_peers,
-                    {"seed_keras": TARGET_SEED_VS_KERAS, "seed_torch": TARGET_SEED_VS_TORCH})
+    seed_peers = [
+        ("seed_keras", "Keras model.fit (float32)"),
+        ("seed_torch", "PyTorch eager (float32)"),
+        ("seed_sklearn", "scikit-learn MLPClassifier (float64/32, softmax)"),
+        ("seed_keras_bfloat16", "Keras model.fit (mixed_bfloat16)"),
+        ("seed_torch_bfloat16", "PyTorch eager (bfloat16 autocast)"),
+    ]
+    throughput_rows(
+        "seed training",
+        "seed_digitnet",
+        seed_peers,
+        {"seed_keras": TARGET_SEED_VS_KERAS, "seed_torch": TARGET_SEED_VS_TORCH},
+    )
     throughput_rows("seed training", "seed_digitnet_float32", seed_peers[:3], {})
-    cnn_peers = [("cnn_keras", "Keras model.fit (float32)"),
-                 ("cnn_torch", "PyTorch eager (float32)"),
-                 ("cnn_keras_bfloat16", "Keras model.fit (mixed_bfloat16)"),
-                 ("cnn_torch_bfloat16", "PyTorch eager (bfloat16 autocast)")]
+    cnn_peers = [
+        ("cnn_keras", "Keras model.fit (float32)"),
+        ("cnn_torch", "PyTorch eager (float32)"),
+        ("cnn_keras_bfloat16", "Keras model.fit (mixed_bfloat16)"),
+        ("cnn_torch_bfloat16", "PyTorch eager (bfloat16 autocast)"),
+    ]
     throughput_rows("cnn training", "cnn_digitnet", cnn_peers, {"cnn_keras": TARGET_CNN_VS_KERAS})
     throughput_rows("cnn training", "cnn_digitnet_float32", cnn_peers[:2], {})
 
     epochs, seeds = results["settings"]["epochs"], results["settings"]["seeds"]
     label = f"seed test accuracy after {epochs} epochs, %" + (
-        "" if len(seeds) < 2 else f", mean (range) over seeds {','.join(map(str, seeds))}")
+        "" if len(seeds) < 2 else f", mean (range) over seeds {','.join(map(str, seeds))}"
+    )
 
     def accuracy(result: dict) -> str:
         text = f"{100 * result['test_accuracy']:.2f}"
@@ -850,55 +986,87 @@ def render(results: dict) -> str:
             verdict = " (same: within 0.3)"
         else:
             verdict = " (digitnet higher)" if points > 0 else " (NOT met: digitnet lower)"
-        rows.append((label, accuracy(ours), peer_name, accuracy(peer),
-                     f"{points:+.2f} points{verdict}"))
+        rows.append(
+            (label, accuracy(ours), peer_name, accuracy(peer), f"{points:+.2f} points{verdict}")
+        )
 
     gemm = results.get("gemm", {})
     if not missing(gemm):
         for key, what, architecture in [
-                ("seed_digitnet", "seed", architectures.seed_architecture()),
-                ("seed_digitnet_float32", "seed", architectures.seed_architecture()),
-                ("cnn_digitnet", "cnn", _cnn_architecture())]:
+            ("seed_digitnet", "seed", architectures.seed_architecture()),
+            ("seed_digitnet_float32", "seed", architectures.seed_architecture()),
+            ("cnn_digitnet", "cnn", _cnn_architecture()),
+        ]:
             result = results.get(key, {})
             if missing(result):
                 continue
             achieved = result["samples_per_second"] * training_flops_per_sample(architecture) / 1e9
-            rows.append((f"{what} training ({result['precision']}), GEMM GFLOP/s",
-                         f"{achieved:.0f}", "float32 GEMM peak (2048^3)",
-                         f"{gemm['float32_peak']:.0f}",
-                         f"{100 * achieved / gemm['float32_peak']:.0f}% of the float32 peak"
-                         + ("" if result["precision"] == "float32" else
-                            f"; {100 * achieved / gemm['bfloat16_peak']:.0f}% of the "
-                            f"bfloat16 peak ({gemm['bfloat16_peak']:.0f})")))
+            rows.append(
+                (
+                    f"{what} training ({result['precision']}), GEMM GFLOP/s",
+                    f"{achieved:.0f}",
+                    "float32 GEMM peak (2048^3)",
+                    f"{gemm['float32_peak']:.0f}",
+                    f"{100 * achieved / gemm['float32_peak']:.0f}% of the float32 peak"
+                    + (
+                        ""
+                        if result["precision"] == "float32"
+                        else f"; {100 * achieved / gemm['bfloat16_peak']:.0f}% of the "
+                        f"bfloat16 peak ({gemm['bfloat16_peak']:.0f})"
+                    ),
+                )
+            )
 
     single = results.get("predict_digitnet", {})
     keras_predict = results.get("predict_keras", {})
     if not missing(single) and not missing(keras_predict):
         p50, p99 = single["single"]["p50_us"], single["single"]["p99_us"]
-        for key, peer_name, target in [("predict", "Keras model.predict", 
-                                         TARGET_SINGLE_VS_KERAS_PREDICT),
-                                        ("call", "Keras model(x)", None),
-                                        ("function", "Keras model in a reused tf.function",
-                                         None)]:
+        for key, peer_name, target in [
+            ("predict", "Keras model.predict", TARGET_SINGLE_VS_KERAS_PREDICT),
+            ("call", "Keras model(x)", None),
+            ("function", "Keras model in a reused tf.function", None),
+        ]:
             peer = keras_predict[key]
             ratio = peer["p50_us"] / p50
-            rows.append(("one image, p50 / p99 latency, us", f"{p50:.1f} / {p99:.1f}",
-                         peer_name, f"{_number(peer['p50_us'])} / {_number(peer['p99_us'])}",
-                         f"{ratio:,.0f}x" + _check(ratio, target)))
+            rows.append(
+                (
+                    "one image, p50 / p99 latency, us",
+                    f"{p50:.1f} / {p99:.1f}",
+                    peer_name,
+                    f"{_number(peer['p50_us'])} / {_number(peer['p99_us'])}",
+                    f"{ratio:,.0f}x" + _check(ratio, target),
+                )
+            )
         batch = single["batch_ms"]
-        for key, peer_name in [("batch_predict_ms", "Keras model.predict (batch 32)"),
-                               ("batch_call_ms", "Keras model(x), one call")]:
-            rows.append(("10,000 test images, ms", f"{batch:.1f}", peer_name,
-                         f"{keras_predict[key]:.1f}", f"{keras_predict[key] / batch:.1f}x"))
+        for key, peer_name in [
+            ("batch_predict_ms", "Keras model.predict (batch 32)"),
+            ("batch_call_ms", "Keras model(x), one call"),
+        ]:
+            rows.append(
+                (
+                    "10,000 test images, ms",
+                    f"{batch:.1f}",
+                    peer_name,
+                    f"{keras_predict[key]:.1f}",
+                    f"{keras_predict[key] / batch:.1f}x",
+                )
+            )
     cli = results.get("cli", {})
     if not missing(cli):
-        rows.append(("`digitnet predict MODEL one.png`, s (process start to output)",
-                     f"{cli['predict_s']:.2f}", "`python -c 'import tensorflow'`",
-                     f"{cli['import_tensorflow_s']:.2f}",
-                     f"{cli['import_tensorflow_s'] / cli['predict_s']:.1f}x"))
+        rows.append(
+            (
+                "`digitnet predict MODEL one.png`, s (process start to output)",
+                f"{cli['predict_s']:.2f}",
+                "`python -c 'import tensorflow'`",
+                f"{cli['import_tensorflow_s']:.2f}",
+                f"{cli['import_tensorflow_s'] / cli['predict_s']:.1f}x",
+            )
+        )
 
-    lines = ["| Measurement | digitnet | Peer | Peer's figure | digitnet vs peer |",
-             "| --- | ---: | --- | ---: | --- |"]
+    lines = [
+        "| Measurement | digitnet | Peer | Peer's figure | digitnet vs peer |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     lines.append("")
     lines += _targets(results)
@@ -913,25 +1081,33 @@ def _targets(results: dict) -> list[str]:
     single = results.get("predict_digitnet", {})
     if "single" in single:
         p50 = single["single"]["p50_us"]
-        lines.append(f"- one image p50 {p50:.1f} us (target <= {TARGET_SINGLE_P50_US:g} us): "
-                     f"{'met' if p50 <= TARGET_SINGLE_P50_US else 'NOT met'}")
+        lines.append(
+            f"- one image p50 {p50:.1f} us (target <= {TARGET_SINGLE_P50_US:g} us): "
+            f"{'met' if p50 <= TARGET_SINGLE_P50_US else 'NOT met'}"
+        )
         batch = single["batch_ms"]
-        lines.append(f"- 10,000 test images {batch:.1f} ms median, {single['batch_best_ms']:.1f}"
-                     f" ms best (target <= {TARGET_BATCH_MS:g} ms): "
-                     f"{'met' if batch <= TARGET_BATCH_MS else 'NOT met'}")
+        lines.append(
+            f"- 10,000 test images {batch:.1f} ms median, {single['batch_best_ms']:.1f}"
+            f" ms best (target <= {TARGET_BATCH_MS:g} ms): "
+            f"{'met' if batch <= TARGET_BATCH_MS else 'NOT met'}"
+        )
     cli = results.get("cli", {})
     if "predict_s" in cli:
         seconds = cli["predict_s"]
-        lines.append(f"- `digitnet predict` of one image {seconds:.2f} s median, "
-                     f"{cli['predict_best_s']:.2f} s best (target <= {TARGET_CLI_SECONDS:g} s):"
-                     f" {'met' if seconds <= TARGET_CLI_SECONDS else 'NOT met'}; it printed "
-                     f"`{' '.join(cli['output'].split())}` for a {cli['label']}")
+        lines.append(
+            f"- `digitnet predict` of one image {seconds:.2f} s median, "
+            f"{cli['predict_best_s']:.2f} s best (target <= {TARGET_CLI_SECONDS:g} s):"
+            f" {'met' if seconds <= TARGET_CLI_SECONDS else 'NOT met'}; it printed "
+            f"`{' '.join(cli['output'].split())}` for a {cli['label']}"
+        )
     keras_predict = results.get("predict_keras", {})
     if "agreement_with_reference" in keras_predict:
-        lines.append(f"- NumPy predictions agree with TensorFlow's forward pass on "
-                     f"{100 * keras_predict['agreement_with_reference']:.2f}% and with Keras on "
-                     f"{100 * keras_predict['agreement_with_keras']:.2f}% of the 10,000 test "
-                     f"images")
+        lines.append(
+            f"- NumPy predictions agree with TensorFlow's forward pass on "
+            f"{100 * keras_predict['agreement_with_reference']:.2f}% and with Keras on "
+            f"{100 * keras_predict['agreement_with_keras']:.2f}% of the 10,000 test "
+            f"images"
+        )
     return lines
 
 
@@ -939,23 +1115,27 @@ def _footer(results: dict) -> str:
     machine, settings = results["machine"], results["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     load = f"{results['load_before'][0]:.2f} before, {results['load_after'][0]:.2f} after"
-    return (f"{machine['cpu']}, {machine['cores']} cores, AMX bf16: "
-            f"{'yes' if machine['amx_bf16'] else 'no'}; Python {machine['python']}, {versions}. "
-            f"Seed: {settings['epochs']} epochs of the official split, epoch 1 untimed; cnn: "
-            f"{settings['cnn_steps']} steps of batch {CNN_BATCH} after "
-            f"{settings['cnn_warmup_steps']} untimed; throughput is the best of "
-            f"{len(settings['seeds'])} run(s), one per seed. "
-            f"1-minute load average {load}.")
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores, AMX bf16: "
+        f"{'yes' if machine['amx_bf16'] else 'no'}; Python {machine['python']}, {versions}. "
+        f"Seed: {settings['epochs']} epochs of the official split, epoch 1 untimed; cnn: "
+        f"{settings['cnn_steps']} steps of batch {CNN_BATCH} after "
+        f"{settings['cnn_warmup_steps']} untimed; throughput is the best of "
+        f"{len(settings['seeds'])} run(s), one per seed. "
+        f"1-minute load average {load}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="3 epochs, 20 cnn steps, fewer calls: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 epochs, 20 cnn steps, fewer calls: a smoke run"
+    )
     parser.add_argument("--epochs", type=int, help="seed-network epochs (default 20)")
     parser.add_argument("--cnn-steps", type=int, help="timed cnn steps (default 90)")
-    parser.add_argument("--seeds", help="seeds to train each model with, e.g. 1,2,3 (default; "
-                                        "--quick: 1)")
+    parser.add_argument(
+        "--seeds", help="seeds to train each model with, e.g. 1,2,3 (default; --quick: 1)"
+    )
     parser.add_argument("--data-dir", help="folder with the MNIST files")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--table-from", type=Path, help="print the table of a saved --json")

@@ -90,5 +90,7 @@ def mnist_dir() -> Path:
     """The real MNIST directory from env DIGITNET_DATA_DIR; the test is skipped if unset."""
     value = os.environ.get("DIGITNET_DATA_DIR", "")
     if not value:
-        pytest.skip("real MNIST not available: set DIGITNET_DATA_DIR to a directory with the IDX files")
+        pytest.skip(
+            "real MNIST not available: set DIGITNET_DATA_DIR to a directory with the IDX files"
+        )
     return Path(value)

@@ -1,4 +1,4 @@
-"""Tests for digitnet.augment: geometry and direction of each transform, determinism, the
+"""Tests for digitnet.training.augment: geometry and direction of each transform, determinism, the
 elastic field's size and smoothness, ink preservation, parameter validation, and use inside
 compiled loops (tf.range, XLA, the training engine)."""
 
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from digitnet import augment
-from digitnet.augment import DEFAULT_AUGMENT, augment_from_config, make_augment
+from digitnet.training import augment
+from digitnet.training.augment import DEFAULT_AUGMENT, augment_from_config, make_augment
 
 SIZE = 28
 NEUTRAL = dict(rotation_degrees=0, shift_pixels=0, scale=0, shear_degrees=0, elastic_alpha=0)
@@ -28,7 +28,9 @@ def seed(a: int = 1, b: int = 2) -> tf.Tensor:
 def run(augmenter, images: np.ndarray, step_seed=None) -> np.ndarray:
     """Augment (n, 28, 28) or (n, 784) images; returns (n, 28, 28)."""
     flat = tf.constant(np.asarray(images, np.float32).reshape(len(images), -1))
-    return augmenter(flat, seed() if step_seed is None else step_seed).numpy().reshape(-1, SIZE, SIZE)
+    return (
+        augmenter(flat, seed() if step_seed is None else step_seed).numpy().reshape(-1, SIZE, SIZE)
+    )
 
 
 def gaussian_blob(centre_x=13.5, centre_y=13.5, long=1.5, short=1.5, angle_degrees=0.0):
@@ -44,40 +46,44 @@ def gaussian_blob(centre_x=13.5, centre_y=13.5, long=1.5, short=1.5, angle_degre
 
 def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     """(x, y) in pixels, y downward."""
-    rows, columns = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+    rows, columns = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     mass = image.sum()
     return float((columns * image).sum() / mass), float((rows * image).sum() / mass)
 
 
 def principal_axis_degrees(image: np.ndarray) -> float:
     """Angle of the long axis, counter-clockwise from the x axis as displayed, in (-90, 90]."""
-    rows, columns = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float64)
+    rows, columns = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(np.float64)
     mass = image.sum()
     x_mean, y_mean = centre_of_mass(image)
     x, y_up = columns - x_mean, -(rows - y_mean)
-    xx, yy, xy = ((image * x * x).sum() / mass, (image * y_up * y_up).sum() / mass,
-                  (image * x * y_up).sum() / mass)
+    xx, yy, xy = (
+        (image * x * x).sum() / mass,
+        (image * y_up * y_up).sum() / mass,
+        (image * x * y_up).sum() / mass,
+    )
     return math.degrees(0.5 * math.atan2(2 * xy, xx - yy))
 
 
 def spread(image: np.ndarray) -> float:
     """RMS distance of the ink from its centre of mass, in pixels."""
-    rows, columns = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+    rows, columns = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     x_mean, y_mean = centre_of_mass(image)
-    return float(np.sqrt((image * ((columns - x_mean) ** 2 + (rows - y_mean) ** 2)).sum()
-                         / image.sum()))
+    return float(
+        np.sqrt((image * ((columns - x_mean) ** 2 + (rows - y_mean) ** 2)).sum() / image.sum())
+    )
 
 
 def drawn_digits() -> np.ndarray:
     """Handwriting-like (n, 28, 28) digits: pen strokes drawn at 4x and box-filtered down,
     kept within MNIST's central 20x20 box like the real data."""
     strokes = [
-        [("ellipse", (36, 16, 76, 96))],                                    # 0
-        [("line", [(60, 16), (52, 96)])],                                   # 1
+        [("ellipse", (36, 16, 76, 96))],  # 0
+        [("line", [(60, 16), (52, 96)])],  # 1
         [("line", [(34, 20), (78, 20), (48, 96)]), ("line", [(44, 58), (70, 58)])],  # 7
         [("line", [(62, 16), (32, 70), (82, 70)]), ("line", [(66, 40), (64, 96)])],  # 4
         [("arc", (34, 14, 78, 56, 180, 30)), ("line", [(76, 42), (34, 96), (80, 96)])],  # 2
-        [("ellipse", (38, 16, 74, 54)), ("ellipse", (34, 54, 78, 96))],     # 8
+        [("ellipse", (38, 16, 74, 54)), ("ellipse", (34, 54, 78, 96))],  # 8
     ]
     images = []
     for shapes in strokes:
@@ -116,8 +122,9 @@ def test_same_seed_is_bit_identical_and_seeds_differ():
     assert np.array_equal(a, b)
     compiled = tf.function(first)
     c = compiled(tf.constant(digits.reshape(len(digits), -1)), seed(5, 9)).numpy()
-    assert np.array_equal(c, compiled(tf.constant(digits.reshape(len(digits), -1)),
-                                      seed(5, 9)).numpy())
+    assert np.array_equal(
+        c, compiled(tf.constant(digits.reshape(len(digits), -1)), seed(5, 9)).numpy()
+    )
     for other in (seed(5, 10), seed(6, 9)):
         different = run(first, digits, other)
         # Every image gets its own draw, so every image changes, not just some.
@@ -131,15 +138,25 @@ def test_images_in_one_batch_get_different_transforms():
         assert np.abs(out[i] - out[0]).max() > 0.05
 
 
-@pytest.mark.parametrize("neutral", [
-    NEUTRAL,
-    dict(rotation_degrees=[0, 0], shift_pixels=[[0, 0], [0, 0]], scale=[1, 1],
-         shear_degrees=[0, 0], elastic_alpha=0.0, elastic_sigma=3.0),
-    dict(DEFAULT_AUGMENT, probability=0.0),
-])
+@pytest.mark.parametrize(
+    "neutral",
+    [
+        NEUTRAL,
+        dict(
+            rotation_degrees=[0, 0],
+            shift_pixels=[[0, 0], [0, 0]],
+            scale=[1, 1],
+            shear_degrees=[0, 0],
+            elastic_alpha=0.0,
+            elastic_sigma=3.0,
+        ),
+        dict(DEFAULT_AUGMENT, probability=0.0),
+    ],
+)
 def test_neutral_parameters_are_the_identity(neutral):
-    images = np.concatenate([drawn_digits(),
-                             np.random.default_rng(1).random((4, SIZE, SIZE), np.float32)])
+    images = np.concatenate(
+        [drawn_digits(), np.random.default_rng(1).random((4, SIZE, SIZE), np.float32)]
+    )
     out = run(make_augment(**neutral), images)
     np.testing.assert_allclose(out, images, atol=1e-6, rtol=0)
 
@@ -152,8 +169,8 @@ def test_fixed_shift_moves_centre_of_mass(dx, dy):
     blob = gaussian_blob(12.0, 14.0, 2.0, 2.0)
     out = run(make_augment(**dict(NEUTRAL, shift_pixels=[[dx, dx], [dy, dy]])), blob[None])[0]
     (x0, y0), (x1, y1) = centre_of_mass(blob), centre_of_mass(out)
-    assert x1 - x0 == pytest.approx(dx, abs=0.1)   # positive x = right
-    assert y1 - y0 == pytest.approx(dy, abs=0.1)   # positive y = down
+    assert x1 - x0 == pytest.approx(dx, abs=0.1)  # positive x = right
+    assert y1 - y0 == pytest.approx(dy, abs=0.1)  # positive y = down
     assert out.sum() == pytest.approx(blob.sum(), rel=1e-3)
 
 
@@ -169,8 +186,9 @@ def test_fixed_rotation_turns_the_principal_axis_counter_clockwise(angle):
 
 def test_rotation_range_is_symmetric_and_bounded():
     bar = gaussian_blob(long=6.0, short=1.5)
-    out = run(make_augment(**dict(NEUTRAL, rotation_degrees=10)), np.repeat(bar[None], 64, 0),
-              seed(11, 0))
+    out = run(
+        make_augment(**dict(NEUTRAL, rotation_degrees=10)), np.repeat(bar[None], 64, 0), seed(11, 0)
+    )
     angles = np.array([principal_axis_degrees(image) for image in out])
     assert np.all(np.abs(angles) <= 10.5)
     assert angles.min() < -5 and angles.max() > 5
@@ -220,25 +238,26 @@ def measured_displacement(augmenter, count: int, step_seed) -> tuple[np.ndarray,
 
 def test_elastic_displacement_has_the_requested_size():
     dx, dy = measured_displacement(
-        make_augment(**dict(NEUTRAL, elastic_alpha=1.5, elastic_sigma=4.0)), 500, seed(2, 3))
+        make_augment(**dict(NEUTRAL, elastic_alpha=1.5, elastic_sigma=4.0)), 500, seed(2, 3)
+    )
     for component in (dx, dy):
         # The field is correlated over the whole interior (its mean there varies by about
         # 0.7 alpha from image to image), so the mean over 500 images is only good to ~0.05.
         assert abs(component.mean()) < 0.25
-        assert np.sqrt((component ** 2).mean()) == pytest.approx(1.5, rel=0.1)
+        assert np.sqrt((component**2).mean()) == pytest.approx(1.5, rel=0.1)
     assert abs(np.corrcoef(dx.ravel(), dy.ravel())[0, 1]) < 0.1  # independent components
 
 
 def test_elastic_field_is_smooth_for_large_sigma_and_rough_for_small():
     def neighbour_correlation(sigma: float) -> float:
         dx, _ = measured_displacement(
-            make_augment(**dict(NEUTRAL, elastic_alpha=1.0, elastic_sigma=sigma)), 100,
-            seed(4, 5))
+            make_augment(**dict(NEUTRAL, elastic_alpha=1.0, elastic_sigma=sigma)), 100, seed(4, 5)
+        )
         return float(np.corrcoef(dx[:, :, :-1].ravel(), dx[:, :, 1:].ravel())[0, 1])
 
     smooth, rough = neighbour_correlation(8.0), neighbour_correlation(1.0)
     # A Gaussian correlation of standard deviation sigma * sqrt(2): exp(-1 / (4 sigma^2)).
-    assert smooth == pytest.approx(math.exp(-1 / (4 * 8.0 ** 2)), abs=0.01)
+    assert smooth == pytest.approx(math.exp(-1 / (4 * 8.0**2)), abs=0.01)
     assert rough < 0.9
 
 
@@ -246,7 +265,7 @@ def test_elastic_field_has_the_same_size_at_the_edges_as_in_the_centre():
     dx, dy = augment.elastic_field(seed(7, 7), 400, (SIZE, SIZE), alpha=1.0, sigma=5.0)
     dx = dx.numpy()
     assert dx.shape == (400, SIZE, SIZE) and dy.shape == (400, SIZE, SIZE)
-    rms = np.sqrt((dx ** 2).mean(axis=0))
+    rms = np.sqrt((dx**2).mean(axis=0))
     for region in (rms[0, 0], rms[0, :].mean(), rms[:, -1].mean(), rms[12:16, 12:16].mean()):
         assert region == pytest.approx(1.0, rel=0.15)
 
@@ -273,7 +292,7 @@ def test_default_augmentation_roughly_preserves_ink_on_drawn_digits():
 
 
 def test_default_augmentation_roughly_preserves_ink_on_real_mnist(mnist_dir):
-    from digitnet.data import load_mnist_arrays
+    from digitnet.data.mnist import load_mnist_arrays
 
     images = load_mnist_arrays(data_dir=mnist_dir).test_images[:1000].astype(np.float32) / 255
     out = run(make_augment(), images, seed(8, 2))
@@ -286,8 +305,15 @@ def test_default_augmentation_roughly_preserves_ink_on_real_mnist(mnist_dir):
 def test_default_augmentation_keeps_digits_in_frame():
     digits = np.repeat(drawn_digits(), 40, axis=0)
     out = run(make_augment(), digits, seed(9, 1))
-    border = np.concatenate([out[:, :1], out[:, -1:], out[:, :, :1].transpose(0, 2, 1),
-                             out[:, :, -1:].transpose(0, 2, 1)], axis=2)
+    border = np.concatenate(
+        [
+            out[:, :1],
+            out[:, -1:],
+            out[:, :, :1].transpose(0, 2, 1),
+            out[:, :, -1:].transpose(0, 2, 1),
+        ],
+        axis=2,
+    )
     assert np.mean(border.max(axis=(1, 2)) > 0.5) < 0.05
 
 
@@ -321,8 +347,9 @@ def test_inside_a_tf_function_with_a_tf_range_loop_matches_direct_calls():
     for step in range(3):
         np.testing.assert_array_equal(looped[step], compiled(images, seed(3, step)).numpy())
         # Eager kernels (no oneDNN graph rewrites) may differ in the last bits.
-        np.testing.assert_allclose(looped[step], augmenter(images, seed(3, step)).numpy(),
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            looped[step], augmenter(images, seed(3, step)).numpy(), atol=1e-5, rtol=0
+        )
     assert not np.allclose(looped[0], looped[1])
 
 
@@ -338,19 +365,24 @@ def test_compiles_under_xla_and_draws_the_same_transforms():
 
 
 def test_training_engine_runs_with_augmentation_and_reproduces():
-    from digitnet.fit import Fitter
+    from digitnet.training.engine import Fitter
 
-    architecture = {"input_shape": [28, 28, 1], "layers": [
-        {"type": "conv", "filters": 4, "kernel": 3, "stride": 2},
-        {"type": "flatten"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]}
+    architecture = {
+        "input_shape": [28, 28, 1],
+        "layers": [
+            {"type": "conv", "filters": 4, "kernel": 3, "stride": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ],
+    }
     rng = np.random.default_rng(0)
     X = np.tile(drawn_digits().reshape(6, -1), (8, 1))
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, len(X))]
 
     def train() -> dict:
-        fitter = Fitter(architecture, cost="cross_entropy", batch_size=16, seed=4,
-                        augment=make_augment())
+        fitter = Fitter(
+            architecture, cost="cross_entropy", batch_size=16, seed=4, augment=make_augment()
+        )
         data = Fitter.dataset(X, y)
         for epoch in range(2):
             assert math.isfinite(fitter.train_epoch(data, epoch))
@@ -369,8 +401,9 @@ def test_defaults_are_json_and_round_trip_through_a_config():
     from_defaults = augment_from_config({})
     recorded = json.loads(json.dumps(from_defaults.parameters))
     digits = drawn_digits()
-    np.testing.assert_array_equal(run(augment_from_config(recorded), digits),
-                                  run(from_defaults, digits))
+    np.testing.assert_array_equal(
+        run(augment_from_config(recorded), digits), run(from_defaults, digits)
+    )
     np.testing.assert_array_equal(run(make_augment(), digits), run(from_defaults, digits))
 
 
@@ -387,35 +420,39 @@ def test_augment_from_config_none_means_off_and_overrides_merge():
 
 
 def test_parameter_forms_normalise():
-    parameters = augment.validate_parameters(rotation_degrees=[-3, 7], shift_pixels=[-1, 2],
-                                             scale=0.1, shear_degrees=4)
+    parameters = augment.validate_parameters(
+        rotation_degrees=[-3, 7], shift_pixels=[-1, 2], scale=0.1, shear_degrees=4
+    )
     assert parameters["rotation_degrees"] == [-3.0, 7.0]
     assert parameters["shift_pixels"] == [[-1.0, 2.0], [-1.0, 2.0]]
     assert parameters["scale"] == pytest.approx([0.9, 1.1])
     assert parameters["shear_degrees"] == [-4.0, 4.0]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(rotation_degrees=-5), "rotation_degrees"),
-    (dict(rotation_degrees=[10, -10]), "low > high"),
-    (dict(rotation_degrees=200), "rotation_degrees"),
-    (dict(rotation_degrees="10"), "rotation_degrees"),
-    (dict(rotation_degrees=[1, 2, 3]), "rotation_degrees"),
-    (dict(shear_degrees=80), "shear_degrees"),
-    (dict(shift_pixels=float("nan")), "shift_pixels"),
-    (dict(shift_pixels=[[0, 1], [3, 2]]), "low > high"),
-    (dict(shift_pixels=40), "shift_pixels"),
-    (dict(scale=1.1), "pair"),
-    (dict(scale=[0, 1.1]), "scale"),
-    (dict(scale=[1.2, 1.1]), "low > high"),
-    (dict(elastic_alpha=34), "Simard"),
-    (dict(elastic_alpha=-1), "elastic_alpha"),
-    (dict(elastic_sigma=0), "elastic_sigma"),
-    (dict(probability=1.5), "probability"),
-    (dict(probability=True), "probability"),
-    (dict(image_shape=(28,)), "image_shape"),
-    (dict(image_shape=(28.0, 28)), "image_shape"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(rotation_degrees=-5), "rotation_degrees"),
+        (dict(rotation_degrees=[10, -10]), "low > high"),
+        (dict(rotation_degrees=200), "rotation_degrees"),
+        (dict(rotation_degrees="10"), "rotation_degrees"),
+        (dict(rotation_degrees=[1, 2, 3]), "rotation_degrees"),
+        (dict(shear_degrees=80), "shear_degrees"),
+        (dict(shift_pixels=float("nan")), "shift_pixels"),
+        (dict(shift_pixels=[[0, 1], [3, 2]]), "low > high"),
+        (dict(shift_pixels=40), "shift_pixels"),
+        (dict(scale=1.1), "pair"),
+        (dict(scale=[0, 1.1]), "scale"),
+        (dict(scale=[1.2, 1.1]), "low > high"),
+        (dict(elastic_alpha=34), "Simard"),
+        (dict(elastic_alpha=-1), "elastic_alpha"),
+        (dict(elastic_sigma=0), "elastic_sigma"),
+        (dict(probability=1.5), "probability"),
+        (dict(probability=True), "probability"),
+        (dict(image_shape=(28,)), "image_shape"),
+        (dict(image_shape=(28.0, 28)), "image_shape"),
+    ],
+)
 def test_bad_parameters_raise_value_error(bad, message):
     with pytest.raises(ValueError, match=message):
         make_augment(**bad)
@@ -439,11 +476,19 @@ ranges = st.floats(0, 30, allow_nan=False)
 
 
 @settings(max_examples=25, deadline=None)
-@given(rotation=ranges, shift=st.floats(0, 6), scale=st.floats(0, 0.5), shear=st.floats(0, 40),
-       alpha=st.floats(0, 5), sigma=st.floats(0.5, 28), probability=st.floats(0, 1),
-       seeds=st.tuples(st.integers(-2**62, 2**62), st.integers(-2**62, 2**62)))
-def test_any_valid_parameters_give_valid_images(rotation, shift, scale, shear, alpha, sigma,
-                                                probability, seeds):
+@given(
+    rotation=ranges,
+    shift=st.floats(0, 6),
+    scale=st.floats(0, 0.5),
+    shear=st.floats(0, 40),
+    alpha=st.floats(0, 5),
+    sigma=st.floats(0.5, 28),
+    probability=st.floats(0, 1),
+    seeds=st.tuples(st.integers(-(2**62), 2**62), st.integers(-(2**62), 2**62)),
+)
+def test_any_valid_parameters_give_valid_images(
+    rotation, shift, scale, shear, alpha, sigma, probability, seeds
+):
     augmenter = make_augment(rotation, shift, scale, shear, alpha, sigma, probability)
     images = np.random.default_rng(abs(seeds[0]) % 1000).random((3, SIZE * SIZE), np.float32)
     out = augmenter(tf.constant(images), tf.constant(seeds, tf.int64)).numpy()

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 import digitnet
-from digitnet import architectures
-from digitnet.fit import Fitter
-from digitnet.model import Model
+from digitnet.inference.model import Model
+from digitnet.models import architectures
+from digitnet.training.engine import Fitter
 
 TUTORIAL_LAYOUT = {"l0": 784, "l1": 100, "l2": 100, "l3": 60, "l4": 10}
 
@@ -20,8 +20,10 @@ def numpy_forward(X, parameters):
     A = X.astype(np.float64)
     count = len(parameters) // 2
     for k in range(1, count + 1):
-        Z = A @ np.asarray(parameters[f"W{k}"], np.float64).T \
+        Z = (
+            A @ np.asarray(parameters[f"W{k}"], np.float64).T
             + np.asarray(parameters[f"b{k}"], np.float64).T
+        )
         A = 1.0 / (1.0 + np.exp(-Z)) if k == count else np.maximum(Z, 0.0)
     return A
 
@@ -29,7 +31,9 @@ def numpy_forward(X, parameters):
 def random_parameters(layout, seed=0, scale=0.3):
     rng = np.random.default_rng(seed)
     shapes = architectures.parameter_shapes(architectures.normalize_layout(layout))
-    return {name: (rng.normal(0, scale, shape)).astype(np.float32) for name, shape in shapes.items()}
+    return {
+        name: (rng.normal(0, scale, shape)).astype(np.float32) for name, shape in shapes.items()
+    }
 
 
 def test_initialize_parameters_shapes_glorot_and_zeros():
@@ -97,8 +101,10 @@ def test_cost_gradient_matches_numerical_gradient(cost, l2):
     differences, in float64 on a small network."""
     layout = [6, 5, 4, 3]
     rng = np.random.default_rng(7)
-    parameters = {k: tf.Variable(v.astype(np.float64))
-                  for k, v in random_parameters(layout, seed=8, scale=0.5).items()}
+    parameters = {
+        k: tf.Variable(v.astype(np.float64))
+        for k, v in random_parameters(layout, seed=8, scale=0.5).items()
+    }
     architecture = architectures.normalize_layout(layout)
     if cost == "cross_entropy":
         architecture["layers"][-1]["activation"] = "softmax"
@@ -123,8 +129,9 @@ def test_cost_gradient_matches_numerical_gradient(cost, l2):
                 variable.assign(shifted)
                 numerical[index] += sign * cost_value().numpy() / (2 * epsilon)
         variable.assign(original)
-        np.testing.assert_allclose(gradient.numpy(), numerical, rtol=1e-5, atol=1e-8,
-                                   err_msg=f"gradient of {name}")
+        np.testing.assert_allclose(
+            gradient.numpy(), numerical, rtol=1e-5, atol=1e-8, err_msg=f"gradient of {name}"
+        )
 
 
 def test_calculate_cost_is_the_mean_squared_difference():
@@ -154,10 +161,12 @@ def test_one_training_step_matches_a_hand_worked_adam_update():
     rng = np.random.default_rng(11)
     X = rng.random((5, 4)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[[0, 1, 1, 0, 1]]
-    fitter = Fitter(architectures.normalize_layout(layout), cost="mse", learning_rate=0.01,
-                    batch_size=5, seed=2)
-    W1, b1, W2, b2 = (fitter.variables[k].numpy().astype(np.float64)
-                      for k in ("W1", "b1", "W2", "b2"))
+    fitter = Fitter(
+        architectures.normalize_layout(layout), cost="mse", learning_rate=0.01, batch_size=5, seed=2
+    )
+    W1, b1, W2, b2 = (
+        fitter.variables[k].numpy().astype(np.float64) for k in ("W1", "b1", "W2", "b2")
+    )
     # Forward.
     Z1 = X @ W1.T + b1.T
     A1 = np.maximum(Z1, 0)
@@ -169,21 +178,22 @@ def test_one_training_step_matches_a_hand_worked_adam_update():
     dW2, db2 = dZ2.T @ A1, dZ2.sum(axis=0, keepdims=True).T
     dZ1 = (dZ2 @ W2) * (Z1 > 0)
     dW1, db1 = dZ1.T @ X, dZ1.sum(axis=0, keepdims=True).T
+
     # Adam's first step as Keras writes it: m = (1-b1) g, v = (1-b2) g^2, and the bias
     # correction folded into the rate, lr * sqrt(1-b2) / (1-b1), with epsilon added to sqrt(v).
     def adam(value, gradient, lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        m, v = (1 - beta_1) * gradient, (1 - beta_2) * gradient ** 2
+        m, v = (1 - beta_1) * gradient, (1 - beta_2) * gradient**2
         rate = lr * np.sqrt(1 - beta_2) / (1 - beta_1)
         return value - rate * m / (np.sqrt(v) + epsilon)
 
-    expected = {"W1": adam(W1, dW1), "b1": adam(b1, db1), "W2": adam(W2, dW2),
-                "b2": adam(b2, db2)}
+    expected = {"W1": adam(W1, dW1), "b1": adam(b1, db1), "W2": adam(W2, dW2), "b2": adam(b2, db2)}
     data = fitter.dataset(X, y)
     # Present the batch in its given order so the hand-worked gradient sees the same batch.
     fitter._train_chunk(*data, tf.range(5), tf.constant(0), tf.constant(1), tf.constant(5))
     for name, value in expected.items():
-        np.testing.assert_allclose(fitter.variables[name].numpy(), value, rtol=1e-4,
-                                   atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            fitter.variables[name].numpy(), value, rtol=1e-4, atol=1e-6, err_msg=name
+        )
 
 
 def test_predict_shapes_dtype_and_no_retracing():
@@ -195,7 +205,7 @@ def test_predict_shapes_dtype_and_no_retracing():
     assert batch.shape == (25,) and batch.dtype == np.int64
     assert batch[0] == one[0]
     assert np.array_equal(batch, numpy_forward(X, parameters).argmax(axis=1))
-    from digitnet.core import _labels
+    from digitnet.training.tutorial import _labels
 
     traces = _labels.experimental_get_tracing_count()
     for size in (3, 7, 25, 1):
@@ -204,14 +214,17 @@ def test_predict_shapes_dtype_and_no_retracing():
 
 
 def test_train_parameters_prints_the_tutorial_lines_and_returns_numpy(capsys, fake_mnist_dir):
-    X_train, X_test, y_train, y_test = digitnet.load_mnist(split="official",
-                                                           data_dir=fake_mnist_dir)
+    X_train, X_test, y_train, y_test = digitnet.load_mnist(
+        split="official", data_dir=fake_mnist_dir
+    )
     layout = {"l0": 784, "l1": 16, "l2": 10}
-    parameters = digitnet.train_parameters(X_train, y_train, X_test, y_test, layout,
-                                           epochs=3, batch_size=20)
+    parameters = digitnet.train_parameters(
+        X_train, y_train, X_test, y_test, layout, epochs=3, batch_size=20
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines[:3]] == [f"Cost after epoch {i}"
-                                                          for i in (1, 2, 3)]
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        f"Cost after epoch {i}" for i in (1, 2, 3)
+    ]
     assert lines[3] == "Training complete!"
     assert lines[4].startswith("Accuracy on the training set: ") and lines[4].endswith(" %")
     assert lines[5].startswith("Accuracy on the test set: ") and lines[5].endswith(" %")
@@ -220,12 +233,22 @@ def test_train_parameters_prints_the_tutorial_lines_and_returns_numpy(capsys, fa
 
 
 def test_same_seed_gives_bit_identical_weights(fake_mnist_dir):
-    X_train, X_test, y_train, y_test = digitnet.load_mnist(split="official",
-                                                           data_dir=fake_mnist_dir)
+    X_train, X_test, y_train, y_test = digitnet.load_mnist(
+        split="official", data_dir=fake_mnist_dir
+    )
 
     def run(seed):
-        return digitnet.train_parameters(X_train, y_train, X_test, y_test, [784, 32, 10],
-                                         epochs=4, batch_size=16, seed=seed, verbose=False)
+        return digitnet.train_parameters(
+            X_train,
+            y_train,
+            X_test,
+            y_test,
+            [784, 32, 10],
+            epochs=4,
+            batch_size=16,
+            seed=seed,
+            verbose=False,
+        )
 
     first, second, other = run(5), run(5), run(6)
     for name in first:
@@ -238,7 +261,8 @@ def test_same_seed_gives_bit_identical_weights(fake_mnist_dir):
 def test_tutorial_network_reaches_its_accuracy_on_real_mnist(mnist_dir, seed):
     """The tutorial's layout with train_parameters' defaults, seed split, every seed 1-5."""
     X_train, X_test, y_train, y_test = digitnet.load_mnist(split="seed", data_dir=mnist_dir)
-    parameters = digitnet.train_parameters(X_train, y_train, X_test, y_test, TUTORIAL_LAYOUT,
-                                           seed=seed, verbose=False)
+    parameters = digitnet.train_parameters(
+        X_train, y_train, X_test, y_test, TUTORIAL_LAYOUT, seed=seed, verbose=False
+    )
     accuracy = float(np.mean(digitnet.predict(X_test, parameters) == y_test.argmax(axis=1)))
     assert 0.965 <= accuracy < 0.995, accuracy  # far above 99.5% would mean a leak

@@ -1,4 +1,4 @@
-"""Tests for digitnet.data: IDX parsing, where the files come from, downloads, splits."""
+"""Tests for digitnet.data.mnist: IDX parsing, where the files come from, downloads, splits."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
 
-from digitnet import data
-from digitnet.errors import DataError
-from digitnet.data import (
+from conftest import write_dataset
+from digitnet.data import mnist as data
+from digitnet.data.idx import read_idx
+from digitnet.data.mnist import (
     MNIST_FILES,
     MNIST_SHA256,
     dataset_fingerprint,
@@ -33,11 +33,17 @@ from digitnet.data import (
     download_mnist,
     load_mnist,
     load_mnist_arrays,
-    read_idx,
 )
+from digitnet.errors import DataError
 
-TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
-              np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+TYPE_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
 
 
 def encode_idx(array: np.ndarray, dtype=np.uint8) -> bytes:
@@ -45,7 +51,9 @@ def encode_idx(array: np.ndarray, dtype=np.uint8) -> bytes:
     dtype = np.dtype(dtype)
     big_endian = dtype if dtype.itemsize == 1 else dtype.newbyteorder(">")
     array = np.asarray(array).astype(big_endian)
-    header = bytes([0, 0, TYPE_CODES[big_endian], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = bytes([0, 0, TYPE_CODES[big_endian], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     return header + array.tobytes()
 
 
@@ -285,7 +293,7 @@ def test_raw_and_dotted_file_names_are_accepted(tmp_path):
 def test_non_mnist_checksum_in_named_dir_is_logged_not_rejected(tmp_path, caplog):
     arrays = fake_dataset()
     directory = write_dataset(tmp_path / "fashion", arrays)
-    with caplog.at_level(logging.INFO, logger="digitnet.data"):
+    with caplog.at_level(logging.INFO, logger="digitnet.data.mnist"):
         loaded = load_mnist_arrays(data_dir=directory)
     np.testing.assert_array_equal(loaded.train_images, arrays["train_images"])
     assert "differs from canonical MNIST" in caplog.text
@@ -385,7 +393,9 @@ def mirror_server():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield types.SimpleNamespace(
-        routes=handler.routes, requests=handler.requests, url=f"http://127.0.0.1:{server.server_address[1]}"
+        routes=handler.routes,
+        requests=handler.requests,
+        url=f"http://127.0.0.1:{server.server_address[1]}",
     )
     server.shutdown()
     server.server_close()
@@ -416,7 +426,9 @@ def assert_cache_holds_exactly_verified_files(cache: Path, arrays: dict):
 
 
 @pytest.mark.parametrize("dead", ["refused", "404"])
-def test_download_skips_dead_and_corrupt_mirrors(tmp_path, monkeypatch, served_dataset, dead, capsys):
+def test_download_skips_dead_and_corrupt_mirrors(
+    tmp_path, monkeypatch, served_dataset, dead, capsys
+):
     mirrors = served_dataset.mirrors
     first = closed_port_url() if dead == "refused" else mirrors["dead"]
     monkeypatch.setattr(data, "MIRRORS", [first, mirrors["corrupt"], mirrors["good"]])
@@ -448,7 +460,10 @@ def test_download_mnist_takes_checksums_directly(tmp_path, mirror_server):
     for kind, array in arrays.items():
         mirror_server.routes[f"/m/{MNIST_FILES[kind]}"] = gzip.compress(encode_idx(array))
     paths = download_mnist(
-        tmp_path / "cache", mirrors=[f"{mirror_server.url}/m/"], timeout=5, checksums=decompressed_sha256(arrays)
+        tmp_path / "cache",
+        mirrors=[f"{mirror_server.url}/m/"],
+        timeout=5,
+        checksums=decompressed_sha256(arrays),
     )
     assert set(paths) == set(MNIST_FILES)
     assert_cache_holds_exactly_verified_files(tmp_path / "cache", arrays)
@@ -506,7 +521,9 @@ def hanging_mirror():
         connection.close()
 
 
-def test_hanging_mirror_costs_one_timeout_not_one_per_file(tmp_path, served_dataset, hanging_mirror):
+def test_hanging_mirror_costs_one_timeout_not_one_per_file(
+    tmp_path, served_dataset, hanging_mirror
+):
     url, accepted = hanging_mirror
     download_mnist(tmp_path / "cache", mirrors=[url, served_dataset.mirrors["good"]], timeout=0.5)
     assert len(accepted) == 1
@@ -569,7 +586,9 @@ def test_official_split_keeps_the_files_order(small_dataset):
     assert y_train.shape == (50, 3) and y_test.shape == (20, 3)
     _assert_model_ready(X_train, y_train, 3)
     _assert_model_ready(X_test, y_test, 3)
-    np.testing.assert_array_equal(X_train, arrays["train_images"].reshape(50, 784).astype(np.float32) / 255)
+    np.testing.assert_array_equal(
+        X_train, arrays["train_images"].reshape(50, 784).astype(np.float32) / 255
+    )
     np.testing.assert_array_equal(X_test.reshape(20, 28, 28) * 255, arrays["test_images"])
     np.testing.assert_array_equal(y_train.argmax(axis=1), arrays["train_labels"])
     np.testing.assert_array_equal(y_test.argmax(axis=1), arrays["test_labels"])
@@ -582,7 +601,9 @@ def test_seed_split_is_the_tutorials_train_test_split(small_dataset):
     X_all = np.concatenate([arrays["train_images"], arrays["test_images"]]).reshape(70, 784) / 255.0
     labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
     y_all = np.eye(3)[labels]
-    expected = train_test_split(X_all.astype(np.float32), y_all.astype(np.float32), test_size=0.2, random_state=1)
+    expected = train_test_split(
+        X_all.astype(np.float32), y_all.astype(np.float32), test_size=0.2, random_state=1
+    )
 
     assert [part.shape for part in result] == [(56, 784), (14, 784), (56, 3), (14, 3)]
     for got, want in zip(result, expected):
@@ -641,7 +662,9 @@ def fake_openml(monkeypatch):
 
 
 def test_openml_official_split_and_call(fake_openml, tmp_path):
-    X_train, X_test, y_train, y_test = load_mnist(split="official", source="openml", cache_dir=tmp_path)
+    X_train, X_test, y_train, y_test = load_mnist(
+        split="official", source="openml", cache_dir=tmp_path
+    )
 
     assert X_train.shape == (60000, 6) and X_test.shape == (10000, 6)
     _assert_model_ready(X_train, y_train, 10)
@@ -691,8 +714,13 @@ def test_dataset_fingerprint_covers_values_dtype_and_shape():
 
 
 def test_importing_data_pulls_in_neither_tensorflow_nor_sklearn():
-    code = "import sys, digitnet.data; print(sorted({'tensorflow', 'sklearn'} & set(sys.modules)))"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, digitnet.data.mnist\n"
+        "print(sorted({'tensorflow', 'sklearn'} & set(sys.modules)))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert output.strip() == "[]"
 
 

@@ -20,11 +20,11 @@ import tensorflow as tf
 from PIL import Image, ImageDraw
 
 import digitnet
-from digitnet import architectures
-from digitnet.fit import Fitter
-from digitnet.model import Model
-from digitnet.modelfile import save_model
-from digitnet.preprocess import preprocess_image
+from digitnet.inference.model import Model
+from digitnet.inference.modelfile import save_model
+from digitnet.inference.preprocess import preprocess_image
+from digitnet.models import architectures
+from digitnet.training.engine import Fitter
 
 MODEL_NAMES = ("seed", "mlp", "cnn")
 
@@ -52,8 +52,11 @@ def assert_same_predictions(model: Model, X: np.ndarray) -> None:
     """forward, predict_proba and predict on ``X`` (n, 784) equal the TensorFlow reference."""
     reference = reference_outputs(model, X)
     np.testing.assert_allclose(model.forward(X), reference, rtol=2e-4, atol=2e-5)
-    expected = reference if model.architecture["layers"][-1]["activation"] == "softmax" \
+    expected = (
+        reference
+        if model.architecture["layers"][-1]["activation"] == "softmax"
         else normalised(reference)
+    )
     np.testing.assert_allclose(model.predict_proba(X), expected, rtol=2e-4, atol=2e-5)
     assert np.array_equal(model.predict(X), reference.argmax(axis=1))
 
@@ -66,7 +69,7 @@ def mnist_like():
     for image in images:
         for _ in range(3):
             row, column = rng.integers(4, 24, size=2)
-            image[row - 2:row + 2, column - 6:column + 6] = rng.random()
+            image[row - 2 : row + 2, column - 6 : column + 6] = rng.random()
     return images.reshape(len(images), -1)
 
 
@@ -79,8 +82,14 @@ def bfloat16_models(mnist_like):
     for name in MODEL_NAMES:
         architecture = trained_architecture(name)
         cost = "mse" if name == "seed" else "cross_entropy"
-        fitter = Fitter(architecture, cost=cost, learning_rate=0.003, batch_size=100, seed=3,
-                        compute_dtype="bfloat16")
+        fitter = Fitter(
+            architecture,
+            cost=cost,
+            learning_rate=0.003,
+            batch_size=100,
+            seed=3,
+            compute_dtype="bfloat16",
+        )
         fitter.set_output_bias_from_labels(labels)
         data = fitter.dataset(mnist_like[:300], labels[:300])
         for epoch in (1, 2):
@@ -100,8 +109,9 @@ def test_bfloat16_trained_models_predict_the_same_in_numpy(bfloat16_models, mnis
         assert not np.allclose(model.parameters["mean2"], 0.0)  # batchnorm really trained
     assert_same_predictions(model, mnist_like[300:])
     # Training's own accuracy uses the compiled TensorFlow pass: the same outputs.
-    np.testing.assert_allclose(model.forward(mnist_like[300:]), fitter.outputs(mnist_like[300:]),
-                               rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        model.forward(mnist_like[300:]), fitter.outputs(mnist_like[300:]), rtol=2e-4, atol=2e-5
+    )
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -111,8 +121,9 @@ def test_one_image_equals_its_row_of_the_batch(bfloat16_models, mnist_like, name
     for index in range(0, 40, 7):
         image = mnist_like[index]
         for form in (image, image[None], image.reshape(28, 28)[None]):
-            np.testing.assert_allclose(model.predict_proba(form)[0], batch[index],
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                model.predict_proba(form)[0], batch[index], rtol=1e-5, atol=1e-6
+            )
         assert model.predict(image)[0] == batch[index].argmax()
 
 
@@ -133,17 +144,20 @@ def test_blocks_on_worker_threads_equal_one_block_and_restore_blas(bfloat16_mode
     from concurrent.futures import ThreadPoolExecutor
 
     def blas_threads():
-        return [info["num_threads"] for info in threadpoolctl.threadpool_info()
-                if info["user_api"] == "blas"]
+        return [
+            info["num_threads"]
+            for info in threadpoolctl.threadpool_info()
+            if info["user_api"] == "blas"
+        ]
 
     model, _ = bfloat16_models[name]
-    X = np.random.default_rng(1).random((1100 if name == "cnn" else 3000, 784),
-                                        dtype=np.float32)
+    X = np.random.default_rng(1).random((1100 if name == "cnn" else 3000, 784), dtype=np.float32)
     before = blas_threads()
     whole = model.forward(X, block_rows=len(X))
     with ThreadPoolExecutor(4) as callers:
-        answers = list(callers.map(lambda rows: model.forward(X, block_rows=rows),
-                                   [None, 100, 333, 1000] * 2))
+        answers = list(
+            callers.map(lambda rows: model.forward(X, block_rows=rows), [None, 100, 333, 1000] * 2)
+        )
     for answer in answers:
         np.testing.assert_allclose(answer, whole, rtol=1e-5, atol=1e-6)
     assert blas_threads() == before
@@ -161,13 +175,19 @@ def test_random_parameters_of_every_activation_match(mnist_like):
     """A dense stack with sigmoid hidden layers and linear and softmax outputs."""
     rng = np.random.default_rng(2)
     for output in ("linear", "softmax", "sigmoid"):
-        architecture = {"input_shape": [784], "layers": [
-            {"type": "dense", "units": 32, "activation": "sigmoid"},
-            {"type": "dense", "units": 16, "activation": "relu", "use_bias": False},
-            {"type": "dense", "units": 10, "activation": output}]}
+        architecture = {
+            "input_shape": [784],
+            "layers": [
+                {"type": "dense", "units": 32, "activation": "sigmoid"},
+                {"type": "dense", "units": 16, "activation": "relu", "use_bias": False},
+                {"type": "dense", "units": 10, "activation": output},
+            ],
+        }
         shapes = architectures.parameter_shapes(architectures.validate_architecture(architecture))
-        model = Model(architecture, {name: rng.normal(0, 0.2, shape).astype(np.float32)
-                                     for name, shape in shapes.items()})
+        model = Model(
+            architecture,
+            {name: rng.normal(0, 0.2, shape).astype(np.float32) for name, shape in shapes.items()},
+        )
         reference = reference_outputs(model, mnist_like)
         np.testing.assert_allclose(model.forward(mnist_like), reference, rtol=2e-4, atol=2e-5)
 
@@ -188,15 +208,22 @@ def test_bfloat16_inputs_cast_once_train_exactly_as_casting_each_batch(mnist_lik
     labels = np.eye(10, dtype=np.float32)[np.arange(300) % 10]
 
     def trained(cast_once: bool) -> dict:
-        fitter = Fitter(trained_architecture("seed"), cost="mse", learning_rate=0.005,
-                        batch_size=50, seed=4, compute_dtype="bfloat16")
+        fitter = Fitter(
+            trained_architecture("seed"),
+            cost="mse",
+            learning_rate=0.005,
+            batch_size=50,
+            seed=4,
+            compute_dtype="bfloat16",
+        )
         X, y = fitter.dataset(mnist_like[:300], labels)
         if cast_once:
             fitter.train_epoch((X, y), 1)
         else:
             # The path before the cast was hoisted: float32 rows gathered, cast in the step.
             order = tf.random.experimental.stateless_shuffle(
-                tf.range(300), seed=tf.constant([4, 1], tf.int64))
+                tf.range(300), seed=tf.constant([4, 1], tf.int64)
+            )
             fitter._train_chunk(X, y, order, tf.constant(0), tf.constant(6), tf.constant(50))
         return fitter.parameters()
 
@@ -213,14 +240,22 @@ def digit_png(path, strokes=((7, 6), (21, 6), (12, 23)), size=140) -> None:
     """A drawn digit (a seven by default), dark ink on white, as a phone or the page sends."""
     image = Image.new("RGB", (size, size), "white")
     scale = size / 28
-    ImageDraw.Draw(image).line([(x * scale, y * scale) for x, y in strokes], fill="black",
-                               width=int(2.2 * scale), joint="curve")
+    ImageDraw.Draw(image).line(
+        [(x * scale, y * scale) for x, y in strokes],
+        fill="black",
+        width=int(2.2 * scale),
+        joint="curve",
+    )
     image.save(path, "PNG")
 
 
 def run_digitnet(*args, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "digitnet", *map(str, args)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "digitnet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and result.returncode != 0:
         raise AssertionError(result.stderr[-2000:])
     return result
@@ -248,32 +283,36 @@ def test_digitnet_predict_on_a_png_equals_the_reference(tmp_path, bfloat16_model
 # --------------------------------------------------------------------------------------------
 # Start-up: nothing that does not train imports TensorFlow
 
-_REPORT = ("import sys\n"
-           "print('\\nIMPORTED', *sorted(m for m in ('tensorflow', 'keras', 'torch') "
-           "if m in sys.modules))\n")
+_REPORT = (
+    "import sys\n"
+    "print('\\nIMPORTED', *sorted(m for m in ('tensorflow', 'keras', 'torch') "
+    "if m in sys.modules))\n"
+)
 
 
 def imported_after(code: str) -> list[str]:
     """Run ``code`` in a fresh interpreter; the heavy frameworks it left in sys.modules."""
-    result = subprocess.run([sys.executable, "-c", code + _REPORT], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code + _REPORT], capture_output=True, text=True, timeout=300
+    )
     assert "IMPORTED" in result.stdout, result.stderr[-2000:]
     return result.stdout.rsplit("IMPORTED", 1)[1].split()
 
 
 def run_main(argv) -> str:
-    return ("from digitnet.cli import main\n"
-            f"try:\n    status = main({[str(a) for a in argv]!r})\n"
-            "except SystemExit as exit:\n    status = exit.code\n"
-            "assert status in (0, None), status\n")
+    return (
+        "from digitnet.cli.main import main\n"
+        f"try:\n    status = main({[str(a) for a in argv]!r})\n"
+        "except SystemExit as exit:\n    status = exit.code\n"
+        "assert status in (0, None), status\n"
+    )
 
 
 @pytest.fixture(scope="module")
 def saved_seed_model(tmp_path_factory, bfloat16_models):
     path = tmp_path_factory.mktemp("model") / "seed.safetensors"
     model, _ = bfloat16_models["seed"]
-    save_model(model.with_metadata(training={"model": "seed"}, data={"split": "official"}),
-               path)
+    save_model(model.with_metadata(training={"model": "seed"}, data={"split": "official"}), path)
     return path
 
 
@@ -288,8 +327,9 @@ def test_help_and_predict_import_no_tensorflow(tmp_path, saved_seed_model):
 
 
 def test_evaluate_imports_no_tensorflow(fake_mnist_dir, saved_seed_model):
-    assert imported_after(run_main(["evaluate", saved_seed_model,
-                                    "--data-dir", fake_mnist_dir])) == []
+    assert (
+        imported_after(run_main(["evaluate", saved_seed_model, "--data-dir", fake_mnist_dir])) == []
+    )
 
 
 def test_serve_answers_a_prediction_without_tensorflow(saved_seed_model):
@@ -298,7 +338,7 @@ def test_serve_answers_a_prediction_without_tensorflow(saved_seed_model):
         port = probe.getsockname()[1]
     code = (
         "import json, threading, time, urllib.request\n"
-        "from digitnet.cli import main\n"
+        "from digitnet.cli.main import main\n"
         f"argv = ['serve', {str(saved_seed_model)!r}, '--port', '{port}', '--quiet']\n"
         "threading.Thread(target=main, args=(argv,), daemon=True).start()\n"
         f"request = urllib.request.Request('http://127.0.0.1:{port}/v1/models/digitnet:predict',"
@@ -309,5 +349,6 @@ def test_serve_answers_a_prediction_without_tensorflow(saved_seed_model):
         "        break\n"
         "    except OSError:\n"
         "        time.sleep(0.1)\n"
-        "assert len(answer['predictions'][0]) == 10, answer\n")
+        "assert len(answer['predictions'][0]) == 10, answer\n"
+    )
     assert imported_after(code) == []

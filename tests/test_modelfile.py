@@ -9,24 +9,38 @@ import struct
 import numpy as np
 import pytest
 
-from digitnet import architectures
 from digitnet.errors import ModelFileError
-from digitnet.model import Model
-from digitnet.modelfile import (CHECKPOINT_KIND, FORMAT_VERSION, load_model, save_model,
-                                write_bundle)
+from digitnet.inference.model import Model
+from digitnet.inference.modelfile import (
+    CHECKPOINT_KIND,
+    FORMAT_VERSION,
+    load_model,
+    save_model,
+    write_bundle,
+)
+from digitnet.models import architectures
 
 
 def make_model(name="seed", seed=0):
     architecture = architectures.named_architecture(name)
     rng = np.random.default_rng(seed)
-    parameters = {k: rng.normal(0, 0.1, shape).astype(np.float32)
-                  for k, shape in architectures.parameter_shapes(architecture).items()}
+    parameters = {
+        k: rng.normal(0, 0.1, shape).astype(np.float32)
+        for k, shape in architectures.parameter_shapes(architecture).items()
+    }
     for k in parameters:
         if k.startswith("variance"):
             parameters[k] = np.abs(parameters[k]) + 0.5
-    return Model(architecture, parameters,
-                 {"training": {"model": name, "seed": seed}, "metrics": {"test_accuracy": 0.97},
-                  "history": [{"epoch": 1, "cost": 0.5}], "data": {"sha256": "ab" * 32}})
+    return Model(
+        architecture,
+        parameters,
+        {
+            "training": {"model": name, "seed": seed},
+            "metrics": {"test_accuracy": 0.97},
+            "history": [{"epoch": 1, "cost": 0.5}],
+            "data": {"sha256": "ab" * 32},
+        },
+    )
 
 
 @pytest.mark.parametrize("name", ["seed", "mlp", "cnn"])
@@ -51,7 +65,7 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     save_model(make_model(seed=1), path)
     before = path.read_bytes()
 
-    import digitnet.modelfile as modelfile
+    import digitnet.inference.modelfile as modelfile
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -98,11 +112,11 @@ def test_tampered_header_fails_the_checksum(tmp_path):
 def _rewrite_metadata(path, **changes):
     data = path.read_bytes()
     (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size])
+    header = json.loads(data[8 : 8 + size])
     header["__metadata__"].update(changes)
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
-    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
 
 
 def test_unknown_format_version_says_to_upgrade(tmp_path):

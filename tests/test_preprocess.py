@@ -1,4 +1,4 @@
-"""Tests for digitnet.preprocess: real-world images into MNIST form.
+"""Tests for digitnet.inference.preprocess: real-world images into MNIST form.
 
 Synthetic digits are drawn with PIL.ImageDraw so that most tests need no data; the tests on real
 MNIST digits read the test set from DIGITNET_DATA_DIR (the ``mnist_dir`` fixture) and skip
@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 from digitnet.errors import ImageError, NoDigitFound
-from digitnet.preprocess import (
+from digitnet.inference.preprocess import (
     BOX_SIDE,
     CENTRE,
     MAX_PIXELS,
@@ -31,26 +31,39 @@ from digitnet.preprocess import (
     validate_mnist_array,
     validate_mnist_batch,
 )
-from digitnet.renderings import RENDERINGS, stroke_coverage
+from renderings import RENDERINGS, stroke_coverage
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
 
-def draw_digit(shape: str = "seven", size: int = 200, width: int | None = None, ink: int = 0, paper: int = 255) -> Image.Image:
-    """A synthetic digit-like drawing, 'L' mode, ``size`` px square; asymmetric shapes on purpose."""
+def draw_digit(
+    shape: str = "seven", size: int = 200, width: int | None = None, ink: int = 0, paper: int = 255
+) -> Image.Image:
+    """A synthetic digit-like drawing, 'L' mode, ``size`` px square; asymmetric shapes on
+    purpose."""
     width = width if width is not None else max(2, size // 14)
     image = Image.new("L", (size, size), paper)
     draw = ImageDraw.Draw(image)
     s = size
     if shape == "seven":
-        draw.line([(0.28 * s, 0.22 * s), (0.72 * s, 0.22 * s), (0.42 * s, 0.8 * s)], fill=ink, width=width, joint="curve")
+        draw.line(
+            [(0.28 * s, 0.22 * s), (0.72 * s, 0.22 * s), (0.42 * s, 0.8 * s)],
+            fill=ink,
+            width=width,
+            joint="curve",
+        )
     elif shape == "zero":
         draw.ellipse([0.33 * s, 0.2 * s, 0.67 * s, 0.8 * s], outline=ink, width=width)
     elif shape == "one":
         draw.line([(0.52 * s, 0.18 * s), (0.46 * s, 0.82 * s)], fill=ink, width=width)
     elif shape == "four":
-        draw.line([(0.55 * s, 0.2 * s), (0.3 * s, 0.6 * s), (0.72 * s, 0.6 * s)], fill=ink, width=width, joint="curve")
+        draw.line(
+            [(0.55 * s, 0.2 * s), (0.3 * s, 0.6 * s), (0.72 * s, 0.6 * s)],
+            fill=ink,
+            width=width,
+            joint="curve",
+        )
         draw.line([(0.6 * s, 0.4 * s), (0.6 * s, 0.82 * s)], fill=ink, width=width)
     elif shape == "corner":
         # Mass piled in one corner: centring it on its mass at full size would leave the frame.
@@ -77,7 +90,9 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Best correlation over shifts of up to one pixel: MNIST's centring rounds to whole pixels,
     so a centre of mass on a half pixel can land either way."""
     return max(
-        correlation(np.roll(a, (rows, cols), axis=(0, 1)), b) for rows in (-1, 0, 1) for cols in (-1, 0, 1)
+        correlation(np.roll(a, (rows, cols), axis=(0, 1)), b)
+        for rows in (-1, 0, 1)
+        for cols in (-1, 0, 1)
     )
 
 
@@ -236,7 +251,9 @@ def test_table_edge_along_the_border_is_dropped():
     assert correlation(preprocess_image(photo), clean) > 0.95
 
 
-def _rgba_strokes(shape: str, colour: tuple[int, int, int], hidden: tuple[int, int, int]) -> Image.Image:
+def _rgba_strokes(
+    shape: str, colour: tuple[int, int, int], hidden: tuple[int, int, int]
+) -> Image.Image:
     """Strokes of ``colour`` whose alpha is the drawing; transparent pixels hold ``hidden``."""
     coverage = 255 - np.asarray(draw_digit(shape, size=280), np.uint8)
     rgba = np.zeros((280, 280, 4), np.uint8)
@@ -247,9 +264,20 @@ def _rgba_strokes(shape: str, colour: tuple[int, int, int], hidden: tuple[int, i
 
 @pytest.mark.parametrize(
     ("colour", "hidden"),
-    [((0, 0, 0), (0, 0, 0)), ((0, 0, 0), (255, 255, 255)), ((255, 255, 255), (0, 0, 0)),
-     ((255, 255, 255), (255, 255, 255)), ((30, 60, 200), (0, 0, 0))],
-    ids=["black-on-clear-black", "black-on-clear-white", "white-on-clear-black", "white-on-clear-white", "blue"],
+    [
+        ((0, 0, 0), (0, 0, 0)),
+        ((0, 0, 0), (255, 255, 255)),
+        ((255, 255, 255), (0, 0, 0)),
+        ((255, 255, 255), (255, 255, 255)),
+        ((30, 60, 200), (0, 0, 0)),
+    ],
+    ids=[
+        "black-on-clear-black",
+        "black-on-clear-white",
+        "white-on-clear-black",
+        "white-on-clear-white",
+        "blue",
+    ],
 )
 def test_canvas_exports_with_transparent_background(colour, hidden):
     reference = preprocess_image(draw_digit("seven", size=280))
@@ -265,7 +293,12 @@ def test_canvas_rendering_matches_dark_on_white(mnist_dir):
         rgba = np.zeros((280, 280, 4), np.uint8)
         rgba[..., 3] = np.rint(coverage * 255).astype(np.uint8)
         on_white = np.rint((1.0 - coverage) * 255).astype(np.uint8)
-        assert correlation(preprocess_image(encode(Image.fromarray(rgba), "PNG")), preprocess_image(on_white)) > 0.97
+        assert (
+            correlation(
+                preprocess_image(encode(Image.fromarray(rgba), "PNG")), preprocess_image(on_white)
+            )
+            > 0.97
+        )
 
 
 def test_photo_with_transparent_padding_keeps_dark_ink():
@@ -288,7 +321,12 @@ def _reference() -> np.ndarray:
 
 
 def _palette_png() -> bytes:
-    return encode(draw_digit("seven", size=160).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=8), "PNG")
+    return encode(
+        draw_digit("seven", size=160)
+        .convert("RGB")
+        .convert("P", palette=Image.Palette.ADAPTIVE, colors=8),
+        "PNG",
+    )
 
 
 def _palette_with_transparency() -> bytes:
@@ -319,7 +357,10 @@ def _la_png() -> bytes:
 
 def _la_transparent_png() -> bytes:
     image = draw_digit("seven", size=160)
-    return encode(Image.merge("LA", [Image.new("L", image.size, 0), Image.eval(image, lambda v: 255 - v)]), "PNG")
+    return encode(
+        Image.merge("LA", [Image.new("L", image.size, 0), Image.eval(image, lambda v: 255 - v)]),
+        "PNG",
+    )
 
 
 def _animated_gif() -> bytes:
@@ -363,7 +404,11 @@ def test_exif_orientation_is_applied(orientation):
     upright = draw_digit("seven", size=200).convert("RGB")
     # The camera stores pixels turned; the tag says how to turn them back for display.
     stored = upright.transpose(
-        {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+        {
+            3: Image.Transpose.ROTATE_180,
+            6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270,
+        }[orientation]
     )
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -397,7 +442,9 @@ def test_path_bytes_file_and_pil_inputs_agree(tmp_path):
         lambda a: a.astype(np.float64) / 255.0,
         lambda a: a[..., None],
         lambda a: np.repeat(a[..., None], 3, axis=2),
-        lambda a: np.concatenate([np.repeat(a[..., None], 3, axis=2), np.full(a.shape + (1,), 255, np.uint8)], axis=2),
+        lambda a: np.concatenate(
+            [np.repeat(a[..., None], 3, axis=2), np.full(a.shape + (1,), 255, np.uint8)], axis=2
+        ),
         lambda a: a.astype(np.uint16) * 257,
         lambda a: a > 127,
         lambda a: a.astype(np.int64),
@@ -431,10 +478,14 @@ def test_bad_arrays_raise_image_error(array, message):
 
 
 def test_batch():
-    batch = preprocess_batch([draw_digit("seven"), encode(draw_digit("zero"), "PNG")], names=["a", "b"])
+    batch = preprocess_batch(
+        [draw_digit("seven"), encode(draw_digit("zero"), "PNG")], names=["a", "b"]
+    )
     assert batch.shape == (2, 28, 28) and batch.dtype == np.float32
     with pytest.raises(NoDigitFound, match="blank.png"):
-        preprocess_batch([draw_digit("seven"), Image.new("L", (50, 50), 255)], names=["a", "blank.png"])
+        preprocess_batch(
+            [draw_digit("seven"), Image.new("L", (50, 50), 255)], names=["a", "blank.png"]
+        )
 
 
 def test_read_grey_composites_and_scales():
@@ -508,7 +559,10 @@ BAD_INPUTS = {
     "empty": (lambda: b"", "is empty"),
     "truncated-png": (lambda: _truncated("PNG"), "truncated"),
     "truncated-jpeg": (lambda: _truncated("JPEG"), "truncated"),
-    "png-cut-in-header": (lambda: encode(Image.new("L", (20, 20)), "PNG")[:30], "starts like a PNG file"),
+    "png-cut-in-header": (
+        lambda: encode(Image.new("L", (20, 20)), "PNG")[:30],
+        "starts like a PNG file",
+    ),
     "bomb-50000": (lambda: _png_declaring(50000, 50000), "too large"),
     "bomb-over-pillow-warning": (lambda: _png_declaring(10000, 10000), "too large"),
     "bomb-over-our-limit": (lambda: _png_declaring(8000, 8000), "8000x8000 is 64 megapixels"),
@@ -533,10 +587,14 @@ def test_bad_input_gives_its_own_image_error(case, tmp_path):
 
 def test_bad_input_messages_are_distinct(tmp_path):
     messages = set()
-    for case, (make, _) in BAD_INPUTS.items():
+    for make, _ in BAD_INPUTS.values():
         with pytest.raises(ImageError) as caught:
             preprocess_image(make(), name="x")
-        messages.add(str(caught.value).split(":")[0] if "too small" in str(caught.value) else str(caught.value)[:40])
+        messages.add(
+            str(caught.value).split(":")[0]
+            if "too small" in str(caught.value)
+            else str(caught.value)[:40]
+        )
     assert len(messages) >= 7
 
 
@@ -671,7 +729,9 @@ def scribbles(draw):
     if draw(st.booleans()):
         noise = draw(st.integers(0, 60))
         seed = draw(st.integers(0, 2**32 - 1))
-        values = np.clip(values + np.random.default_rng(seed).normal(0, noise, values.shape), 0, 255).astype(np.uint8)
+        values = np.clip(
+            values + np.random.default_rng(seed).normal(0, noise, values.shape), 0, 255
+        ).astype(np.uint8)
     if draw(st.booleans()):
         return values.astype(np.float32) / 255.0
     return values

@@ -1,4 +1,4 @@
-"""Tests for digitnet.renderings and the pieces of benchmarks/images.py (with a fake model)."""
+"""Tests for renderings and the pieces of benchmarks/images.py (with a fake model)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from digitnet.errors import ModelFileError
-from digitnet.preprocess import preprocess_image
-from digitnet.renderings import RENDERINGS, render, stroke_coverage
+from digitnet.inference.preprocess import preprocess_image
+from renderings import RENDERINGS, render, stroke_coverage
 
 
 def synthetic_digit(shape: str) -> np.ndarray:
-    """A 28x28 uint8 MNIST-form digit (white on black) drawn with lines: 20 px tall, 3 px strokes."""
+    """A 28x28 uint8 MNIST-form digit (white on black) drawn with lines: 20 px tall, 3 px
+    strokes."""
     image = Image.new("L", (28, 28), 0)
     draw = ImageDraw.Draw(image)
     if shape == "seven":
@@ -92,14 +93,17 @@ def test_renderings_keep_the_whole_digit_inside_the_frame(kind):
         assert top > 0 and left > 0 and bottom < ink.shape[0] - 1 and right < ink.shape[1] - 1
 
 
-@pytest.mark.parametrize(("kind", "suffix", "image_format"), [
-    ("photo_jpeg", ".jpg", "JPEG"),
-    ("canvas_png", ".png", "PNG"),
-    ("small_in_large", ".png", "PNG"),
-    ("felt_pen", ".png", "PNG"),
-    ("rotated", ".png", "PNG"),
-    ("thin_pen", ".png", "PNG"),
-])
+@pytest.mark.parametrize(
+    ("kind", "suffix", "image_format"),
+    [
+        ("photo_jpeg", ".jpg", "JPEG"),
+        ("canvas_png", ".png", "PNG"),
+        ("small_in_large", ".png", "PNG"),
+        ("felt_pen", ".png", "PNG"),
+        ("rotated", ".png", "PNG"),
+        ("thin_pen", ".png", "PNG"),
+    ],
+)
 def test_file_names_match_formats(kind, suffix, image_format):
     rendering = RENDERINGS[kind](synthetic_digit("zero"), np.random.default_rng(0))
     assert rendering.filename.endswith(suffix)
@@ -132,7 +136,9 @@ def test_canvas_export_is_dark_strokes_on_full_transparency():
 
 def test_small_in_large_is_about_thirty_pixels_tall_on_six_hundred():
     for seed in range(3):
-        data = RENDERINGS["small_in_large"](synthetic_digit("one"), np.random.default_rng(seed)).data
+        data = RENDERINGS["small_in_large"](
+            synthetic_digit("one"), np.random.default_rng(seed)
+        ).data
         ink = ink_of(data) > 0.5
         assert ink.shape == (600, 600)
         top, bottom, _, _ = bounding_box(ink)
@@ -172,7 +178,9 @@ def test_rotated_is_turned_by_three_to_ten_degrees():
         rows, cols = np.nonzero(ink > 0.5)
         # Principal axis of the ink from its second moments; 0 degrees is vertical.
         covariance = np.cov(np.stack([cols, rows]))
-        angle = 0.5 * np.degrees(np.arctan2(2 * covariance[0, 1], covariance[1, 1] - covariance[0, 0]))
+        angle = 0.5 * np.degrees(
+            np.arctan2(2 * covariance[0, 1], covariance[1, 1] - covariance[0, 0])
+        )
         angles.append(angle)
         assert 2.5 <= abs(angle) <= 10.5, angle
     assert min(angles) < 0 < max(angles)  # both ways
@@ -185,7 +193,9 @@ def test_stroke_coverage():
     assert coverage.shape == (140, 140) and coverage.dtype == np.float32
     assert coverage.min() == 0.0 and coverage.max() == 1.0
     assert bold.sum() > 1.3 * coverage.sum()
-    np.testing.assert_array_equal(stroke_coverage(digit / 255.0, 140), stroke_coverage(digit.reshape(784), 140))
+    np.testing.assert_array_equal(
+        stroke_coverage(digit / 255.0, 140), stroke_coverage(digit.reshape(784), 140)
+    )
 
 
 def test_bad_arguments():
@@ -202,7 +212,10 @@ def test_renderings_preprocess_back_to_the_digit(kind):
     references = {shape: preprocess_image(synthetic_digit(shape)) for shape in SHAPES}
     for shape in SHAPES:
         out = preprocess_image(render(kind, synthetic_digit(shape), np.random.default_rng(11)))
-        scores = {other: float(np.corrcoef(out.ravel(), reference.ravel())[0, 1]) for other, reference in references.items()}
+        scores = {
+            other: float(np.corrcoef(out.ravel(), reference.ravel())[0, 1])
+            for other, reference in references.items()
+        }
         assert max(scores, key=scores.get) == shape, scores
 
 
@@ -225,7 +238,8 @@ def bench():
 
 
 class TemplateModel:
-    """Labels an MNIST-form image by the best-correlated template: predict_proba like digitnet's Model."""
+    """Labels an MNIST-form image by the best-correlated template: predict_proba like
+    digitnet's Model."""
 
     def __init__(self, templates: np.ndarray):
         self.templates = templates.reshape(len(templates), -1).astype(np.float32)
@@ -235,7 +249,14 @@ class TemplateModel:
         assert X.ndim == 2 and X.shape[1] == 784
         centred = X - X.mean(axis=1, keepdims=True)
         templates = self.templates - self.templates.mean(axis=1, keepdims=True)
-        scores = centred @ templates.T / (np.linalg.norm(centred, axis=1, keepdims=True) * np.linalg.norm(templates, axis=1) + 1e-9)
+        scores = (
+            centred
+            @ templates.T
+            / (
+                np.linalg.norm(centred, axis=1, keepdims=True) * np.linalg.norm(templates, axis=1)
+                + 1e-9
+            )
+        )
         probabilities = np.exp(10 * scores)
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
@@ -251,14 +272,19 @@ def test_evaluate_with_a_fake_model(bench, fake_data):
     digits, labels = fake_data
     model = TemplateModel(np.stack([preprocess_image(synthetic_digit(shape)) for shape in SHAPES]))
     rows = bench.evaluate(model, digits, labels, seed=0, kinds=["canvas_png", "photo_jpeg"])
-    assert [row.kind for row in rows] == [bench.BASELINE, bench.RECENTRED, "canvas_png", "photo_jpeg"]
+    assert [row.kind for row in rows] == [
+        bench.BASELINE,
+        bench.RECENTRED,
+        "canvas_png",
+        "photo_jpeg",
+    ]
     assert all(row.count == len(digits) and row.refused == 0 for row in rows)
     assert all(row.accuracy == 1.0 for row in rows)
     assert rows[2].seconds > 0
 
 
 def test_evaluate_scores_refused_images_as_wrong(bench, fake_data, monkeypatch):
-    from digitnet import renderings
+    import renderings
 
     def blank(digit, rng):
         buffer = io.BytesIO()
@@ -302,15 +328,19 @@ def test_table_and_goal(bench):
 
 
 def test_main_with_fakes(bench, fake_data, monkeypatch, capsys):
-    import digitnet.data
-    import digitnet.modelfile
+    import digitnet.data.mnist
+    import digitnet.inference.modelfile
 
     digits, labels = fake_data
     model = TemplateModel(np.stack([preprocess_image(synthetic_digit(shape)) for shape in SHAPES]))
     loaded = []
-    monkeypatch.setattr(digitnet.modelfile, "load_model", lambda path: loaded.append(path) or model)
     monkeypatch.setattr(
-        digitnet.data, "load_mnist_arrays", lambda data_dir=None, **_: SimpleNamespace(test_images=digits, test_labels=labels)
+        digitnet.inference.modelfile, "load_model", lambda path: loaded.append(path) or model
+    )
+    monkeypatch.setattr(
+        digitnet.data.mnist,
+        "load_mnist_arrays",
+        lambda data_dir=None, **_: SimpleNamespace(test_images=digits, test_labels=labels),
     )
     assert bench.main(["seed.safetensors", "--n", "6", "--kinds", "rotated,thin_pen"]) == 0
     out = capsys.readouterr().out
@@ -322,7 +352,7 @@ def test_main_with_fakes(bench, fake_data, monkeypatch, capsys):
     def broken(path):
         raise ModelFileError(f"{path} is truncated")
 
-    monkeypatch.setattr(digitnet.modelfile, "load_model", broken)
+    monkeypatch.setattr(digitnet.inference.modelfile, "load_model", broken)
     assert bench.main(["bad.safetensors", "--n", "2"]) == 1
     assert "bad.safetensors is truncated" in capsys.readouterr().err
 

@@ -24,12 +24,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from digitnet import architectures
-from digitnet.images import predict_image
-from digitnet.model import Model
-from digitnet.modelfile import save_model
-from digitnet.server import (MAX_BODY_BYTES, MAX_INSTANCES, STATIC_DIR, bind_socket,
-                             build_server, create_app)
+from digitnet.inference.model import Model
+from digitnet.inference.modelfile import save_model
+from digitnet.inference.predict import predict_image
+from digitnet.models import architectures
+from digitnet.serving.server import (
+    MAX_BODY_BYTES,
+    MAX_INSTANCES,
+    STATIC_DIR,
+    bind_socket,
+    build_server,
+    create_app,
+)
 
 PREDICT = "/v1/models/digitnet:predict"
 
@@ -41,8 +47,10 @@ PREDICT = "/v1/models/digitnet:predict"
 def random_seed_model(seed: int = 0) -> Model:
     architecture = architectures.seed_architecture()
     rng = np.random.default_rng(seed)
-    parameters = {name: rng.normal(0, 0.3, shape).astype(np.float32)
-                  for name, shape in architectures.parameter_shapes(architecture).items()}
+    parameters = {
+        name: rng.normal(0, 0.3, shape).astype(np.float32)
+        for name, shape in architectures.parameter_shapes(architecture).items()
+    }
     return Model(architecture, parameters, {"training": {"model": "seed"}})
 
 
@@ -56,10 +64,11 @@ class RunningServer:
         self.url = f"http://127.0.0.1:{self.port}"
         app = app if app is not None else create_app(model, **app_options)
         self.server = build_server(app, log_requests=False)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> RunningServer:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
@@ -104,8 +113,12 @@ def digit_png(kind: str = "seven", size: int = 140, transparent: bool = False) -
     draw = ImageDraw.Draw(image)
     scale = size / 28
     strokes = {"seven": [(7, 6), (21, 6), (12, 23)], "one": [(14, 5), (14, 23)]}[kind]
-    draw.line([(x * scale, y * scale) for x, y in strokes], fill="black",
-              width=int(2.2 * scale), joint="curve")
+    draw.line(
+        [(x * scale, y * scale) for x, y in strokes],
+        fill="black",
+        width=int(2.2 * scale),
+        joint="curve",
+    )
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -148,8 +161,9 @@ def test_row_form_predictions_equal_predict_proba(client, model):
     assert response.status_code == 200, response.text
     predictions = np.array(response.json()["predictions"], dtype=np.float32)
     assert predictions.shape == (3, 10)
-    np.testing.assert_allclose(predictions, model.predict_proba(images.reshape(3, -1)),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        predictions, model.predict_proba(images.reshape(3, -1)), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_28x28_instances_equal_flat_ones(client):
@@ -164,15 +178,17 @@ def test_instances_are_not_preprocessed_again(client, model):
     image = np.zeros((28, 28), np.float32)
     image[2:8, 2:5] = 1.0
     answer = client.post(PREDICT, json={"instances": [image.reshape(-1).tolist()]}).json()
-    np.testing.assert_allclose(answer["predictions"][0], model.predict_proba(image[None])[0],
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        answer["predictions"][0], model.predict_proba(image[None])[0], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_all_zero_and_integer_instances_are_valid_input(client, model):
     zeros = [0] * 784
     answer = client.post(PREDICT, json={"instances": [zeros]}).json()
-    np.testing.assert_allclose(answer["predictions"][0],
-                               model.predict_proba(np.zeros((1, 784)))[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        answer["predictions"][0], model.predict_proba(np.zeros((1, 784)))[0], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_versioned_path_and_signature_name(client):
@@ -215,23 +231,36 @@ def test_b64_variants_and_mixed_batches(client, model):
     url_safe = base64.urlsafe_b64encode(png).decode().rstrip("=")
     data_url = "data:image/png;base64," + standard
     image = mnist_like(1)[0]
-    answer = client.post(PREDICT, json={"instances": [{"b64": standard}, {"b64": url_safe},
-                                                      {"b64": data_url},
-                                                      image.reshape(-1).tolist()]}).json()
+    answer = client.post(
+        PREDICT,
+        json={
+            "instances": [
+                {"b64": standard},
+                {"b64": url_safe},
+                {"b64": data_url},
+                image.reshape(-1).tolist(),
+            ]
+        },
+    ).json()
     predictions = np.array(answer["predictions"])
     assert predictions.shape == (4, 10)
     np.testing.assert_allclose(predictions[0], predictions[1], rtol=1e-6)
     np.testing.assert_allclose(predictions[0], predictions[2], rtol=1e-6)
-    np.testing.assert_allclose(predictions[0], predict_image(model, png).probabilities, rtol=1e-6,
-                               atol=1e-7)
-    np.testing.assert_allclose(predictions[3], model.predict_proba(image[None])[0], rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        predictions[0], predict_image(model, png).probabilities, rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        predictions[3], model.predict_proba(image[None])[0], rtol=1e-6, atol=1e-7
+    )
 
 
 def test_curl_default_content_type_and_no_content_type_are_accepted(client):
     body = json.dumps({"instances": mnist_like(1).tolist()}).encode()
-    for headers in ({"Content-Type": "application/x-www-form-urlencoded"}, {},
-                    {"Content-Type": "application/json; charset=utf-8"}):
+    for headers in (
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {},
+        {"Content-Type": "application/json; charset=utf-8"},
+    ):
         assert client.post(PREDICT, content=body, headers=headers).status_code == 200
 
 
@@ -291,8 +320,10 @@ BAD_REQUESTS = {
     "b64 blank image": ({"instances": [{"b64": b64(blank_png())}]}, "no digit found"),
     "object instance with other keys": ({"instances": [{"pixels": _row()}]}, "keys"),
     "too many instances": ({"instances": [[0] * 784] * (MAX_INSTANCES + 1)}, "at most"),
-    "wrong signature": ({"signature_name": "predict_images", "instances": [_row()]},
-                        "signature_name"),
+    "wrong signature": (
+        {"signature_name": "predict_images", "instances": [_row()]},
+        "signature_name",
+    ),
     "inputs of wrong shape": ({"inputs": [[_row(count=10)]]}, "shape 1x10"),
 }
 
@@ -300,8 +331,11 @@ BAD_REQUESTS = {
 @pytest.mark.parametrize("name", sorted(BAD_JSON_BODIES))
 def test_malformed_bodies_answer_400(client, name):
     body, contains = BAD_JSON_BODIES[name]
-    assert_error(client.post(PREDICT, content=body,
-                             headers={"Content-Type": "application/json"}), 400, contains)
+    assert_error(
+        client.post(PREDICT, content=body, headers={"Content-Type": "application/json"}),
+        400,
+        contains,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
@@ -315,12 +349,16 @@ def test_bad_request_names_the_instance(client):
     assert "instances[1]" in message
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x",
-                                          "image/png"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "multipart/form-data; boundary=x", "image/png"]
+)
 def test_predict_refuses_non_json_content_types(client, content_type):
     body = json.dumps({"instances": [_row()]})
-    assert_error(client.post(PREDICT, content=body, headers={"Content-Type": content_type}),
-                 415, "application/json")
+    assert_error(
+        client.post(PREDICT, content=body, headers={"Content-Type": content_type}),
+        415,
+        "application/json",
+    )
 
 
 def test_unknown_model_and_version_answer_404(client):
@@ -335,8 +373,9 @@ def test_unknown_model_and_version_answer_404(client):
 
 
 def test_other_tf_serving_methods_answer_404(client):
-    assert_error(client.post("/v1/models/digitnet:classify", json={"examples": []}), 404,
-                 ":predict")
+    assert_error(
+        client.post("/v1/models/digitnet:classify", json={"examples": []}), 404, ":predict"
+    )
     assert_error(client.get("/v1/models/digitnet:regress"), 404, ":predict")
 
 
@@ -366,8 +405,15 @@ def test_wrong_methods_and_routes_answer_json(client):
 
 
 def test_model_status_shape(client):
-    expected = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}}]}
+    expected = {
+        "model_version_status": [
+            {
+                "version": "1",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
     assert client.get("/v1/models/digitnet").json() == expected
     assert client.get("/v1/models/digitnet/versions/1").json() == expected
 
@@ -424,19 +470,32 @@ def test_transparent_canvas_without_strokes_is_no_digit(client):
 
 
 def test_upload_errors(client):
-    assert_error(client.post("/api/predict", files={"file": ("x.png", b"not an image")}), 400,
-                 "not an image")
+    assert_error(
+        client.post("/api/predict", files={"file": ("x.png", b"not an image")}), 400, "not an image"
+    )
     assert_error(client.post("/api/predict", files={"file": ("x.png", b"")}), 400, "empty")
-    text_only = (b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nvalue\r\n'
-                 b"--b--\r\n")
-    assert_error(client.post("/api/predict", content=text_only,
-                             headers={"Content-Type": "multipart/form-data; boundary=b"}),
-                 400, "field named 'file'")
-    assert_error(client.post("/api/predict", files={"image": ("x.png", digit_png())}), 400,
-                 "'file'")
+    text_only = b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nvalue\r\n--b--\r\n'
+    assert_error(
+        client.post(
+            "/api/predict",
+            content=text_only,
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ),
+        400,
+        "field named 'file'",
+    )
+    assert_error(
+        client.post("/api/predict", files={"image": ("x.png", digit_png())}), 400, "'file'"
+    )
     assert_error(client.post("/api/predict", json={"b64": b64(digit_png())}), 415, "multipart")
-    assert_error(client.post("/api/predict", content=b"--x\r\nbroken",
-                             headers={"Content-Type": "multipart/form-data; boundary=x"}), 400)
+    assert_error(
+        client.post(
+            "/api/predict",
+            content=b"--x\r\nbroken",
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        ),
+        400,
+    )
 
 
 def test_health(client):
@@ -465,7 +524,7 @@ def raw_exchange(port: int, head: bytes, chunks=(), pause: float = 0.02) -> tupl
             data += part
     head_text, body = data.split(b"\r\n\r\n", 1)
     status = int(head_text.split(b" ", 2)[1])
-    return status, json.loads(body[:_length(data)])
+    return status, json.loads(body[: _length(data)])
 
 
 def _length(data: bytes) -> int:
@@ -475,25 +534,34 @@ def _length(data: bytes) -> int:
 
 @pytest.mark.parametrize("path", [PREDICT, "/api/predict"])
 def test_declared_oversize_body_answers_413_before_reading(server, path):
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+    ).encode()
     status, body = raw_exchange(server.port, head)  # no body sent at all: no waiting for it
     assert status == 413 and "limit" in body["error"]
 
 
-@pytest.mark.parametrize("path,content_type", [(PREDICT, "application/json"),
-                                               ("/api/predict", "image/png"),
-                                               ("/api/predict",
-                                                "multipart/form-data; boundary=b")])
-def test_streamed_oversize_body_answers_413_while_reading(small_limit_server, path,
-                                                          content_type):
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-            f"Transfer-Encoding: chunked\r\n\r\n").encode()
+@pytest.mark.parametrize(
+    "path,content_type",
+    [
+        (PREDICT, "application/json"),
+        ("/api/predict", "image/png"),
+        ("/api/predict", "multipart/form-data; boundary=b"),
+    ],
+)
+def test_streamed_oversize_body_answers_413_while_reading(small_limit_server, path, content_type):
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
     piece = b" " * 16384
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     # A well-formed start, so that a multipart parser reads on instead of failing at once.
-    part = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n")
+    part = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n"
+    )
     first = f"{len(part):x}\r\n".encode() + part + b"\r\n"
     status, body = raw_exchange(small_limit_server.port, head, [first] + [chunk] * 20)
     assert status == 413 and "limit" in body["error"]
@@ -508,8 +576,9 @@ def test_body_under_the_limit_is_fine(small_limit_server):
 def test_nonnumeric_content_length_answers_400(server):
     # uvicorn's HTTP parser or the app refuses it; either way a 400, never a 500 or a hang.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Length: 12abc\r\n\r\n")
+        sock.sendall(
+            b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n"
+        )
         status_line = sock.recv(65536).split(b"\r\n", 1)[0]
     assert status_line.split(b" ")[1] == b"400", status_line
 
@@ -524,8 +593,12 @@ def test_page_and_assets(client):
     assert "default-src 'self'" in page.headers["content-security-policy"]
     for required in ('id="pad"', 'id="prediction"', 'id="clear"'):
         assert required in page.text
-    for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css"),
-                        ("/static/docs.js", "javascript"), ("/favicon.ico", "image/svg")):
+    for asset, kind in (
+        ("/static/app.js", "javascript"),
+        ("/static/style.css", "text/css"),
+        ("/static/docs.js", "javascript"),
+        ("/favicon.ico", "image/svg"),
+    ):
         response = client.get(asset)
         assert response.status_code == 200 and kind in response.headers["content-type"]
 
@@ -542,24 +615,29 @@ def test_docs_are_self_hosted_and_openapi_lists_every_route(client):
     assert docs.status_code == 200 and "/static/docs.js" in docs.text
     assert "cdn" not in docs.text.lower()
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/models/{model_name}:predict",
-                 "/v1/models/{model_name}/versions/{version}:predict",
-                 "/v1/models/{model_name}", "/v1/models/{model_name}/metadata",
-                 "/api/predict", "/api/health"):
+    for path in (
+        "/v1/models/{model_name}:predict",
+        "/v1/models/{model_name}/versions/{version}:predict",
+        "/v1/models/{model_name}",
+        "/v1/models/{model_name}/metadata",
+        "/api/predict",
+        "/api/health",
+    ):
         assert path in spec["paths"], path
     assert client.get("/redoc").status_code == 404
 
 
 def test_json_without_orjson_is_as_strict(monkeypatch):
-    from digitnet import server as server_module
+    from digitnet.serving import server as server_module
 
     monkeypatch.setattr(server_module, "orjson", None)
     assert server_module.loads_json(b'{"instances": [[0.5, 1]]}') == {"instances": [[0.5, 1]]}
     for body in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"{", b"\xff"):
         with pytest.raises(server_module.RequestError):
             server_module.loads_json(body)
-    encoded = server_module.dumps_json({"p": np.array([[0.25, 0.75]], np.float32),
-                                        "n": np.int64(3)})
+    encoded = server_module.dumps_json(
+        {"p": np.array([[0.25, 0.75]], np.float32), "n": np.int64(3)}
+    )
     assert json.loads(encoded) == {"p": [[0.25, 0.75]], "n": 3}
 
 
@@ -574,8 +652,13 @@ def _free_port() -> int:
 
 
 def _digitnet(*arguments: str, **options) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "digitnet", *arguments],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitnet", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
 
 
 def test_cli_serves_and_logs_one_line_per_request(tmp_path, model):
@@ -594,8 +677,12 @@ def test_cli_serves_and_logs_one_line_per_request(tmp_path, model):
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.1)
         assert health.status_code == 200
-        assert httpx.post(f"http://127.0.0.1:{port}{PREDICT}",
-                          json={"instances": [[0] * 784]}).status_code == 200
+        assert (
+            httpx.post(
+                f"http://127.0.0.1:{port}{PREDICT}", json={"instances": [[0] * 784]}
+            ).status_code
+            == 200
+        )
     finally:
         process.send_signal(2)  # SIGINT, as Ctrl-C
         out, err = process.communicate(timeout=20)
@@ -630,15 +717,22 @@ def test_cli_port_in_use_is_a_one_line_error(tmp_path, model):
 def test_serving_never_imports_tensorflow(tmp_path, model):
     model_path = tmp_path / "model.safetensors"
     save_model(model, model_path)
-    code = ("import sys\n"
-            "from digitnet.modelfile import load_model\n"
-            "from digitnet.server import create_app\n"
-            "from digitnet.cli import build_parser\n"
-            f"create_app(load_model({str(model_path)!r}))\n"
-            "build_parser().parse_args(['serve', 'x'])\n"
-            "print('tensorflow' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    code = (
+        "import sys\n"
+        "from digitnet.inference.modelfile import load_model\n"
+        "from digitnet.serving.server import create_app\n"
+        "from digitnet.cli.main import build_parser\n"
+        f"create_app(load_model({str(model_path)!r}))\n"
+        "build_parser().parse_args(['serve', 'x'])\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
@@ -646,15 +740,18 @@ def test_serving_never_imports_tensorflow(tmp_path, model):
 def test_model_with_other_input_size_refuses_images(tmp_path):
     architecture = architectures.seed_architecture([64, 10])
     rng = np.random.default_rng(0)
-    small = Model(architecture, {name: rng.normal(0, 0.1, shape).astype(np.float32)
-                                 for name, shape in
-                                 architectures.parameter_shapes(architecture).items()})
+    small = Model(
+        architecture,
+        {
+            name: rng.normal(0, 0.1, shape).astype(np.float32)
+            for name, shape in architectures.parameter_shapes(architecture).items()
+        },
+    )
     with RunningServer(small) as running, httpx.Client(base_url=running.url) as http:
         ok = http.post(PREDICT, json={"instances": [[0.5] * 64]})
         assert ok.status_code == 200 and len(ok.json()["predictions"][0]) == 10
         assert_error(http.post(PREDICT, json={"instances": [[0.5] * 784]}), 400, "64")
-        assert_error(http.post(PREDICT, json={"instances": [{"b64": b64(digit_png())}]}), 400,
-                     "64")
+        assert_error(http.post(PREDICT, json={"instances": [{"b64": b64(digit_png())}]}), 400, "64")
         metadata = http.get("/v1/models/digitnet/metadata").json()
         signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
         assert signature["inputs"]["images"]["tensor_shape"]["dim"][1]["size"] == "64"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from digitnet.errors import DigitnetError
-from digitnet.training import TrainConfig, train_and_evaluate
+from digitnet.training.runs import TrainConfig, train_and_evaluate
 
 
 def quiet(_line):
@@ -20,8 +20,9 @@ def quiet(_line):
 
 
 def small_config(**changes):
-    settings = dict(model="mlp", layout=[784, 32, 10], epochs=4, batch_size=16, val_size=20,
-                    precision="float32")
+    settings = dict(
+        model="mlp", layout=[784, 32, 10], epochs=4, batch_size=16, val_size=20, precision="float32"
+    )
     settings.update(changes)
     return TrainConfig(**settings)
 
@@ -49,15 +50,16 @@ def test_validation_set_is_held_out_and_best_weights_are_kept(tmp_path, fake_mni
     assert result.metrics["val_accuracy"] == pytest.approx(best["val_accuracy"])
 
 
-def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_path,
-                                                                          fake_mnist_dir):
+def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_path, fake_mnist_dir):
     config = small_config(epochs=5, dropout=0.2, augment=True)
     whole = train_and_evaluate(config, tmp_path / "whole", data_dir=fake_mnist_dir, log=quiet)
     with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet,
-                           stop_after_epoch=2)
-    resumed = train_and_evaluate(config, tmp_path / "split", data_dir=fake_mnist_dir,
-                                 log=quiet, resume=True)
+        train_and_evaluate(
+            config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet, stop_after_epoch=2
+        )
+    resumed = train_and_evaluate(
+        config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet, resume=True
+    )
     for name, value in whole.model.parameters.items():
         assert np.array_equal(resumed.model.parameters[name], value), name
     assert [row["cost"] for row in resumed.history] == [row["cost"] for row in whole.history]
@@ -66,25 +68,51 @@ def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_pa
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, fake_mnist_dir):
     with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(small_config(), tmp_path, data_dir=fake_mnist_dir, log=quiet,
-                           stop_after_epoch=1)
+        train_and_evaluate(
+            small_config(), tmp_path, data_dir=fake_mnist_dir, log=quiet, stop_after_epoch=1
+        )
     with pytest.raises(DigitnetError, match="learning_rate"):
-        train_and_evaluate(small_config(learning_rate=0.01), tmp_path,
-                           data_dir=fake_mnist_dir, log=quiet, resume=True)
+        train_and_evaluate(
+            small_config(learning_rate=0.01),
+            tmp_path,
+            data_dir=fake_mnist_dir,
+            log=quiet,
+            resume=True,
+        )
     with pytest.raises(DigitnetError, match="no checkpoint"):
-        train_and_evaluate(small_config(), tmp_path / "empty", data_dir=fake_mnist_dir,
-                           log=quiet, resume=True)
+        train_and_evaluate(
+            small_config(), tmp_path / "empty", data_dir=fake_mnist_dir, log=quiet, resume=True
+        )
 
 
 def test_resume_after_the_process_is_killed(tmp_path, fake_mnist_dir):
     """SIGKILL mid-run (no clean-up at all), then `digitnet train --resume` finishes it."""
     workdir, model_path = tmp_path / "run", tmp_path / "model.safetensors"
-    args = [sys.executable, "-m", "digitnet", "train", "--model", "mlp", "--layout",
-            "784,64,10", "--epochs", "25", "--batch-size", "8", "--val-size", "20",
-            "--precision", "float32", "--data-dir", str(fake_mnist_dir), "--workdir",
-            str(workdir), "--save-model", str(model_path)]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "digitnet",
+        "train",
+        "--model",
+        "mlp",
+        "--layout",
+        "784,64,10",
+        "--epochs",
+        "25",
+        "--batch-size",
+        "8",
+        "--val-size",
+        "20",
+        "--precision",
+        "float32",
+        "--data-dir",
+        str(fake_mnist_dir),
+        "--workdir",
+        str(workdir),
+        "--save-model",
+        str(model_path),
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines = []
     for line in process.stdout:  # wait until a few epochs are checkpointed
         lines.append(line)
@@ -106,8 +134,9 @@ def test_resume_after_the_process_is_killed(tmp_path, fake_mnist_dir):
 def test_mlp_reaches_a_floor_on_real_mnist_quickly(tmp_path, mnist_dir):
     """A short mlp run (a few epochs of the default recipe) on the official split."""
     started = time.perf_counter()
-    result = train_and_evaluate(TrainConfig(model="mlp", epochs=3), tmp_path,
-                                data_dir=mnist_dir, log=quiet)
+    result = train_and_evaluate(
+        TrainConfig(model="mlp", epochs=3), tmp_path, data_dir=mnist_dir, log=quiet
+    )
     accuracy = result.metrics["test_accuracy"]
     assert 0.975 <= accuracy < 0.999, accuracy
     assert result.metrics["val_accuracy"] >= 0.97

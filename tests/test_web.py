@@ -15,38 +15,121 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitnet.server import bind_socket, build_server, create_app
+from digitnet.serving.server import bind_socket, build_server, create_app
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3,
-         "is_mobile": True, "has_touch": True}
+PHONE = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 3,
+    "is_mobile": True,
+    "has_touch": True,
+}
 
 # Each digit as a person draws it: strokes of points in a 28x28 box (x right, y down),
 # followed by a smooth curve through them.
 DIGIT_STROKES = {
-    0: [[(14, 4.5), (9.5, 7), (7.5, 13), (8.5, 19.5), (13, 23), (18, 21), (20.5, 15),
-         (19.5, 8.5), (16, 5), (13.5, 4.8)]],
+    0: [
+        [
+            (14, 4.5),
+            (9.5, 7),
+            (7.5, 13),
+            (8.5, 19.5),
+            (13, 23),
+            (18, 21),
+            (20.5, 15),
+            (19.5, 8.5),
+            (16, 5),
+            (13.5, 4.8),
+        ]
+    ],
     1: [[(15, 4.5), (14.5, 12), (13.5, 23.5)]],
-    2: [[(8, 9), (10.5, 5.5), (15, 4.5), (19, 7), (19, 11), (15.5, 15.5), (8, 22.5), (14, 22),
-         (21, 22.5)]],
-    3: [[(8, 6.5), (13, 4.5), (18, 6), (18.5, 10), (13, 13), (18.5, 15), (20, 19.5),
-         (15.5, 23), (8.5, 21.5)]],
+    2: [
+        [
+            (8, 9),
+            (10.5, 5.5),
+            (15, 4.5),
+            (19, 7),
+            (19, 11),
+            (15.5, 15.5),
+            (8, 22.5),
+            (14, 22),
+            (21, 22.5),
+        ]
+    ],
+    3: [
+        [
+            (8, 6.5),
+            (13, 4.5),
+            (18, 6),
+            (18.5, 10),
+            (13, 13),
+            (18.5, 15),
+            (20, 19.5),
+            (15.5, 23),
+            (8.5, 21.5),
+        ]
+    ],
     4: [[(15, 4.5), (8, 16.5), (21, 16)], [(17.5, 9), (17, 24)]],
-    5: [[(18.5, 5), (10.5, 5.5)],
-        [(10.5, 5.5), (9.5, 12.5), (14.5, 11.5), (19, 14.5), (19, 19.5), (15, 23), (8.5, 21.5)]],
-    6: [[(18, 4.5), (12.5, 8.5), (9, 14.5), (9.5, 20.5), (13.5, 23.5), (18, 21.5), (19, 16.5),
-         (15, 13.5), (10, 16)]],
+    5: [
+        [(18.5, 5), (10.5, 5.5)],
+        [(10.5, 5.5), (9.5, 12.5), (14.5, 11.5), (19, 14.5), (19, 19.5), (15, 23), (8.5, 21.5)],
+    ],
+    6: [
+        [
+            (18, 4.5),
+            (12.5, 8.5),
+            (9, 14.5),
+            (9.5, 20.5),
+            (13.5, 23.5),
+            (18, 21.5),
+            (19, 16.5),
+            (15, 13.5),
+            (10, 16),
+        ]
+    ],
     7: [[(7.5, 6), (20.5, 6), (15, 15), (12, 23.5)]],
-    8: [[(18, 7), (14, 4.5), (10, 6.5), (10.5, 10.5), (14, 13.5), (18, 16.5), (18, 21),
-         (14, 23.5), (10, 21), (10.5, 16.5), (14, 13.5), (17.5, 10.5), (18, 7)]],
-    9: [[(19, 8.5), (15, 5), (10.5, 6.5), (10, 11.5), (14, 13.5), (18.5, 11), (19, 8.5),
-         (18, 16), (16, 24)]],
+    8: [
+        [
+            (18, 7),
+            (14, 4.5),
+            (10, 6.5),
+            (10.5, 10.5),
+            (14, 13.5),
+            (18, 16.5),
+            (18, 21),
+            (14, 23.5),
+            (10, 21),
+            (10.5, 16.5),
+            (14, 13.5),
+            (17.5, 10.5),
+            (18, 7),
+        ]
+    ],
+    9: [
+        [
+            (19, 8.5),
+            (15, 5),
+            (10.5, 6.5),
+            (10, 11.5),
+            (14, 13.5),
+            (18.5, 11),
+            (19, 8.5),
+            (18, 16),
+            (16, 24),
+        ]
+    ],
 }
 
 
@@ -55,10 +138,17 @@ def catmull_rom(points, per_segment: int = 8) -> list[tuple[float, float]]:
     padded = [points[0], *points, points[-1]]
     dense = []
     for i in range(1, len(padded) - 2):
-        p0, p1, p2, p3 = (np.array(p, dtype=float) for p in padded[i - 1:i + 3])
+        p0, p1, p2, p3 = (np.array(p, dtype=float) for p in padded[i - 1 : i + 3])
         for t in np.linspace(0, 1, per_segment, endpoint=False):
-            dense.append(0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                                + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3))
+            dense.append(
+                0.5
+                * (
+                    2 * p1
+                    + (p2 - p0) * t
+                    + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+                    + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+                )
+            )
     dense.append(np.array(points[-1], dtype=float))
     return [(float(x), float(y)) for x, y in dense]
 
@@ -71,15 +161,18 @@ def catmull_rom(points, per_segment: int = 8) -> list[tuple[float, float]]:
 def trained_model():
     data_dir = os.environ.get("DIGITNET_DATA_DIR", "")
     if not data_dir:
-        pytest.skip("real MNIST not available: set DIGITNET_DATA_DIR to train the model that "
-                    "reads the drawings")
+        pytest.skip(
+            "real MNIST not available: set DIGITNET_DATA_DIR to train the model that "
+            "reads the drawings"
+        )
     import digitnet
-    from digitnet.model import model_from_parameters
+    from digitnet.inference.model import model_from_parameters
 
     X_train, X_test, y_train, y_test = digitnet.load_mnist(split="official", data_dir=data_dir)
     layout = {"l0": 784, "l1": 100, "l2": 100, "l3": 60, "l4": 10}
-    parameters = digitnet.train_parameters(X_train, y_train, X_test, y_test, layout, epochs=8,
-                                           verbose=False)
+    parameters = digitnet.train_parameters(
+        X_train, y_train, X_test, y_test, layout, epochs=8, verbose=False
+    )
     return model_from_parameters(parameters, metadata={"training": {"model": "seed"}})
 
 
@@ -107,14 +200,18 @@ def server_url(trained_model):
 @pytest.fixture(scope="module")
 def untrained_server_url():
     """A server with random weights, for tests that replace its answers."""
-    from digitnet import architectures
-    from digitnet.model import Model
+    from digitnet.inference.model import Model
+    from digitnet.models import architectures
 
     architecture = architectures.seed_architecture()
     rng = np.random.default_rng(0)
-    model = Model(architecture, {name: rng.normal(0, 0.1, shape).astype(np.float32)
-                                 for name, shape in
-                                 architectures.parameter_shapes(architecture).items()})
+    model = Model(
+        architecture,
+        {
+            name: rng.normal(0, 0.1, shape).astype(np.float32)
+            for name, shape in architectures.parameter_shapes(architecture).items()
+        },
+    )
     yield from serving(model)
 
 
@@ -131,8 +228,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
-    directory = Path(os.environ.get("DIGITNET_ARTIFACTS_DIR", "")
-                     or tmp_path_factory.mktemp("screenshots"))
+    directory = Path(
+        os.environ.get("DIGITNET_ARTIFACTS_DIR", "") or tmp_path_factory.mktemp("screenshots")
+    )
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
@@ -150,8 +248,10 @@ class PageWatch:
         page.on("request", self._started)
         page.on("requestfinished", self._ended)
         page.on("requestfailed", self._ended)
-        page.on("console", lambda message: message.type == "error"
-                and self.console_errors.append(message.text))
+        page.on(
+            "console",
+            lambda message: message.type == "error" and self.console_errors.append(message.text),
+        )
         page.on("pageerror", lambda error: self.console_errors.append(str(error)))
 
     def _started(self, request) -> None:
@@ -203,8 +303,9 @@ def draw_with_touch(page, strokes) -> None:
         path = [pad_point(box, x, y) for x, y in catmull_rom(stroke)]
         for index, (x, y) in enumerate(path):
             kind = "touchStart" if index == 0 else "touchMove"
-            session.send("Input.dispatchTouchEvent",
-                         {"type": kind, "touchPoints": [{"x": x, "y": y}]})
+            session.send(
+                "Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]}
+            )
         session.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
 
 
@@ -243,7 +344,8 @@ def test_drawn_digits_are_recognised(browser, server_url, artifacts):
     correct = sum(read[digit] == str(digit) for digit in read)
     assert correct >= 8, f"read {read}"
     seen_ink = page.locator("#seen").evaluate(
-        "c => c.getContext('2d').getImageData(0, 0, 28, 28).data.reduce((a, b) => a + b, 0)")
+        "c => c.getContext('2d').getImageData(0, 0, 28, 28).data.reduce((a, b) => a + b, 0)"
+    )
     assert seen_ink > 28 * 28 * 255  # alpha alone sums to this: some pixels must be lit
     assert watch.most_in_flight == 1
     assert not watch.foreign and not watch.console_errors
@@ -270,7 +372,8 @@ def test_clear_empties_the_pad_and_shows_no_digit(browser, server_url, how):
     assert settled_prediction(page) == "no digit found"
     assert page.evaluate("() => window.digitnet.strokes") == 0
     blank = page.locator("#pad").evaluate(
-        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.every(v => v === 0)")
+        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.every(v => v === 0)"
+    )
     assert blank
     assert page.locator("#bars li.best").count() == 0
     page.context.close()
@@ -322,16 +425,29 @@ def test_dark_mode_and_docs_render(browser, server_url, artifacts):
 def _answer_with(page, status: int, body: dict) -> None:
     import json
 
-    page.route("**/api/predict", lambda route: route.fulfill(
-        status=status, content_type="application/json", body=json.dumps(body)))
+    page.route(
+        "**/api/predict",
+        lambda route: route.fulfill(
+            status=status, content_type="application/json", body=json.dumps(body)
+        ),
+    )
 
 
 def test_low_confidence_is_marked(browser, untrained_server_url, artifacts):
     page, _ = open_page(browser, untrained_server_url, **DESKTOP)
     probabilities = [0.02, 0.03, 0.05, 0.28, 0.31, 0.04, 0.05, 0.1, 0.07, 0.05]
-    _answer_with(page, 200, {"digit": 4, "confidence": 0.31, "low_confidence": True,
-                             "probabilities": probabilities, "no_digit": False,
-                             "image": np.eye(28).tolist()})
+    _answer_with(
+        page,
+        200,
+        {
+            "digit": 4,
+            "confidence": 0.31,
+            "low_confidence": True,
+            "probabilities": probabilities,
+            "no_digit": False,
+            "image": np.eye(28).tolist(),
+        },
+    )
     draw_with_mouse(page, DIGIT_STROKES[4])
     assert settled_prediction(page) == "4"
     assert "low" in page.locator("#prediction").get_attribute("class")
@@ -344,9 +460,19 @@ def test_low_confidence_is_marked(browser, untrained_server_url, artifacts):
 
 def test_no_digit_answer_and_server_errors_are_shown(browser, untrained_server_url):
     page, _ = open_page(browser, untrained_server_url, **DESKTOP)
-    _answer_with(page, 200, {"digit": None, "confidence": None, "low_confidence": False,
-                             "probabilities": None, "image": None, "no_digit": True,
-                             "message": "no digit found"})
+    _answer_with(
+        page,
+        200,
+        {
+            "digit": None,
+            "confidence": None,
+            "low_confidence": False,
+            "probabilities": None,
+            "image": None,
+            "no_digit": True,
+            "message": "no digit found",
+        },
+    )
     draw_with_mouse(page, [[(14, 14), (14.2, 14.2)]])
     assert settled_prediction(page) == "no digit found"
     page.unroute("**/api/predict")

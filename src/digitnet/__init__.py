@@ -14,21 +14,21 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # The tutorial's five functions (TensorFlow).
-    "initialize_parameters": "digitnet.core",
-    "forward_propagation": "digitnet.core",
-    "calculate_cost": "digitnet.core",
-    "train_parameters": "digitnet.core",
-    "predict": "digitnet.core",
+    "initialize_parameters": "digitnet.training.tutorial",
+    "forward_propagation": "digitnet.training.tutorial",
+    "calculate_cost": "digitnet.training.tutorial",
+    "train_parameters": "digitnet.training.tutorial",
+    "predict": "digitnet.training.tutorial",
     # Training with validation, early stopping and checkpoints (TensorFlow).
-    "train_and_evaluate": "digitnet.training",
-    "TrainConfig": "digitnet.training",
+    "train_and_evaluate": "digitnet.training.runs",
+    "TrainConfig": "digitnet.training.runs",
     # Everything below works without TensorFlow.
-    "load_mnist": "digitnet.data",
-    "Model": "digitnet.model",
-    "save_model": "digitnet.modelfile",
-    "load_model": "digitnet.modelfile",
-    "preprocess_image": "digitnet.preprocess",
-    "predict_images": "digitnet.images",
+    "load_mnist": "digitnet.data.mnist",
+    "Model": "digitnet.inference.model",
+    "save_model": "digitnet.inference.modelfile",
+    "load_model": "digitnet.inference.modelfile",
+    "preprocess_image": "digitnet.inference.preprocess",
+    "predict_images": "digitnet.inference.predict",
     "DigitnetError": "digitnet.errors",
 }
 

@@ -1,3 +1,3 @@
-from digitnet.cli import main
+from digitnet.cli.main import main
 
 raise SystemExit(main())

@@ -23,3 +23,11 @@ class ImageError(DigitnetError):
 
 class NoDigitFound(ImageError):
     """The image was read but holds no ink that could be a digit."""
+
+
+class ConfigError(DigitnetError):
+    """A setting, layout, architecture or augmentation parameter is not valid."""
+
+
+class TrainingError(DigitnetError):
+    """Training cannot go on as configured (for example the cost became NaN)."""

@@ -18,25 +18,22 @@ checksum means a damaged file, which is deleted and fetched again.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
-import math
 import os
 import socket
-import struct
 import sys
 import urllib.error
 import urllib.request
-import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 
 from digitnet.atomic import atomic_write_bytes
-from digitnet.errors import DataError
+from digitnet.data.idx import GZIP_MAGIC, gunzip, read_idx_with_digest
+from digitnet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +79,6 @@ OPENML_VERSION = 1
 OFFICIAL_TRAIN_COUNT = 60000
 OFFICIAL_TEST_COUNT = 10000
 
-_GZIP_MAGIC = b"\x1f\x8b"
-
-# IDX type byte -> element dtype. IDX stores multi-byte numbers big-endian.
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
 
 def default_cache_dir() -> Path:
     """The download cache: ``$XDG_CACHE_HOME/digitnet/mnist``, else ``~/.cache/digitnet/mnist``."""
@@ -101,97 +86,6 @@ def default_cache_dir() -> Path:
     # The XDG spec says a relative value is invalid and must be ignored.
     base = Path(xdg_cache) if os.path.isabs(xdg_cache) else Path.home() / ".cache"
     return base / "digitnet" / "mnist"
-
-
-# --------------------------------------------------------------------------------------------
-# IDX files
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file, gzipped or raw, into an array of the shape stored in its header.
-
-    Gzip is recognised by its magic bytes, not by the file name. The array is writable and in
-    native byte order; its dtype follows the IDX type byte (``uint8`` for MNIST).
-
-    Raises DataError naming the file if it cannot be read, the gzip stream is corrupt or
-    truncated, the header is not IDX, or the payload is shorter or longer than the header says.
-    """
-    path = Path(path)
-    return _parse_idx(_read_decompressed(path), path)
-
-
-def _read_decompressed(path: Path) -> bytes:
-    """The file's bytes, gunzipped if they start with the gzip magic."""
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; check the path") from None
-    except OSError as error:
-        raise DataError(
-            f"{path}: cannot read it ({error.strerror or error}); check the path and its permissions"
-        ) from None
-    if content[:2] != _GZIP_MAGIC:
-        return content
-    return _gunzip(content, path)
-
-
-def _gunzip(content: bytes, path: Path | str) -> bytes:
-    try:
-        return gzip.decompress(content)
-    except EOFError:
-        raise DataError(f"{path}: the gzip stream is truncated; replace it with a complete copy") from None
-    except (OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: corrupt gzip data ({error}); replace it with a good copy") from None
-
-
-def _parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
-    """Decode decompressed IDX bytes: 2 zero bytes, type byte, dimension count, big-endian
-    uint32 sizes, then exactly prod(sizes) elements."""
-    if len(raw) < 4:
-        raise DataError(f"{path}: not an IDX file (only {len(raw)} bytes); replace it with an IDX file")
-    zero_a, zero_b, type_code, dimension_count = raw[:4]
-    if zero_a or zero_b:
-        raise DataError(
-            f"{path}: not an IDX file (magic number {raw[:4].hex()} should start with 0000); "
-            "replace it with an IDX file"
-        )
-    dtype = _IDX_DTYPES.get(type_code)
-    if dtype is None:
-        known = ", ".join(f"0x{code:02x}" for code in _IDX_DTYPES)
-        raise DataError(
-            f"{path}: unknown IDX data type code 0x{type_code:02x} (known: {known}; MNIST uses 0x08); "
-            "replace it with an IDX file"
-        )
-    if dimension_count == 0:
-        raise DataError(f"{path}: IDX header declares 0 dimensions; replace it with a valid IDX file")
-    header_length = 4 + 4 * dimension_count
-    if len(raw) < header_length:
-        raise DataError(
-            f"{path}: truncated in the IDX header (expected {header_length} header bytes, got {len(raw)}); "
-            "replace it with a complete copy"
-        )
-    shape = struct.unpack(f">{dimension_count}I", raw[4:header_length])
-    expected = math.prod(shape) * dtype.itemsize
-    actual = len(raw) - header_length
-    if actual < expected:
-        raise DataError(
-            f"{path}: truncated (shape {shape} needs {expected} payload bytes, got {actual}); "
-            "replace it with a complete copy"
-        )
-    if actual > expected:
-        raise DataError(
-            f"{path}: {actual - expected} unexpected trailing bytes after the {expected} payload bytes "
-            f"of shape {shape}; replace it with a good copy"
-        )
-    array = np.frombuffer(raw, dtype=dtype, offset=header_length).reshape(shape)
-    # frombuffer over bytes is read-only; astype copies into a writable, native-order array.
-    return array.astype(dtype.newbyteorder("="))
-
-
-def _read_idx_with_digest(path: Path) -> tuple[np.ndarray, str]:
-    """The array and the sha256 hex digest of the file's decompressed bytes, in one read."""
-    raw = _read_decompressed(path)
-    return _parse_idx(raw, path), hashlib.sha256(raw).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,10 +184,12 @@ def _load_explicit(directory: Path) -> dict[str, tuple[Path, np.ndarray, str]]:
         )
     loaded = {}
     for kind, path in found.items():
-        array, digest = _read_idx_with_digest(path)
+        array, digest = read_idx_with_digest(path)
         if digest != MNIST_SHA256[kind]:
             # Not an error: any MNIST-format dataset is welcome here.
-            logger.info("%s differs from canonical MNIST (sha256 %s); loading it as given", path, digest)
+            logger.info(
+                "%s differs from canonical MNIST (sha256 %s); loading it as given", path, digest
+            )
         loaded[kind] = (path, array, digest)
     return loaded
 
@@ -302,8 +198,10 @@ def _load_cache(directory: Path, download: bool) -> dict[str, tuple[Path, np.nda
     loaded = {}
     for kind, path in _find_files(directory).items():
         try:
-            array, digest = _read_idx_with_digest(path)
-            problem = None if digest == MNIST_SHA256[kind] else "its checksum does not match MNIST's"
+            array, digest = read_idx_with_digest(path)
+            problem = (
+                None if digest == MNIST_SHA256[kind] else "its checksum does not match MNIST's"
+            )
         except DataError as error:
             problem = str(error)
         if problem is not None:
@@ -318,7 +216,7 @@ def _load_cache(directory: Path, download: bool) -> dict[str, tuple[Path, np.nda
             _raise_not_available(missing, directory, failures=None)
         paths = download_mnist(directory, kinds=missing)
         for kind in missing:
-            array, digest = _read_idx_with_digest(paths[kind])
+            array, digest = read_idx_with_digest(paths[kind])
             loaded[kind] = (paths[kind], array, digest)
     return loaded
 
@@ -337,13 +235,18 @@ def _assemble(loaded: dict[str, tuple[Path, np.ndarray, str]], directory: Path) 
         labels_path, labels, _ = loaded[f"{split}_labels"]
         if len(images) != len(labels):
             raise DataError(
-                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; "
+                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} "
+                "labels; "
                 "use files from the same dataset"
             )
-    (train_path, train_images, _), (test_path, test_images, _) = loaded["train_images"], loaded["test_images"]
+    (train_path, train_images, _), (test_path, test_images, _) = (
+        loaded["train_images"],
+        loaded["test_images"],
+    )
     if train_images.shape[1:] != test_images.shape[1:]:
         raise DataError(
-            f"{train_path} has {train_images.shape[1:]} images but {test_path} has {test_images.shape[1:]}; "
+            f"{train_path} has {train_images.shape[1:]} images but {test_path} has "
+            f"{test_images.shape[1:]}; "
             "use files from the same dataset"
         )
     for _, array, _ in loaded.values():
@@ -432,15 +335,17 @@ def _fetch_verified(mirror: str, name: str, timeout: float, expected_sha256: str
         reason = error.reason
         if isinstance(reason, (TimeoutError, socket.timeout)):
             raise _MirrorFailure(f"timed out after {timeout:g} s", unreachable=True) from None
-        raise _MirrorFailure(getattr(reason, "strerror", None) or str(reason), unreachable=True) from None
-    except (TimeoutError, socket.timeout):
+        raise _MirrorFailure(
+            getattr(reason, "strerror", None) or str(reason), unreachable=True
+        ) from None
+    except TimeoutError:
         raise _MirrorFailure(f"timed out after {timeout:g} s", unreachable=True) from None
     except OSError as error:  # e.g. connection reset mid-body
         raise _MirrorFailure(error.strerror or type(error).__name__) from None
     if len(content) > MAX_DOWNLOAD_BYTES:
         raise _MirrorFailure(f"larger than {MAX_DOWNLOAD_BYTES} bytes")
     try:
-        raw = _gunzip(content, url) if content[:2] == _GZIP_MAGIC else content
+        raw = gunzip(content, url) if content[:2] == GZIP_MAGIC else content
     except DataError:
         raise _MirrorFailure("corrupt gzip") from None
     if hashlib.sha256(raw).hexdigest() != expected_sha256:
@@ -455,7 +360,10 @@ def _raise_not_available(
     if failures is None:
         why = "downloading is off"
     else:
-        tried = "; ".join(f"{mirror} ({', '.join(reasons) or 'not tried'})" for mirror, reasons in failures.items())
+        tried = "; ".join(
+            f"{mirror} ({', '.join(reasons) or 'not tried'})"
+            for mirror, reasons in failures.items()
+        )
         why = f"no mirror supplied them: {tried}" if tried else "no mirrors are configured"
     raise DataError(
         f"MNIST files {names} not found in {directory} and {why}; download them into {directory}, "
@@ -500,9 +408,9 @@ def load_mnist(
     ``<cache_dir>/openml``, whose rows keep the original order (first 60,000 = train).
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, not {split!r}")
+        raise ConfigError(f"split must be one of {', '.join(map(repr, SPLITS))}, not {split!r}")
     if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}, not {source!r}")
+        raise ConfigError(f"source must be one of {', '.join(map(repr, SOURCES))}, not {source!r}")
 
     if source == "idx":
         arrays = load_mnist_arrays(data_dir=data_dir, cache_dir=cache_dir, download=download)
@@ -515,7 +423,8 @@ def load_mnist(
         if split == "official" and len(pixels) != OFFICIAL_TRAIN_COUNT + OFFICIAL_TEST_COUNT:
             raise DataError(
                 f"OpenML {OPENML_NAME} returned {len(pixels)} rows, not the "
-                f"{OFFICIAL_TRAIN_COUNT + OFFICIAL_TEST_COUNT} the official split needs; use split='seed'"
+                f"{OFFICIAL_TRAIN_COUNT + OFFICIAL_TEST_COUNT} the official split needs; use "
+                "split='seed'"
             )
 
     if split == "seed":
@@ -544,7 +453,9 @@ def _seed_split_indices(count: int) -> tuple[np.ndarray, np.ndarray]:
     """
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(np.arange(count), test_size=SEED_TEST_SIZE, random_state=SEED_RANDOM_STATE)
+    return train_test_split(
+        np.arange(count), test_size=SEED_TEST_SIZE, random_state=SEED_RANDOM_STATE
+    )
 
 
 def _scale(pixels: np.ndarray) -> np.ndarray:
@@ -557,7 +468,9 @@ def _one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
     return np.eye(class_count, dtype=np.float32)[labels]
 
 
-def _load_openml(cache_dir: str | os.PathLike | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+def _load_openml(
+    cache_dir: str | os.PathLike | None, download: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """OpenML's mnist_784 as (pixels (70000, 784) 0-255, integer labels (70000,))."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     try:
@@ -577,7 +490,9 @@ def _load_openml(cache_dir: str | os.PathLike | None, download: bool) -> tuple[n
     try:
         labels = np.asarray(bunch.target).astype(np.int64)
     except ValueError:
-        raise DataError(f"OpenML {OPENML_NAME} returned non-integer labels; use source='idx'") from None
+        raise DataError(
+            f"OpenML {OPENML_NAME} returned non-integer labels; use source='idx'"
+        ) from None
     if labels.size and labels.min() < 0:
         raise DataError(f"OpenML {OPENML_NAME} returned negative labels; use source='idx'")
     return pixels, labels

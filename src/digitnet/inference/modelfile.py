@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -38,20 +39,25 @@ def _digest(header_json: str, tensors: Mapping[str, np.ndarray]) -> str:
     digest = hashlib.sha256(header_json.encode("utf-8"))
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode("utf-8"))
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
 
 
-def write_bundle(path: str | os.PathLike, kind: str, tensors: Mapping[str, np.ndarray],
-                 header: Mapping[str, Any]) -> None:
+def write_bundle(
+    path: str | os.PathLike, kind: str, tensors: Mapping[str, np.ndarray], header: Mapping[str, Any]
+) -> None:
     """Write ``tensors`` and a JSON-able ``header`` to ``path`` atomically."""
     from safetensors.numpy import save
 
     header_json = json.dumps(header, sort_keys=True, allow_nan=True)
     arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
-    metadata = {"format": kind, "format_version": str(FORMAT_VERSION), "header": header_json,
-                "sha256": _digest(header_json, arrays)}
+    metadata = {
+        "format": kind,
+        "format_version": str(FORMAT_VERSION),
+        "header": header_json,
+        "sha256": _digest(header_json, arrays),
+    }
     atomic_write_bytes(path, save(arrays, metadata=metadata))
 
 
@@ -64,8 +70,9 @@ def read_bundle(path: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarra
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ModelFileError(f"no {label} file at {path}: train one with "
-                             f"`digitnet train --save-model {path}`") from None
+        raise ModelFileError(
+            f"no {label} file at {path}: train one with `digitnet train --save-model {path}`"
+        ) from None
     except IsADirectoryError:
         raise ModelFileError(f"{path} is a directory, not a {label} file") from None
     except OSError as error:
@@ -85,17 +92,21 @@ def read_bundle(path: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarra
         newer = version > FORMAT_VERSION
         raise ModelFileError(
             f"{path} uses {label} format version {version}, this digitnet ({__version__}) reads "
-            f"version {FORMAT_VERSION}: " + ("upgrade digitnet to load it" if newer
-                                             else "retrain it with this version"))
+            f"version {FORMAT_VERSION}: "
+            + ("upgrade digitnet to load it" if newer else "retrain it with this version")
+        )
     try:
         tensors = load(data)
     except Exception as error:  # safetensors raises its own error type for malformed data
-        raise ModelFileError(f"{path} is truncated or damaged ({error}); retrain or restore "
-                             f"it") from None
+        raise ModelFileError(
+            f"{path} is truncated or damaged ({error}); retrain or restore it"
+        ) from None
     header_json = metadata.get("header", "")
     if _digest(header_json, tensors) != metadata.get("sha256"):
-        raise ModelFileError(f"{path} fails its checksum: it was modified or damaged after "
-                             f"it was written; retrain or restore it")
+        raise ModelFileError(
+            f"{path} fails its checksum: it was modified or damaged after "
+            f"it was written; retrain or restore it"
+        )
     return tensors, json.loads(header_json)
 
 
@@ -108,17 +119,24 @@ def _safetensors_metadata(path: Path, data: bytes, label: str) -> dict[str, str]
     if header_size > len(data) - 8 or header_size > 100 * 1024 * 1024:
         raise damaged
     try:
-        header = json.loads(data[8:8 + header_size])
+        header = json.loads(data[8 : 8 + header_size])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise damaged from None
     if not isinstance(header, dict):
         raise damaged
-    end = max((entry["data_offsets"][1] for name, entry in header.items()
-               if name != "__metadata__" and isinstance(entry, dict)
-               and "data_offsets" in entry), default=0)
+    end = max(
+        (
+            entry["data_offsets"][1]
+            for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+        ),
+        default=0,
+    )
     if 8 + header_size + end != len(data):
-        raise ModelFileError(f"{path} is truncated: it holds {len(data)} bytes, its header "
-                             f"describes {8 + header_size + end}")
+        raise ModelFileError(
+            f"{path} is truncated: it holds {len(data)} bytes, its header "
+            f"describes {8 + header_size + end}"
+        )
     metadata = header.get("__metadata__", {})
     return metadata if isinstance(metadata, dict) else {}
 
@@ -143,11 +161,14 @@ def load_model(path: str | os.PathLike):
     Raises ``ModelFileError`` with a one-line reason for a missing, truncated, tampered or
     unknown-version file.
     """
-    from digitnet.model import Model
+    from digitnet.inference.model import Model
 
     tensors, header = read_bundle(path, MODEL_KIND)
-    parameters = {name[len(_PARAMETER_PREFIX):]: value for name, value in tensors.items()
-                  if name.startswith(_PARAMETER_PREFIX)}
+    parameters = {
+        name[len(_PARAMETER_PREFIX) :]: value
+        for name, value in tensors.items()
+        if name.startswith(_PARAMETER_PREFIX)
+    }
     architecture = header.pop("architecture", None)
     if architecture is None:
         raise ModelFileError(f"{path} has no architecture in its header: it is damaged")

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from digitnet.errors import ConfigError
 
 ACTIVATIONS = ("relu", "sigmoid", "softmax", "linear")
 PADDINGS = ("same", "valid")
@@ -53,20 +56,22 @@ PARAMETRIC = ("dense", "conv", "batchnorm")
 # named model instead of needing a second mechanism.
 
 
-def dense_stack(sizes: Sequence[int], output_activation: str = "sigmoid",
-                dropout: float = 0.0) -> dict:
+def dense_stack(
+    sizes: Sequence[int], output_activation: str = "sigmoid", dropout: float = 0.0
+) -> dict:
     """A fully connected network: ``sizes[0]`` inputs, ReLU hidden layers, then the output.
 
     ``dropout`` (a fraction) is applied after every hidden layer when above zero.
     """
     sizes = [int(size) for size in sizes]
     if len(sizes) < 2:
-        raise ValueError(f"a layout needs at least an input and an output size, got {sizes}")
+        raise ConfigError(f"a layout needs at least an input and an output size, got {sizes}")
     layers: list[dict] = []
     for index, units in enumerate(sizes[1:], start=1):
         last = index == len(sizes) - 1
-        layers.append({"type": "dense", "units": units,
-                       "activation": output_activation if last else "relu"})
+        layers.append(
+            {"type": "dense", "units": units, "activation": output_activation if last else "relu"}
+        )
         if dropout and not last:
             layers.append({"type": "dropout", "rate": float(dropout)})
     return validate_architecture({"input_shape": [sizes[0]], "layers": layers})
@@ -79,8 +84,11 @@ def seed_architecture(layout: Sequence[int] | None = None) -> dict:
 
 def mlp_architecture(layout: Sequence[int] | None = None, dropout: float | None = None) -> dict:
     """A wide dropout MLP with a softmax output, trained with cross-entropy."""
-    return dense_stack(layout or (784, 1200, 1200, 10), output_activation="softmax",
-                       dropout=0.3 if dropout is None else dropout)
+    return dense_stack(
+        layout or (784, 1200, 1200, 10),
+        output_activation="softmax",
+        dropout=0.3 if dropout is None else dropout,
+    )
 
 
 def cnn_architecture(dropout: float | None = None) -> dict:
@@ -93,16 +101,33 @@ def cnn_architecture(dropout: float | None = None) -> dict:
 
     def conv_bn(filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid") -> list:
         return [
-            {"type": "conv", "filters": filters, "kernel": kernel, "stride": stride,
-             "padding": padding, "activation": "linear", "use_bias": False},
+            {
+                "type": "conv",
+                "filters": filters,
+                "kernel": kernel,
+                "stride": stride,
+                "padding": padding,
+                "activation": "linear",
+                "use_bias": False,
+            },
             {"type": "batchnorm", "activation": "relu"},
         ]
 
     layers = (
-        conv_bn(32) + conv_bn(32) + conv_bn(32, 5, 2, "same") + [{"type": "dropout", "rate": rate}]
-        + conv_bn(64) + conv_bn(64) + conv_bn(64, 5, 2, "same") + [{"type": "dropout", "rate": rate}]
-        + conv_bn(128, 4) + [{"type": "flatten"}, {"type": "dropout", "rate": rate},
-                             {"type": "dense", "units": 10, "activation": "softmax"}]
+        conv_bn(32)
+        + conv_bn(32)
+        + conv_bn(32, 5, 2, "same")
+        + [{"type": "dropout", "rate": rate}]
+        + conv_bn(64)
+        + conv_bn(64)
+        + conv_bn(64, 5, 2, "same")
+        + [{"type": "dropout", "rate": rate}]
+        + conv_bn(128, 4)
+        + [
+            {"type": "flatten"},
+            {"type": "dropout", "rate": rate},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ]
     )
     return validate_architecture({"input_shape": [28, 28, 1], "layers": layers})
 
@@ -110,8 +135,9 @@ def cnn_architecture(dropout: float | None = None) -> dict:
 MODEL_NAMES = ("seed", "mlp", "cnn")
 
 
-def named_architecture(name: str, layout: Sequence[int] | None = None,
-                       dropout: float | None = None) -> dict:
+def named_architecture(
+    name: str, layout: Sequence[int] | None = None, dropout: float | None = None
+) -> dict:
     """The architecture of a named model; ``layout`` resizes the dense models."""
     if name == "seed":
         if dropout:
@@ -121,9 +147,9 @@ def named_architecture(name: str, layout: Sequence[int] | None = None,
         return mlp_architecture(layout, dropout)
     if name == "cnn":
         if layout is not None:
-            raise ValueError("--layout describes dense layers; the cnn model does not take one")
+            raise ConfigError("--layout describes dense layers; the cnn model does not take one")
         return cnn_architecture(dropout)
-    raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+    raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,11 +161,13 @@ def parse_layout(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise ValueError(f"--layout must be comma-separated whole numbers like "
-                         f"784,100,100,60,10, got {text!r}") from None
+        raise ConfigError(
+            f"--layout must be comma-separated whole numbers like 784,100,100,60,10, got {text!r}"
+        ) from None
     if len(sizes) < 2 or any(size <= 0 for size in sizes):
-        raise ValueError(f"--layout needs at least two positive sizes (input and output), "
-                         f"got {text!r}")
+        raise ConfigError(
+            f"--layout needs at least two positive sizes (input and output), got {text!r}"
+        )
     return sizes
 
 
@@ -158,49 +186,57 @@ def normalize_layout(layout: Any) -> dict:
             return validate_architecture(layout)
         keys = [f"l{i}" for i in range(len(layout))]
         if sorted(layout) != sorted(keys):
-            raise ValueError(f"a tutorial layout has keys l0, l1, ... without gaps, "
-                             f"got {sorted(layout)}")
+            raise ConfigError(
+                f"a tutorial layout has keys l0, l1, ... without gaps, got {sorted(layout)}"
+            )
         return seed_architecture([layout[key] for key in keys])
     if isinstance(layout, Sequence):
         return seed_architecture(list(layout))
-    raise ValueError(f"cannot read a layout from {type(layout).__name__}: pass a dict like "
-                     f"{{'l0': 784, 'l1': 100, ...}}, a list of sizes, or a model name")
+    raise ConfigError(
+        f"cannot read a layout from {type(layout).__name__}: pass a dict like "
+        f"{{'l0': 784, 'l1': 100, ...}}, a list of sizes, or a model name"
+    )
 
 
 def _check_layer(index: int, layer: Mapping) -> dict:
     if not isinstance(layer, Mapping) or "type" not in layer:
-        raise ValueError(f"layer {index} must be a dict with a 'type', got {layer!r}")
+        raise ConfigError(f"layer {index} must be a dict with a 'type', got {layer!r}")
     kind = layer["type"]
     if kind not in _LAYER_FIELDS:
-        raise ValueError(f"layer {index} has unknown type {kind!r}: "
-                         f"choose one of {', '.join(_LAYER_FIELDS)}")
+        raise ConfigError(
+            f"layer {index} has unknown type {kind!r}: choose one of {', '.join(_LAYER_FIELDS)}"
+        )
     fields = _LAYER_FIELDS[kind]
     unknown = set(layer) - set(fields) - {"type"}
     if unknown:
-        raise ValueError(f"layer {index} ({kind}) has unknown fields {sorted(unknown)}")
+        raise ConfigError(f"layer {index} ({kind}) has unknown fields {sorted(unknown)}")
     checked: dict[str, Any] = {"type": kind}
     for name, (expected, default) in fields.items():
         value = layer.get(name, default)
         if value is REQUIRED:
-            raise ValueError(f"layer {index} ({kind}) needs a {name!r}")
+            raise ConfigError(f"layer {index} ({kind}) needs a {name!r}")
         if isinstance(value, bool) and expected is not bool:
-            raise ValueError(f"layer {index} ({kind}): {name} must be a number, got {value!r}")
+            raise ConfigError(f"layer {index} ({kind}): {name} must be a number, got {value!r}")
         if not isinstance(value, expected):
-            raise ValueError(f"layer {index} ({kind}): {name} must be "
-                             f"{getattr(expected, '__name__', 'a number')}, got {value!r}")
+            raise ConfigError(
+                f"layer {index} ({kind}): {name} must be "
+                f"{getattr(expected, '__name__', 'a number')}, got {value!r}"
+            )
         checked[name] = value
     if "activation" in checked and checked["activation"] not in ACTIVATIONS:
-        raise ValueError(f"layer {index} ({kind}): activation must be one of "
-                         f"{', '.join(ACTIVATIONS)}, got {checked['activation']!r}")
+        raise ConfigError(
+            f"layer {index} ({kind}): activation must be one of "
+            f"{', '.join(ACTIVATIONS)}, got {checked['activation']!r}"
+        )
     if "padding" in checked and checked["padding"] not in PADDINGS:
-        raise ValueError(f"layer {index} ({kind}): padding must be 'same' or 'valid'")
+        raise ConfigError(f"layer {index} ({kind}): padding must be 'same' or 'valid'")
     for name in ("units", "filters", "kernel", "stride", "size"):
         if name in checked and checked[name] <= 0:
-            raise ValueError(f"layer {index} ({kind}): {name} must be positive")
+            raise ConfigError(f"layer {index} ({kind}): {name} must be positive")
     if kind == "dropout" and not 0.0 <= checked["rate"] < 1.0:
-        raise ValueError(f"layer {index} (dropout): rate must be in [0, 1), got {checked['rate']}")
+        raise ConfigError(f"layer {index} (dropout): rate must be in [0, 1), got {checked['rate']}")
     if kind == "batchnorm" and not 0.0 < checked["momentum"] < 1.0:
-        raise ValueError(f"layer {index} (batchnorm): momentum must be in (0, 1)")
+        raise ConfigError(f"layer {index} (batchnorm): momentum must be in (0, 1)")
     return checked
 
 
@@ -211,16 +247,17 @@ def validate_architecture(architecture: Mapping) -> dict:
     take (for example a conv layer after a dense one).
     """
     if not isinstance(architecture, Mapping) or "layers" not in architecture:
-        raise ValueError("an architecture is a dict with 'input_shape' and 'layers'")
+        raise ConfigError("an architecture is a dict with 'input_shape' and 'layers'")
     input_shape = list(architecture.get("input_shape", [784]))
     if not input_shape or any(not isinstance(d, int) or d <= 0 for d in input_shape):
-        raise ValueError(f"input_shape must be positive whole numbers, got {input_shape}")
+        raise ConfigError(f"input_shape must be positive whole numbers, got {input_shape}")
     if len(input_shape) not in (1, 3):
-        raise ValueError(f"input_shape must be [features] or [height, width, channels], "
-                         f"got {input_shape}")
+        raise ConfigError(
+            f"input_shape must be [features] or [height, width, channels], got {input_shape}"
+        )
     layers = [_check_layer(i, layer) for i, layer in enumerate(architecture["layers"], start=1)]
     if not layers or layers[-1]["type"] != "dense":
-        raise ValueError("the last layer must be a dense layer (the class scores)")
+        raise ConfigError("the last layer must be a dense layer (the class scores)")
     result = {"input_shape": input_shape, "layers": layers}
     layer_shapes(result)  # raises on layers that cannot follow each other
     return copy.deepcopy(result)
@@ -233,11 +270,15 @@ def layer_shapes(architecture: Mapping) -> list[tuple[int, ...]]:
     for index, layer in enumerate(architecture["layers"], start=1):
         kind = layer["type"]
         if kind in ("conv", "maxpool", "global_avgpool") and len(shape) != 3:
-            raise ValueError(f"layer {index} ({kind}) needs image input [h, w, c], "
-                             f"but gets {list(shape)}: set input_shape to [28, 28, 1]")
+            raise ConfigError(
+                f"layer {index} ({kind}) needs image input [h, w, c], "
+                f"but gets {list(shape)}: set input_shape to [28, 28, 1]"
+            )
         if kind == "dense" and len(shape) != 1:
-            raise ValueError(f"layer {index} (dense) needs flat input; add a flatten layer "
-                             f"before it (it gets {list(shape)})")
+            raise ConfigError(
+                f"layer {index} (dense) needs flat input; add a flatten layer "
+                f"before it (it gets {list(shape)})"
+            )
         if kind == "conv":
             height, width, _ = shape
             kernel, stride = layer["kernel"], layer["stride"]
@@ -247,13 +288,15 @@ def layer_shapes(architecture: Mapping) -> list[tuple[int, ...]]:
                 height = (height - kernel) // stride + 1
                 width = (width - kernel) // stride + 1
             if height <= 0 or width <= 0:
-                raise ValueError(f"layer {index} (conv): a {kernel}x{kernel} kernel does not fit "
-                                 f"the {shape[0]}x{shape[1]} input")
+                raise ConfigError(
+                    f"layer {index} (conv): a {kernel}x{kernel} kernel does not fit "
+                    f"the {shape[0]}x{shape[1]} input"
+                )
             shape = (height, width, layer["filters"])
         elif kind == "maxpool":
             size = layer["size"]
             if shape[0] < size or shape[1] < size:
-                raise ValueError(f"layer {index} (maxpool): pool {size} is larger than the input")
+                raise ConfigError(f"layer {index} (maxpool): pool {size} is larger than the input")
             shape = (shape[0] // size, shape[1] // size, shape[2])
         elif kind == "global_avgpool":
             shape = (shape[2],)
@@ -323,12 +366,13 @@ def architecture_from_parameters(parameters: Mapping) -> dict:
     """
     count = sum(1 for name in parameters if name.startswith("W"))
     if count == 0 or any(f"W{k}" not in parameters for k in range(1, count + 1)):
-        raise ValueError("parameters must hold W1..WL (and b1..bL); got "
-                         f"{sorted(parameters)}")
+        raise ConfigError(f"parameters must hold W1..WL (and b1..bL); got {sorted(parameters)}")
     shapes = [tuple(parameters[f"W{k}"].shape) for k in range(1, count + 1)]
     if any(len(shape) != 2 for shape in shapes):
-        raise ValueError("these parameters are not a dense stack: pass layout= (the model's "
-                         "architecture) to describe them")
+        raise ConfigError(
+            "these parameters are not a dense stack: pass layout= (the model's "
+            "architecture) to describe them"
+        )
     sizes = [shapes[0][1]] + [shape[0] for shape in shapes]
     return seed_architecture(sizes)
 
@@ -342,5 +386,7 @@ def describe(architecture: Mapping) -> str:
         return f"dense {'-'.join(sizes)} ({layers[-1]['activation']} output)"
     convs = sum(layer["type"] == "conv" for layer in layers)
     count = sum(math.prod(shape) for shape in parameter_shapes(architecture).values())
-    return f"{convs} conv + {sum(layer['type'] == 'dense' for layer in layers)} dense layers, " \
-           f"{count:,} parameters"
+    return (
+        f"{convs} conv + {sum(layer['type'] == 'dense' for layer in layers)} dense layers, "
+        f"{count:,} parameters"
+    )

@@ -1,15 +1,16 @@
 """Predict digits in image files: one code path for ``digitnet predict`` and the server.
 
-No TensorFlow here: images go through ``digitnet.preprocess`` into MNIST form and then through
-the model's NumPy forward pass.
+No TensorFlow here: images go through ``digitnet.inference.preprocess`` into MNIST form and
+then through the model's NumPy forward pass.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -43,27 +44,35 @@ class ImagePrediction:
         return self.error is None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` form: ``{file, digit, confidence, probabilities}`` or ``{file, error}``."""
+        """The ``--json`` form: ``{file, digit, confidence, probabilities}`` or ``{file,
+        error}``."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {"file": self.file, "digit": self.digit, "confidence": self.confidence,
-                "probabilities": self.probabilities, "low_confidence": self.low_confidence}
+        return {
+            "file": self.file,
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "low_confidence": self.low_confidence,
+        }
 
 
 def predict_arrays(model, images: np.ndarray) -> list[tuple[int, float, list[float]]]:
     """(digit, confidence, probabilities) for MNIST-form ``images`` (n, 28, 28) or (n, 784)."""
     images = np.asarray(images, dtype=np.float32)
     probabilities = model.predict_proba(images.reshape(len(images), -1))
-    return [(int(row.argmax()), float(row.max()), [float(p) for p in row])
-            for row in probabilities]
+    return [(int(row.argmax()), float(row.max()), [float(p) for p in row]) for row in probabilities]
 
 
 def predict_image(model, image, name: str | None = None) -> ImagePrediction:
     """Preprocess and predict one image: a path, encoded bytes, a PIL image or an array."""
-    from digitnet.preprocess import preprocess_image
+    from digitnet.inference.preprocess import preprocess_image
 
-    label = name if name is not None else (str(image) if isinstance(image, (str, os.PathLike))
-                                           else "<image>")
+    label = (
+        name
+        if name is not None
+        else (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
+    )
     try:
         seen = preprocess_image(image, name=label)
     except NoDigitFound as error:
@@ -71,8 +80,14 @@ def predict_image(model, image, name: str | None = None) -> ImagePrediction:
     except ImageError as error:
         return ImagePrediction(label, error=str(error))
     ((digit, confidence, probabilities),) = predict_arrays(model, seen[None])
-    return ImagePrediction(label, digit, confidence, probabilities,
-                           low_confidence=confidence < LOW_CONFIDENCE, image=seen)
+    return ImagePrediction(
+        label,
+        digit,
+        confidence,
+        probabilities,
+        low_confidence=confidence < LOW_CONFIDENCE,
+        image=seen,
+    )
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
@@ -81,8 +96,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir()
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(
+                sorted(
+                    p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         else:
             paths.append(path)
     return paths

@@ -12,32 +12,49 @@ HELP = "predict the digit in each image (PNG, JPEG, GIF, BMP, TIFF, WebP) or fol
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "predict", help=HELP,
+        "predict",
+        help=HELP,
         description=HELP + ". Each image is brought into MNIST's form first (ink found, "
         "cropped, fitted into 20x20, centred by mass in 28x28). Prints PATH<TAB>DIGIT<TAB>"
         "CONFIDENCE per image; images that fail are reported on stderr and make the exit "
-        "status 1.")
+        "status 1.",
+    )
     parser.add_argument("model", type=Path, metavar="MODEL", help="a model file")
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR",
-                        help="image files, or folders whose images are all read")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON array: {file, digit, confidence, probabilities} or "
-                             "{file, error} per image")
-    parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
-                        help="write the 28x28 image the model saw for each input, as PNG")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE_OR_DIR",
+        help="image files, or folders whose images are all read",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array: {file, digit, confidence, probabilities} or "
+        "{file, error} per image",
+    )
+    parser.add_argument(
+        "--save-preprocessed",
+        type=Path,
+        metavar="DIR",
+        help="write the 28x28 image the model saw for each input, as PNG",
+    )
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from digitnet.images import predict_images
-    from digitnet.modelfile import load_model
+    from digitnet.errors import ImageError
+    from digitnet.inference.modelfile import load_model
+    from digitnet.inference.predict import predict_images
 
     model = load_model(args.model)
     results = predict_images(model, args.images)
     if not results:
-        raise ValueError("no images found in the given folders "
-                         "(looked for .png .jpg .jpeg .gif .bmp .tif .tiff .webp)")
+        raise ImageError(
+            "no images found in the given folders "
+            "(looked for .png .jpg .jpeg .gif .bmp .tif .tiff .webp)"
+        )
     if args.save_preprocessed:
         save_preprocessed(results, args.save_preprocessed)
     if args.json:

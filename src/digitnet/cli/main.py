@@ -1,6 +1,6 @@
 """The ``digitnet`` command: a thin layer over the library.
 
-Each subcommand lives in ``digitnet/commands/<name>.py`` with ``add_parser(subparsers)`` and
+Each subcommand lives in ``digitnet/cli/<name>.py`` with ``add_parser(subparsers)`` and
 ``run(args) -> int``; they import TensorFlow only inside ``run`` and only when they train or
 export, so ``digitnet --help``, ``predict``, ``evaluate`` and ``serve`` start fast.
 """
@@ -22,17 +22,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digitnet",
         description="Recognise handwritten digits: train on MNIST, evaluate, predict on your "
-                    "own images, serve a draw-a-digit page.")
+        "own images, serve a draw-a-digit page.",
+    )
     parser.add_argument("--version", action="version", version=f"digitnet {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of every error, not only of unexpected ones",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"digitnet.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"digitnet.commands.{name}":
-                continue  # a command still being written is simply not offered
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"digitnet.cli.{name}").add_parser(subparsers)
     return parser
 
 
@@ -49,11 +49,22 @@ def main(argv: list[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (DigitnetError, ValueError, FloatingPointError, OSError) as error:
-        # User input is checked with ValueError throughout (keras-io's rule); the message
-        # already says what was wrong and what to do.
-        print(f"digitnet {args.command}: error: {error}", file=sys.stderr)
+    except (DigitnetError, OSError) as error:
+        # Only the errors digitnet means for the user (bad input, files that cannot be read or
+        # written): their message says what was wrong and what to do. Anything else is a bug
+        # and keeps its traceback, so it can be reported.
+        if args.debug:
+            raise
+        print(f"digitnet {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print(f"digitnet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split()) or type(error).__name__

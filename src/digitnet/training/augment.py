@@ -1,7 +1,8 @@
 """On-the-fly data augmentation for MNIST-form images: in-graph, stateless, deterministic.
 
 ``make_augment(...)`` returns ``augment(images, seed) -> images`` for the training engine
-(:mod:`digitnet.fit`), which calls it inside a compiled ``tf.function`` once per optimiser step.
+(:mod:`digitnet.training.engine`), which calls it inside a compiled ``tf.function`` once per
+optimiser step.
 ``images`` is float32 ``(batch, height * width)`` in [0, 1], white ink on black, row-major;
 ``seed`` is an int64 ``(2,)`` stateless seed. The same seed gives bit-identical output, so a
 training run resumed from a checkpoint sees exactly the images the uninterrupted run would.
@@ -25,8 +26,8 @@ depends on sigma as well as alpha (its RMS is about ``alpha / (6.14 * sigma)`` p
 alpha = 34, sigma = 4 moves pixels by about 1.4 px RMS). Here ``elastic_alpha`` is that RMS
 displacement per axis directly, in pixels, and ``elastic_sigma`` keeps Simard's meaning (the
 field's correlation length: neighbouring displacements correlate as a Gaussian of standard
-deviation sigma * sqrt(2) in their distance). The field is built from unit-variance uniform noise on a
-coarse lattice of knots one sigma apart, each knot spreading a Gaussian bump of width sigma:
+deviation sigma * sqrt(2) in their distance). The field is built from unit-variance uniform noise
+on a coarse lattice of knots one sigma apart, each knot spreading a Gaussian bump of width sigma:
 ``field = Gy @ noise @ Gx^T``. With knots one sigma apart this matches the smoothed full
 resolution noise to about 1e-4 in covariance (the sum of Gaussian bumps is then practically
 translation invariant) at a small fraction of the cost: a 28x28 image with sigma = 5 needs an
@@ -42,10 +43,13 @@ also leave creases along its grid lines, where bilinear interpolation has a kink
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from digitnet.errors import ConfigError
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
@@ -88,19 +92,19 @@ _MAX_SHEAR_DEGREES = 60.0
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"augment: {name} must be a number, got {value!r}")
+        raise ConfigError(f"augment: {name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"augment: {name} must be finite, got {value}")
+        raise ConfigError(f"augment: {name} must be finite, got {value}")
     return value
 
 
 def _pair(name: str, value: Any) -> list[float]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ValueError(f"augment: {name} must be a number or a [low, high] pair, got {value!r}")
+        raise ConfigError(f"augment: {name} must be a number or a [low, high] pair, got {value!r}")
     low, high = _number(name, value[0]), _number(name, value[1])
     if low > high:
-        raise ValueError(f"augment: {name} range [{low}, {high}] has low > high")
+        raise ConfigError(f"augment: {name} range [{low}, {high}] has low > high")
     return [low, high]
 
 
@@ -111,18 +115,25 @@ def _symmetric_range(name: str, value: Any, limit: float) -> list[float]:
     else:
         amount = _number(name, value)
         if amount < 0:
-            raise ValueError(f"augment: {name} = {amount} must be >= 0 (it means +-{name})")
+            raise ConfigError(f"augment: {name} = {amount} must be >= 0 (it means +-{name})")
         low, high = -amount, amount
     if low < -limit or high > limit:
-        raise ValueError(f"augment: {name} range [{low}, {high}] must lie within "
-                         f"[-{limit:g}, {limit:g}]")
+        raise ConfigError(
+            f"augment: {name} range [{low}, {high}] must lie within [-{limit:g}, {limit:g}]"
+        )
     return [low, high]
 
 
-def validate_parameters(rotation_degrees: Any = 0.0, shift_pixels: Any = 0.0, scale: Any = 0.0,
-                        shear_degrees: Any = 0.0, elastic_alpha: Any = 0.0,
-                        elastic_sigma: Any = DEFAULT_AUGMENT["elastic_sigma"],
-                        probability: Any = 1.0, image_shape: Any = (28, 28)) -> dict[str, Any]:
+def validate_parameters(
+    rotation_degrees: Any = 0.0,
+    shift_pixels: Any = 0.0,
+    scale: Any = 0.0,
+    shear_degrees: Any = 0.0,
+    elastic_alpha: Any = 0.0,
+    elastic_sigma: Any = DEFAULT_AUGMENT["elastic_sigma"],
+    probability: Any = 1.0,
+    image_shape: Any = (28, 28),
+) -> dict[str, Any]:
     """Check every parameter and return them in one explicit JSON-able form.
 
     Accepted forms (see :func:`make_augment` for meanings): a number ``x`` for a range
@@ -132,23 +143,35 @@ def validate_parameters(rotation_degrees: Any = 0.0, shift_pixels: Any = 0.0, sc
 
     Raises ValueError naming the parameter for anything out of range or malformed.
     """
-    if isinstance(image_shape, (str, bytes)) or not hasattr(image_shape, "__len__") \
-            or len(image_shape) != 2 or not all(
-                isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 2
-                for n in image_shape):
-        raise ValueError(f"augment: image_shape must be [height, width] of integers >= 2, "
-                         f"got {image_shape!r}")
+    if (
+        isinstance(image_shape, (str, bytes))
+        or not hasattr(image_shape, "__len__")
+        or len(image_shape) != 2
+        or not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 2
+            for n in image_shape
+        )
+    ):
+        raise ConfigError(
+            f"augment: image_shape must be [height, width] of integers >= 2, got {image_shape!r}"
+        )
     height, width = int(image_shape[0]), int(image_shape[1])
 
     rotation = _symmetric_range("rotation_degrees", rotation_degrees, _MAX_ROTATION_DEGREES)
     shear = _symmetric_range("shear_degrees", shear_degrees, _MAX_SHEAR_DEGREES)
 
-    if (hasattr(shift_pixels, "__len__") and not isinstance(shift_pixels, (str, bytes))
-            and len(shift_pixels) == 2
-            and all(hasattr(axis, "__len__") and not isinstance(axis, (str, bytes))
-                    for axis in shift_pixels)):
-        shift = [_symmetric_range("shift_pixels (x)", shift_pixels[0], width),
-                 _symmetric_range("shift_pixels (y)", shift_pixels[1], height)]
+    if (
+        hasattr(shift_pixels, "__len__")
+        and not isinstance(shift_pixels, (str, bytes))
+        and len(shift_pixels) == 2
+        and all(
+            hasattr(axis, "__len__") and not isinstance(axis, (str, bytes)) for axis in shift_pixels
+        )
+    ):
+        shift = [
+            _symmetric_range("shift_pixels (x)", shift_pixels[0], width),
+            _symmetric_range("shift_pixels (y)", shift_pixels[1], height),
+        ]
     else:
         both = _symmetric_range("shift_pixels", shift_pixels, min(height, width))
         shift = [list(both), list(both)]
@@ -156,33 +179,37 @@ def validate_parameters(rotation_degrees: Any = 0.0, shift_pixels: Any = 0.0, sc
     if hasattr(scale, "__len__") and not isinstance(scale, (str, bytes)):
         scale_range = _pair("scale", scale)
         if scale_range[0] <= 0:
-            raise ValueError(f"augment: scale factors {scale_range} must be > 0")
+            raise ConfigError(f"augment: scale factors {scale_range} must be > 0")
     else:
         amount = _number("scale", scale)
         if not 0 <= amount < 1:
-            raise ValueError(f"augment: scale = {amount} as a single number means factors "
-                             f"[1 - x, 1 + x] and must be in [0, 1); give factors as a pair, "
-                             f"e.g. [0.9, 1.1]")
+            raise ConfigError(
+                f"augment: scale = {amount} as a single number means factors "
+                f"[1 - x, 1 + x] and must be in [0, 1); give factors as a pair, "
+                f"e.g. [0.9, 1.1]"
+            )
         scale_range = [1.0 - amount, 1.0 + amount]
     if scale_range[1] > 4 or scale_range[0] < 0.25:
-        raise ValueError(f"augment: scale factors {scale_range} must lie within [0.25, 4]")
+        raise ConfigError(f"augment: scale factors {scale_range} must lie within [0.25, 4]")
 
     alpha = _number("elastic_alpha", elastic_alpha)
     sigma = _number("elastic_sigma", elastic_sigma)
     if alpha < 0:
-        raise ValueError(f"augment: elastic_alpha = {alpha} must be >= 0 (pixels RMS)")
+        raise ConfigError(f"augment: elastic_alpha = {alpha} must be >= 0 (pixels RMS)")
     if alpha > min(height, width) / 4:
-        raise ValueError(
+        raise ConfigError(
             f"augment: elastic_alpha = {alpha} px RMS displacement tears a "
             f"{height}x{width} image apart (limit {min(height, width) / 4:g}); note that it is "
-            f"in pixels, not Simard's unit: their alpha = 34 at sigma = 4 is about 1.4 here")
+            f"in pixels, not Simard's unit: their alpha = 34 at sigma = 4 is about 1.4 here"
+        )
     if not 0.5 <= sigma <= max(height, width):
-        raise ValueError(f"augment: elastic_sigma = {sigma} must be in [0.5, "
-                         f"{max(height, width)}] pixels")
+        raise ConfigError(
+            f"augment: elastic_sigma = {sigma} must be in [0.5, {max(height, width)}] pixels"
+        )
 
     probability = _number("probability", probability)
     if not 0 <= probability <= 1:
-        raise ValueError(f"augment: probability = {probability} must be in [0, 1]")
+        raise ConfigError(f"augment: probability = {probability} must be in [0, 1]")
 
     return {
         "rotation_degrees": rotation,
@@ -211,8 +238,8 @@ def knot_matrix(size: int, sigma: float) -> np.ndarray:
     half_count = math.ceil((centre + 2.0 * sigma) / spacing)
     knots = centre + spacing * np.arange(-half_count, half_count + 1)
     pixels = np.arange(size, dtype=np.float64)
-    weights = np.exp(-((pixels[:, None] - knots[None, :]) ** 2) / (2.0 * sigma ** 2))
-    weights /= np.sqrt((weights ** 2).sum(axis=1, keepdims=True))
+    weights = np.exp(-((pixels[:, None] - knots[None, :]) ** 2) / (2.0 * sigma**2))
+    weights /= np.sqrt((weights**2).sum(axis=1, keepdims=True))
     return weights.astype(np.float32)
 
 
@@ -225,15 +252,18 @@ def uniform(seed: tf.Tensor, shape) -> tf.Tensor:
     draws agree, and the conversion below is exact, so the same seed draws the same
     transforms with or without ``jit_compile``.
     """
-    bits = tf.random.stateless_uniform(shape, seed=seed, dtype=tf.uint32, minval=None,
-                                       maxval=None, alg=_ALGORITHM)
+    bits = tf.random.stateless_uniform(
+        shape, seed=seed, dtype=tf.uint32, minval=None, maxval=None, alg=_ALGORITHM
+    )
     # The top 24 bits fit a float32 mantissa exactly: k / 2**24 for k in [0, 2**24).
-    return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) \
-        * (1.0 / (1 << 24))
+    return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * (
+        1.0 / (1 << 24)
+    )
 
 
-def elastic_field(seed: tf.Tensor, batch: tf.Tensor, image_shape: tuple[int, int],
-                  alpha: float, sigma: float) -> tuple[tf.Tensor, tf.Tensor]:
+def elastic_field(
+    seed: tf.Tensor, batch: tf.Tensor, image_shape: tuple[int, int], alpha: float, sigma: float
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Smooth random displacements ``(dx, dy)``, each float32 ``(batch, height, width)``.
 
     Each component is a smooth, zero-mean, close to Gaussian field with standard deviation
@@ -241,16 +271,18 @@ def elastic_field(seed: tf.Tensor, batch: tf.Tensor, image_shape: tuple[int, int
     docstring). ``batch`` is a scalar int32 tensor (or int); ``seed`` an int64 (2,) seed.
     """
     height, width = image_shape
-    rows = tf.constant(knot_matrix(height, sigma))      # (height, ky)
-    columns = tf.constant(knot_matrix(width, sigma))    # (width, kx)
+    rows = tf.constant(knot_matrix(height, sigma))  # (height, ky)
+    columns = tf.constant(knot_matrix(width, sigma))  # (width, kx)
     ky, kx = rows.shape[1], columns.shape[1]
     # Uniform noise of unit variance, as in Simard et al.; summed over the ~10 knots near each
     # pixel it is close to Gaussian. (stateless_normal is also slow under XLA on CPU.)
     noise = (2.0 * uniform(seed, tf.stack([2 * batch, ky, kx])) - 1.0) * _SQRT_3
     # One plain 2-D matmul (knots -> columns) and one batched against the shared row matrix
     # (knots -> rows): no transposes, which cost more than the arithmetic at these sizes.
-    wide = tf.reshape(tf.matmul(tf.reshape(noise, [-1, kx]), columns, transpose_b=True),
-                      tf.stack([2 * batch, ky, width]))
+    wide = tf.reshape(
+        tf.matmul(tf.reshape(noise, [-1, kx]), columns, transpose_b=True),
+        tf.stack([2 * batch, ky, width]),
+    )
     field = alpha * tf.matmul(tf.broadcast_to(rows, tf.stack([2 * batch, height, ky])), wide)
     return field[:batch], field[batch:]
 
@@ -273,13 +305,15 @@ def bilinear_sample(images: tf.Tensor, source_x: tf.Tensor, source_y: tf.Tensor)
     weight_x, weight_y = source_x - floor_x, source_y - floor_y
     column = tf.cast(floor_x, tf.int32) + 1
     row = tf.cast(floor_y, tf.int32) + 1
-    top_left = (tf.range(batch)[:, None, None] * pixels + row * padded_width + column)
+    top_left = tf.range(batch)[:, None, None] * pixels + row * padded_width + column
     flat = tf.reshape(padded, [-1])
     # Four separate gathers, not one over stacked indices: XLA on CPU runs the stacked form
     # about 20 times slower (53 ms against 2 ms for 1000 images). gather_nd rather than gather:
     # the same under XLA, about 35% less CPU without it (the gathers are most of the cost).
-    corners = [tf.gather_nd(flat, (top_left + offset)[..., None])
-               for offset in (0, 1, padded_width, padded_width + 1)]
+    corners = [
+        tf.gather_nd(flat, (top_left + offset)[..., None])
+        for offset in (0, 1, padded_width, padded_width + 1)
+    ]
     top = corners[0] + weight_x * (corners[1] - corners[0])
     bottom = corners[2] + weight_x * (corners[3] - corners[2])
     return top + weight_y * (bottom - top)
@@ -312,25 +346,29 @@ class Augmenter:
         parameters = self.parameters
         height, width = self._shape
         images = tf.convert_to_tensor(images, tf.float32)
-        if images.shape.rank != 2 or (images.shape[1] is not None
-                                      and images.shape[1] != height * width):
-            raise ValueError(f"augment: images must be (batch, {height * width}) for "
-                             f"image_shape {[height, width]}, got {images.shape}")
+        if images.shape.rank != 2 or (
+            images.shape[1] is not None and images.shape[1] != height * width
+        ):
+            raise ConfigError(
+                f"augment: images must be (batch, {height * width}) for "
+                f"image_shape {[height, width]}, got {images.shape}"
+            )
         if parameters["probability"] == 0:
             return images
         batch = tf.shape(images)[0]
         seeds = tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _SEED_SALT,
-                                                     alg=_ALGORITHM),
-            num=_SEED_COUNT, alg=_ALGORITHM)
+            tf.random.experimental.stateless_fold_in(
+                tf.cast(seed, tf.int64), _SEED_SALT, alg=_ALGORITHM
+            ),
+            num=_SEED_COUNT,
+            alg=_ALGORITHM,
+        )
 
         def draw(index: int, *bounds) -> tf.Tensor:
             """One uniform value per image in each ``[low, high]`` of ``bounds``:
             (len(bounds), batch, 1, 1), shaped to broadcast over (batch, height, width)."""
-            low, high = (np.array(side, np.float32).reshape(-1, 1, 1, 1)
-                         for side in zip(*bounds))
-            return low + (high - low) * uniform(seeds[index],
-                                                tf.stack([len(bounds), batch, 1, 1]))
+            low, high = (np.array(side, np.float32).reshape(-1, 1, 1, 1) for side in zip(*bounds))
+            return low + (high - low) * uniform(seeds[index], tf.stack([len(bounds), batch, 1, 1]))
 
         radians = math.pi / 180.0
         angle = draw(_ROTATION, parameters["rotation_degrees"])[0] * radians
@@ -345,14 +383,17 @@ class Augmenter:
         cos, sin = tf.cos(angle), tf.sin(angle)
         u = self._x - shift_x
         v = self._y - shift_y
-        source_x = ((cos + slant * sin) * u + (slant * cos - sin) * v) / factor \
-            + (width - 1) / 2.0
+        source_x = ((cos + slant * sin) * u + (slant * cos - sin) * v) / factor + (width - 1) / 2.0
         source_y = (sin * u + cos * v) / factor + (height - 1) / 2.0
 
         if parameters["elastic_alpha"] > 0:
             displacement_x, displacement_y = elastic_field(
-                seeds[_ELASTIC], batch, self._shape, parameters["elastic_alpha"],
-                parameters["elastic_sigma"])
+                seeds[_ELASTIC],
+                batch,
+                self._shape,
+                parameters["elastic_alpha"],
+                parameters["elastic_sigma"],
+            )
             source_x += displacement_x
             source_y += displacement_y
 
@@ -365,14 +406,16 @@ class Augmenter:
         return augmented
 
 
-def make_augment(rotation_degrees: Any = DEFAULT_AUGMENT["rotation_degrees"],
-                 shift_pixels: Any = DEFAULT_AUGMENT["shift_pixels"],
-                 scale: Any = DEFAULT_AUGMENT["scale"],
-                 shear_degrees: Any = DEFAULT_AUGMENT["shear_degrees"],
-                 elastic_alpha: Any = DEFAULT_AUGMENT["elastic_alpha"],
-                 elastic_sigma: Any = DEFAULT_AUGMENT["elastic_sigma"],
-                 probability: Any = DEFAULT_AUGMENT["probability"],
-                 image_shape: Any = (28, 28)) -> Augmenter:
+def make_augment(
+    rotation_degrees: Any = DEFAULT_AUGMENT["rotation_degrees"],
+    shift_pixels: Any = DEFAULT_AUGMENT["shift_pixels"],
+    scale: Any = DEFAULT_AUGMENT["scale"],
+    shear_degrees: Any = DEFAULT_AUGMENT["shear_degrees"],
+    elastic_alpha: Any = DEFAULT_AUGMENT["elastic_alpha"],
+    elastic_sigma: Any = DEFAULT_AUGMENT["elastic_sigma"],
+    probability: Any = DEFAULT_AUGMENT["probability"],
+    image_shape: Any = (28, 28),
+) -> Augmenter:
     """An in-graph ``augment(images, seed) -> images`` for :class:`digitnet.fit.Fitter`.
 
     Every range is drawn uniformly and independently per image. A number ``x`` means
@@ -392,10 +435,18 @@ def make_augment(rotation_degrees: Any = DEFAULT_AUGMENT["rotation_degrees"],
 
     Raises ValueError for a malformed or out-of-range parameter.
     """
-    return Augmenter(validate_parameters(
-        rotation_degrees=rotation_degrees, shift_pixels=shift_pixels, scale=scale,
-        shear_degrees=shear_degrees, elastic_alpha=elastic_alpha, elastic_sigma=elastic_sigma,
-        probability=probability, image_shape=image_shape))
+    return Augmenter(
+        validate_parameters(
+            rotation_degrees=rotation_degrees,
+            shift_pixels=shift_pixels,
+            scale=scale,
+            shear_degrees=shear_degrees,
+            elastic_alpha=elastic_alpha,
+            elastic_sigma=elastic_sigma,
+            probability=probability,
+            image_shape=image_shape,
+        )
+    )
 
 
 def augment_from_config(config: Mapping[str, Any] | None) -> Augmenter | None:
@@ -407,9 +458,11 @@ def augment_from_config(config: Mapping[str, Any] | None) -> Augmenter | None:
     if config is None:
         return None
     if not isinstance(config, Mapping):
-        raise ValueError(f"augment: the config must be a dict or None, got {config!r}")
+        raise ConfigError(f"augment: the config must be a dict or None, got {config!r}")
     unknown = sorted(set(config) - set(DEFAULT_AUGMENT))
     if unknown:
-        raise ValueError(f"augment: unknown parameter(s) {', '.join(map(str, unknown))}; "
-                         f"known: {', '.join(DEFAULT_AUGMENT)}")
+        raise ConfigError(
+            f"augment: unknown parameter(s) {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(DEFAULT_AUGMENT)}"
+        )
     return make_augment(**{**DEFAULT_AUGMENT, **config})

@@ -54,7 +54,9 @@ def stroke_coverage(digit: np.ndarray, size: int, *, thicken: float = 0.0) -> np
     ``thicken`` widens every stroke by that many MNIST pixels on each side, like a felt pen.
     """
     values = _digit_values(digit)
-    upsampled = np.asarray(Image.fromarray(values).resize((size, size), Image.Resampling.LANCZOS), np.float32)
+    upsampled = np.asarray(
+        Image.fromarray(values).resize((size, size), Image.Resampling.LANCZOS), np.float32
+    )
     # Lanczos follows MNIST's pixel staircase; a blur over a third of an MNIST pixel smooths it
     # into the even edge of a pen stroke.
     upsampled = ndimage.gaussian_filter(np.clip(upsampled, 0.0, 1.0), sigma=0.35 * size / 28.0)
@@ -74,15 +76,21 @@ def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     alpha = coverage * rng.uniform(0.85, 1.0)
 
     paper = np.array([rng.uniform(222, 248), rng.uniform(218, 242), rng.uniform(200, 232)]) / 255.0
-    fibres = ndimage.gaussian_filter(rng.normal(0.0, 1.0, (height, width)), sigma=2.5) * rng.uniform(0.02, 0.05)
+    fibres = ndimage.gaussian_filter(
+        rng.normal(0.0, 1.0, (height, width)), sigma=2.5
+    ) * rng.uniform(0.02, 0.05)
     grain = rng.normal(0.0, rng.uniform(0.006, 0.015), (height, width))
     page = paper[None, None, :] + (fibres + grain)[..., None]
     ink_colour = np.array([rng.uniform(15, 60), rng.uniform(15, 60), rng.uniform(40, 100)]) / 255.0
     image = page * (1.0 - alpha[..., None]) + ink_colour[None, None, :] * alpha[..., None]
     image = image * _lighting(width, height, rng)[..., None]
 
-    pil = Image.fromarray(_to_uint8(image), "RGB").filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.2)))
-    return Rendering("photo_jpeg", "photo_jpeg.jpg", _encode(pil, "JPEG", quality=int(rng.integers(60, 86))))
+    pil = Image.fromarray(_to_uint8(image), "RGB").filter(
+        ImageFilter.GaussianBlur(rng.uniform(0.5, 1.2))
+    )
+    return Rendering(
+        "photo_jpeg", "photo_jpeg.jpg", _encode(pil, "JPEG", quality=int(rng.integers(60, 86)))
+    )
 
 
 def canvas_png(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
@@ -104,7 +112,11 @@ def small_in_large(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     page = 1.0 - rng.uniform(0.0, 0.03) + rng.normal(0.0, 0.004, (side, side))
     ink = rng.uniform(0.05, 0.2)
     image = page * (1.0 - coverage) + ink * coverage
-    return Rendering("small_in_large", "small_in_large.png", _encode(Image.fromarray(_to_uint8(image), "L"), "PNG"))
+    return Rendering(
+        "small_in_large",
+        "small_in_large.png",
+        _encode(Image.fromarray(_to_uint8(image), "L"), "PNG"),
+    )
 
 
 def felt_pen(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
@@ -126,7 +138,9 @@ def rotated(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     size = int(rng.uniform(0.8, 0.95) * side)
     angle = rng.uniform(3.0, 10.0) * rng.choice([-1.0, 1.0])
     # MNIST's 4-px margin leaves room to turn the digit by 10 degrees without clipping it.
-    turned = Image.fromarray(stroke_coverage(digit, size)).rotate(angle, Image.Resampling.BICUBIC, fillcolor=0.0)
+    turned = Image.fromarray(stroke_coverage(digit, size)).rotate(
+        angle, Image.Resampling.BICUBIC, fillcolor=0.0
+    )
     coverage = _place(np.clip(np.asarray(turned, np.float32), 0.0, 1.0), side, side, rng)
     return Rendering("rotated", "rotated.png", _encode(_dark_on_white(coverage, rng), "PNG"))
 
@@ -149,11 +163,16 @@ def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
         for d_row, d_col in ((0, 1), (1, -1), (1, 0), (1, 1)):
             r, c = row + d_row, col + d_col
             if 0 <= r < skeleton.shape[0] and 0 <= c < skeleton.shape[1] and skeleton[r, c]:
-                start = ((smooth_cols[row, col] + 0.5) * scale, (smooth_rows[row, col] + 0.5) * scale)
+                start = (
+                    (smooth_cols[row, col] + 0.5) * scale,
+                    (smooth_rows[row, col] + 0.5) * scale,
+                )
                 end = ((smooth_cols[r, c] + 0.5) * scale, (smooth_rows[r, c] + 0.5) * scale)
                 draw.line([start, end], fill=255, width=line_width)
                 radius = line_width / 2
-                draw.ellipse([end[0] - radius, end[1] - radius, end[0] + radius, end[1] + radius], fill=255)
+                draw.ellipse(
+                    [end[0] - radius, end[1] - radius, end[0] + radius, end[1] + radius], fill=255
+                )
     lines = canvas.resize((size, size), Image.Resampling.LANCZOS)
     coverage = _place(np.asarray(lines, np.float32) / 255.0, side, side, rng)
     return Rendering("thin_pen", "thin_pen.png", _encode(_dark_on_white(coverage, rng), "PNG"))
@@ -174,7 +193,9 @@ def render(name: str, digit: np.ndarray, rng: np.random.Generator) -> bytes:
     try:
         function = RENDERINGS[name]
     except KeyError:
-        raise ValueError(f"unknown rendering {name!r}; choose one of {', '.join(RENDERINGS)}") from None
+        raise ValueError(
+            f"unknown rendering {name!r}; choose one of {', '.join(RENDERINGS)}"
+        ) from None
     return function(digit, rng).data
 
 
@@ -207,8 +228,10 @@ def _place(coverage: np.ndarray, width: int, height: int, rng: np.random.Generat
     size_rows, size_cols = coverage.shape
     # A frame smaller than the image crops its empty margin symmetrically: MNIST's 4-px border.
     crop_rows, crop_cols = max(0, size_rows - height), max(0, size_cols - width)
-    coverage = coverage[crop_rows // 2 : size_rows - (crop_rows - crop_rows // 2),
-                        crop_cols // 2 : size_cols - (crop_cols - crop_cols // 2)]
+    coverage = coverage[
+        crop_rows // 2 : size_rows - (crop_rows - crop_rows // 2),
+        crop_cols // 2 : size_cols - (crop_cols - crop_cols // 2),
+    ]
     top = int(rng.integers(0, height - coverage.shape[0] + 1))
     left = int(rng.integers(0, width - coverage.shape[1] + 1))
     frame[top : top + coverage.shape[0], left : left + coverage.shape[1]] = coverage

@@ -67,7 +67,9 @@ CENTRE = 14.0
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 
-ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray, IO[bytes]]
+ImageInput = Union[
+    str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray, IO[bytes]
+]
 
 # Images are area-averaged down to at most this long side before the ink search: a 2-px pen
 # line on a 2000-px photo keeps half its contrast, on a 4000-px one a quarter, while the noise
@@ -127,7 +129,9 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
     return _fit_into_mnist_frame(ink, label)
 
 
-def preprocess_batch(images: Iterable[ImageInput], *, names: Sequence[str] | None = None) -> np.ndarray:
+def preprocess_batch(
+    images: Iterable[ImageInput], *, names: Sequence[str] | None = None
+) -> np.ndarray:
     """Preprocess several images; float32 (n, 28, 28). The first unusable image raises."""
     images = list(images)
     if names is not None and len(names) != len(images):
@@ -160,7 +164,9 @@ def validate_mnist_batch(array: object, *, name: str = "the array") -> np.ndarra
     """Like ``validate_mnist_array`` for a batch: (n, 28, 28) or (n, 784) -> float32 (n, 28, 28)."""
     values = np.asarray(array)
     if values.ndim not in (2, 3) or values.shape[1:] not in ((784,), (28, 28)):
-        raise ImageError(f"{name} has shape {values.shape}; a batch in MNIST form is (n, 28, 28) or (n, 784)")
+        raise ImageError(
+            f"{name} has shape {values.shape}; a batch in MNIST form is (n, 28, 28) or (n, 784)"
+        )
     out = np.zeros((len(values), MNIST_SIDE, MNIST_SIDE), np.float32)
     for index, item in enumerate(values.reshape(-1, MNIST_SIDE, MNIST_SIDE)):
         out[index] = _validate_mnist_values(item, f"{name}[{index}]")
@@ -240,7 +246,8 @@ def _read_encoded(image: object, name: str) -> tuple[np.ndarray, np.ndarray | No
             raise ImageError(f"{name} was opened in text mode; open it with 'rb'")
     else:
         raise ImageError(
-            f"{name} is a {type(image).__name__}; expected a path, bytes, a file, a PIL image or a numpy array"
+            f"{name} is a {type(image).__name__}; expected a path, bytes, a file, a PIL image or "
+            "a numpy array"
         )
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
@@ -262,9 +269,13 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     except UnidentifiedImageError:
         image_format = _format_from_signature(data)
         if image_format:
-            raise ImageError(f"{name} starts like a {image_format} file but cannot be read: it is truncated or corrupt") from None
+            raise ImageError(
+                f"{name} starts like a {image_format} file but cannot be read: it is truncated "
+                "or corrupt"
+            ) from None
         raise ImageError(
-            f"{name} is not an image (or not in a format that can be read: PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
+            f"{name} is not an image (or not in a format that can be read: PNG, JPEG, GIF, BMP, "
+            "TIFF, WebP, ...)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageError(f"{name} is corrupt: {_one_line(error)}") from None
@@ -296,7 +307,8 @@ _SIGNATURES = (
 
 
 def _format_from_signature(data: bytes) -> str | None:
-    """The format whose magic bytes ``data`` starts with, to tell a cut-off file from a non-image."""
+    """The format whose magic bytes ``data`` starts with, to tell a cut-off file from a
+    non-image."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     for signature, image_format in _SIGNATURES:
@@ -318,7 +330,10 @@ def _check_size(size: tuple[int, int], name: str) -> None:
             f"the limit is {MAX_PIXELS // 1_000_000} (refused before decoding)"
         )
     if min(width, height) < MIN_SIDE:
-        raise ImageError(f"{name} is too small: {width}x{height} pixels; at least {MIN_SIDE} on each side are needed")
+        raise ImageError(
+            f"{name} is too small: {width}x{height} pixels; at least {MIN_SIDE} on each side are "
+            "needed"
+        )
 
 
 def _draft_large_jpeg(image: Image.Image) -> None:
@@ -404,7 +419,8 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 def _array_values(array: np.ndarray, name: str) -> np.ndarray:
-    """Pixel values of an array as float32 in [0, 1]; ImageError for dtypes and ranges not understood."""
+    """Pixel values of an array as float32 in [0, 1]; ImageError for dtypes and ranges not
+    understood."""
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if array.dtype == np.uint16:
@@ -434,7 +450,8 @@ def _array_to_grey(array: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray
         array = array[..., 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (2, 3, 4))):
         raise ImageError(
-            f"{name} has shape {array.shape}; expected (H, W) grey or (H, W, C) with C = 2 (grey + alpha), "
+            f"{name} has shape {array.shape}; expected (H, W) grey or (H, W, C) with C = 2 (grey "
+            "+ alpha), "
             "3 (RGB) or 4 (RGBA)"
         )
     _check_size((array.shape[1], array.shape[0]), name)
@@ -486,7 +503,8 @@ def _reduce(grey: np.ndarray) -> np.ndarray:
 
 
 def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
-    """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke cores."""
+    """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke
+    cores."""
     background = _fit_background(grey)
     residual = grey - background
     # Smoothing lets noise average out before any pixel is judged, so a JPEG block or a fibre of
@@ -497,7 +515,9 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     dark_mass = float(np.clip(-smooth - floor, 0, None).sum())
     light_mass = float(np.clip(smooth - floor, 0, None).sum())
     if dark_mass == 0 and light_mass == 0:
-        raise NoDigitFound(f"no digit found in {name}: the image is blank (no ink stands out from the background)")
+        raise NoDigitFound(
+            f"no digit found in {name}: the image is blank (no ink stands out from the background)"
+        )
     if dark_mass != light_mass:
         dark_ink = dark_mass > light_mass
     else:
@@ -515,7 +535,9 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
 
     candidates = smooth > floor
     if not candidates.any():
-        raise NoDigitFound(f"no digit found in {name}: the image is blank (no ink stands out from the background)")
+        raise NoDigitFound(
+            f"no digit found in {name}: the image is blank (no ink stands out from the background)"
+        )
     level = float(np.percentile(np.maximum(residual[candidates], smooth[candidates]), 90))
     if level < max(_MIN_CONTRAST, _SIGNAL_SIGMAS * noise):
         raise NoDigitFound(
@@ -569,11 +591,20 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
         keep = new_keep
         # Normal equations: a 6x6 solve, where lstsq's SVD of the whole sample costs milliseconds.
         kept = design[keep]
-        coefficients = np.linalg.solve(kept.T @ kept + 1e-6 * len(kept) * np.eye(6), kept.T @ values[keep])
+        coefficients = np.linalg.solve(
+            kept.T @ kept + 1e-6 * len(kept) * np.eye(6), kept.T @ values[keep]
+        )
     full_y = np.linspace(-1.0, 1.0, rows)[:, None]
     full_x = np.linspace(-1.0, 1.0, cols)[None, :]
     c = coefficients
-    surface = c[0] + c[1] * full_x + c[2] * full_y + c[3] * full_x**2 + c[4] * full_x * full_y + c[5] * full_y**2
+    surface = (
+        c[0]
+        + c[1] * full_x
+        + c[2] * full_y
+        + c[3] * full_x**2
+        + c[4] * full_x * full_y
+        + c[5] * full_y**2
+    )
     return np.clip(surface, values.min(), values.max()).astype(np.float32)
 
 
@@ -687,15 +718,21 @@ def _fit_into_mnist_frame(ink: np.ndarray, name: str) -> np.ndarray:
     # neighbourhood at the crop's edges.
     pad = math.ceil(_LANCZOS_REACH / min(scale, 1.0)) + 1
     source_height, source_width = height / scale, width / scale
-    padded = np.zeros((pad + math.ceil(source_height) + pad, pad + math.ceil(source_width) + pad), np.float32)
+    padded = np.zeros(
+        (pad + math.ceil(source_height) + pad, pad + math.ceil(source_width) + pad), np.float32
+    )
     padded[pad : pad + rows, pad : pad + cols] = ink
     small = Image.fromarray(padded).resize(
-        (width, height), Image.Resampling.LANCZOS, box=(pad, pad, pad + source_width, pad + source_height)
+        (width, height),
+        Image.Resampling.LANCZOS,
+        box=(pad, pad, pad + source_width, pad + source_height),
     )
     frame = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
     # Lanczos overshoots by a few percent at edges; clipping first keeps solid strokes at 1.0
     # instead of dimming them to make room for the overshoot.
-    frame[top : top + height, left : left + width] = np.clip(np.asarray(small, dtype=np.float32), 0.0, 1.0)
+    frame[top : top + height, left : left + width] = np.clip(
+        np.asarray(small, dtype=np.float32), 0.0, 1.0
+    )
     peak = float(frame.max())
     if peak <= 0:
         raise NoDigitFound(f"no digit found in {name}: the ink vanished when scaled to 20 pixels")
@@ -728,9 +765,13 @@ def _to_crop_scale(ink: np.ndarray) -> np.ndarray:
         # (one pooled pixel wide) for the stroke-width step to find and widen it.
         factor = math.ceil(long_side / _CROP_MAX_SIDE)
         rows, cols = ink.shape
-        padded = np.zeros((math.ceil(rows / factor) * factor, math.ceil(cols / factor) * factor), np.float32)
+        padded = np.zeros(
+            (math.ceil(rows / factor) * factor, math.ceil(cols / factor) * factor), np.float32
+        )
         padded[:rows, :cols] = ink
-        blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
+        blocks = padded.reshape(
+            padded.shape[0] // factor, factor, padded.shape[1] // factor, factor
+        )
         return blocks.max(axis=(1, 3))
     return ink
 
@@ -775,14 +816,22 @@ def _dilate(ink: np.ndarray, radius: int) -> np.ndarray:
     # much cheaper than a disk footprint of the full radius.
     cross = ndimage.generate_binary_structure(2, 1)
     for step in range(radius):
-        ink = ndimage.maximum_filter(ink, size=3) if step % 2 == 0 else ndimage.grey_dilation(ink, footprint=cross)
+        ink = (
+            ndimage.maximum_filter(ink, size=3)
+            if step % 2 == 0
+            else ndimage.grey_dilation(ink, footprint=cross)
+        )
     return ink
 
 
 def _erode(ink: np.ndarray, radius: int) -> np.ndarray:
     cross = ndimage.generate_binary_structure(2, 1)
     for step in range(radius):
-        ink = ndimage.minimum_filter(ink, size=3) if step % 2 == 0 else ndimage.grey_erosion(ink, footprint=cross)
+        ink = (
+            ndimage.minimum_filter(ink, size=3)
+            if step % 2 == 0
+            else ndimage.grey_erosion(ink, footprint=cross)
+        )
     return ink
 
 

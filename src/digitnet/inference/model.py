@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from digitnet import architectures
-from digitnet.architectures import BATCHNORM_EPSILON
+from digitnet.errors import ConfigError
+from digitnet.models import architectures
+from digitnet.models.architectures import BATCHNORM_EPSILON
 
 
 def _activate(values: np.ndarray, activation: str) -> np.ndarray:
@@ -78,8 +80,9 @@ def _worker_pool() -> ThreadPoolExecutor:
     global _pool
     with _setup_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(min(os.cpu_count() or 1, 8),
-                                       thread_name_prefix="digitnet-forward")
+            _pool = ThreadPoolExecutor(
+                min(os.cpu_count() or 1, 8), thread_name_prefix="digitnet-forward"
+            )
         return _pool
 
 
@@ -98,8 +101,9 @@ def _blas_controller() -> Any:
         return _blas
 
 
-def _in_row_blocks(function: Callable[[np.ndarray], np.ndarray], values: np.ndarray,
-                   rows: int, columns: int) -> np.ndarray:
+def _in_row_blocks(
+    function: Callable[[np.ndarray], np.ndarray], values: np.ndarray, rows: int, columns: int
+) -> np.ndarray:
     """``function`` (block (r, ...) -> (r, columns) float32) over ``values`` in blocks of
     ``rows`` on worker threads, BLAS held to one thread meanwhile; returns (n, columns).
 
@@ -110,7 +114,7 @@ def _in_row_blocks(function: Callable[[np.ndarray], np.ndarray], values: np.ndar
     out = np.empty((len(values), columns), np.float32)
 
     def block(start: int) -> None:
-        out[start:start + rows] = function(values[start:start + rows])
+        out[start : start + rows] = function(values[start : start + rows])
 
     starts = range(0, len(values), rows)
     controller = _blas_controller()
@@ -135,8 +139,10 @@ def _conv2d(images: np.ndarray, kernel: np.ndarray, stride: int, padding: str) -
         pad_h = max((out_h - 1) * stride + size - height, 0)
         pad_w = max((out_w - 1) * stride + size - width, 0)
         # TensorFlow puts the odd pixel of padding at the bottom/right.
-        images = np.pad(images, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        images = np.pad(
+            images,
+            ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+        )
     windows = sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
     # windows: (n, h', w', c, k, k). Copying them into one (n*h'*w', c*k*k) matrix (im2col)
     # turns the convolution into a single BLAS matrix product, far faster than einsum here.
@@ -151,7 +157,7 @@ class Model:
     """A trained network ready to predict.
 
     Attributes:
-        architecture: canonical architecture dict (see ``digitnet.architectures``).
+        architecture: canonical architecture dict (see ``digitnet.models.architectures``).
         parameters: name -> float32 array, e.g. ``W1`` (100, 784) and ``b1`` (100, 1).
         metadata: training settings, metrics, history, data fingerprint, versions.
     """
@@ -166,23 +172,29 @@ class Model:
         missing = sorted(set(expected) - set(self.parameters))
         extra = sorted(set(self.parameters) - set(expected))
         if missing or extra:
-            raise ValueError(f"parameters do not match the architecture: missing {missing}, "
-                             f"unexpected {extra}")
+            raise ConfigError(
+                f"parameters do not match the architecture: missing {missing}, unexpected {extra}"
+            )
         for name, shape in expected.items():
             if tuple(self.parameters[name].shape) != shape:
-                raise ValueError(f"parameter {name} has shape "
-                                 f"{tuple(self.parameters[name].shape)}, the architecture "
-                                 f"needs {shape}")
-        self.parameters = {name: np.asarray(self.parameters[name], dtype=np.float32)
-                           for name in expected}
+                raise ConfigError(
+                    f"parameter {name} has shape "
+                    f"{tuple(self.parameters[name].shape)}, the architecture "
+                    f"needs {shape}"
+                )
+        self.parameters = {
+            name: np.asarray(self.parameters[name], dtype=np.float32) for name in expected
+        }
         self._plan = self._compile()
         self._n_inputs = architectures.n_inputs(self.architecture)
         # The seed and mlp models are dense stacks: they take a path without per-layer
         # dispatch or temporaries (one image about 1 us sooner, 13 us instead of 14).
-        self._dense_layers = [step[1:] for step in self._plan] \
-            if all(step[0] == "dense" for step in self._plan) else None
-        self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None \
-            else CONV_BLOCK_ROWS
+        self._dense_layers = (
+            [step[1:] for step in self._plan]
+            if all(step[0] == "dense" for step in self._plan)
+            else None
+        )
+        self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None else CONV_BLOCK_ROWS
 
     @property
     def n_classes(self) -> int:
@@ -203,21 +215,37 @@ class Model:
         is folded into one scale and shift.
         """
         plan = []
-        for layer, k in zip(self.architecture["layers"],
-                            architectures.layer_numbers(self.architecture)):
+        for layer, k in zip(
+            self.architecture["layers"], architectures.layer_numbers(self.architecture)
+        ):
             kind, p = layer["type"], self.parameters
             if kind == "dense":
                 bias = p[f"b{k}"].reshape(1, -1) if f"b{k}" in p else None
-                plan.append(("dense", np.ascontiguousarray(p[f"W{k}"].T), bias,
-                             layer["activation"]))
+                plan.append(
+                    ("dense", np.ascontiguousarray(p[f"W{k}"].T), bias, layer["activation"])
+                )
             elif kind == "conv":
-                plan.append(("conv", p[f"W{k}"], p.get(f"b{k}"), layer["stride"],
-                             layer["padding"], layer["activation"]))
+                plan.append(
+                    (
+                        "conv",
+                        p[f"W{k}"],
+                        p.get(f"b{k}"),
+                        layer["stride"],
+                        layer["padding"],
+                        layer["activation"],
+                    )
+                )
             elif kind == "batchnorm":
                 scale = p[f"gamma{k}"] / np.sqrt(p[f"variance{k}"] + BATCHNORM_EPSILON)
                 shift = p[f"beta{k}"] - p[f"mean{k}"] * scale
-                plan.append(("affine", scale.astype(np.float32), shift.astype(np.float32),
-                             layer["activation"]))
+                plan.append(
+                    (
+                        "affine",
+                        scale.astype(np.float32),
+                        shift.astype(np.float32),
+                        layer["activation"],
+                    )
+                )
             elif kind == "maxpool":
                 plan.append(("maxpool", layer["size"]))
             elif kind == "global_avgpool":
@@ -238,8 +266,9 @@ class Model:
         if values.ndim != 2 or values.shape[1] != self._n_inputs:
             values = values.reshape(len(values) if values.ndim > 1 else 1, -1)
             if values.shape[1] != self._n_inputs:
-                raise ValueError(f"the model takes {self._n_inputs} values per sample, "
-                                 f"got {values.shape[1]}")
+                raise ConfigError(
+                    f"the model takes {self._n_inputs} values per sample, got {values.shape[1]}"
+                )
         rows = block_rows or self._block_rows
         if len(values) > rows:
             return _in_row_blocks(self._forward_block, values, rows, self.n_classes)
@@ -272,8 +301,11 @@ class Model:
                 size = step[1]
                 n, height, width, channels = values.shape
                 height, width = height // size * size, width // size * size
-                values = values[:, :height, :width].reshape(
-                    n, height // size, size, width // size, size, channels).max(axis=(2, 4))
+                values = (
+                    values[:, :height, :width]
+                    .reshape(n, height // size, size, width // size, size, channels)
+                    .max(axis=(2, 4))
+                )
             elif kind == "global_avgpool":
                 values = values.mean(axis=(1, 2))
             elif kind == "flatten":
@@ -298,14 +330,15 @@ class Model:
         """Predicted labels, int64 (n,)."""
         return np.argmax(self.forward(X), axis=1).astype(np.int64)
 
-    def with_metadata(self, **updates: Any) -> "Model":
+    def with_metadata(self, **updates: Any) -> Model:
         merged = dict(self.metadata)
         merged.update(updates)
         return Model(self.architecture, self.parameters, merged)
 
 
-def model_from_parameters(parameters: Mapping[str, Any], layout: Any = None,
-                          metadata: Mapping | None = None) -> Model:
+def model_from_parameters(
+    parameters: Mapping[str, Any], layout: Any = None, metadata: Mapping | None = None
+) -> Model:
     """Wrap the five functions' parameter dict (NumPy or tensors) into a ``Model``."""
     arrays = {name: np.asarray(value, dtype=np.float32) for name, value in parameters.items()}
     if layout is None:

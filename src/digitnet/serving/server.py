@@ -30,8 +30,9 @@ import logging
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -42,8 +43,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
-from digitnet import __version__, architectures
+from digitnet import __version__
 from digitnet.errors import DigitnetError, ImageError, NoDigitFound
+from digitnet.models import architectures
 
 try:  # orjson parses a 784-float request about 5x faster than json and refuses NaN itself
     import orjson
@@ -65,14 +67,14 @@ MNIST_SIDE = 28
 STATIC_DIR = Path(__file__).with_name("static")
 NO_DIGIT_MESSAGE = "no digit found"
 
-log = logging.getLogger("digitnet.server")
+log = logging.getLogger("digitnet.serving.server")
 
 # Pages may load only what digitnet itself serves: the page works offline, and nothing a user
 # draws leaves the machine except to this server.
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                               "style-src 'self'; script-src 'self'; connect-src 'self'; "
-                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -107,8 +109,10 @@ def _reject_constant(name: str) -> float:
 def loads_json(body: bytes) -> Any:
     """Parse strict JSON (no NaN/Infinity); RequestError(400) saying where it is malformed."""
     if not body.strip():
-        raise RequestError("the request body is empty: send a JSON object such as "
-                           '{"instances": [[...784 floats in [0, 1]...]]}')
+        raise RequestError(
+            "the request body is empty: send a JSON object such as "
+            '{"instances": [[...784 floats in [0, 1]...]]}'
+        )
     try:
         if orjson is not None:
             return orjson.loads(body)
@@ -156,8 +160,10 @@ class InstanceShapes:
         self.images_fit = self.n_inputs == MNIST_SIDE * MNIST_SIDE
 
     def describe(self) -> str:
-        return " or ".join("x".join(map(str, shape)) if len(shape) > 1
-                           else f"{shape[0]} flat values" for shape in sorted(self.accepted))
+        return " or ".join(
+            "x".join(map(str, shape)) if len(shape) > 1 else f"{shape[0]} flat values"
+            for shape in sorted(self.accepted)
+        )
 
 
 def _type_name(value: Any) -> str:
@@ -186,16 +192,18 @@ def _flatten_numbers(value: Any, where: str, exact: bool) -> tuple[tuple[int, ..
     if not isinstance(value[0], list):
         if exact and not set(map(type, value)) <= {float, int}:
             index, bad = next((i, v) for i, v in enumerate(value) if type(v) not in (float, int))
-            raise RequestError(f"{where}[{index}] is {_type_name(bad)} ({json.dumps(bad)}), "
-                               f"not a number")
+            raise RequestError(
+                f"{where}[{index}] is {_type_name(bad)} ({json.dumps(bad)}), not a number"
+            )
         return (len(value),), value
-    parts = [_flatten_numbers(item, f"{where}[{index}]", exact)
-             for index, item in enumerate(value)]
+    parts = [_flatten_numbers(item, f"{where}[{index}]", exact) for index, item in enumerate(value)]
     first_shape = parts[0][0]
     for index, (shape, _) in enumerate(parts):
         if shape != first_shape:
-            raise RequestError(f"{where} is ragged: {where}[0] has shape {list(first_shape)} "
-                               f"but {where}[{index}] has shape {list(shape)}")
+            raise RequestError(
+                f"{where} is ragged: {where}[0] has shape {list(first_shape)} "
+                f"but {where}[{index}] has shape {list(shape)}"
+            )
     flat = [number for _, numbers in parts for number in numbers]
     return (len(value),) + first_shape, flat
 
@@ -219,11 +227,13 @@ def decode_b64(text: Any, where: str) -> bytes:
 
 def _image_instance(data: bytes, where: str, shapes: InstanceShapes) -> np.ndarray:
     """Encoded image bytes -> MNIST form (784,), through the shared preprocessing."""
-    from digitnet.preprocess import preprocess_image
+    from digitnet.inference.preprocess import preprocess_image
 
     if not shapes.images_fit:
-        raise RequestError(f"{where} is an image, but this model takes {shapes.n_inputs} "
-                           f"values per instance, not a 28x28 image")
+        raise RequestError(
+            f"{where} is an image, but this model takes {shapes.n_inputs} "
+            f"values per instance, not a 28x28 image"
+        )
     try:
         return preprocess_image(data, name=where).reshape(-1)
     except NoDigitFound as error:
@@ -240,14 +250,17 @@ def _instance_values(instance: Any, where: str, shapes: InstanceShapes, exact: b
             return _image_instance(decode_b64(instance["b64"], where), where, shapes)
         if set(instance) == {INPUT_NAME}:  # TF Serving's named-input form
             return _instance_values(instance[INPUT_NAME], f"{where}.{INPUT_NAME}", shapes, exact)
-        raise RequestError(f'{where} is an object with keys {sorted(instance)}; an instance is '
-                           f'a list of numbers, {{"b64": "<base64 image>"}} or '
-                           f'{{"{INPUT_NAME}": [...]}}')
+        raise RequestError(
+            f"{where} is an object with keys {sorted(instance)}; an instance is "
+            f'a list of numbers, {{"b64": "<base64 image>"}} or '
+            f'{{"{INPUT_NAME}": [...]}}'
+        )
     shape, numbers = _flatten_numbers(instance, where, exact)
     if shape not in shapes.accepted:
         detail = f"{shape[0]} values" if len(shape) == 1 else "shape " + "x".join(map(str, shape))
-        raise RequestError(f"{where} has {detail}; this model takes "
-                           f"{shapes.describe()} per instance")
+        raise RequestError(
+            f"{where} has {detail}; this model takes {shapes.describe()} per instance"
+        )
     return numbers
 
 
@@ -263,7 +276,8 @@ def _check_range(batch: np.ndarray, where: str) -> None:
         raise RequestError(
             f"{where}[{row}] has values outside [0, 1] (from {low[row]:g} to {high[row]:g}): "
             f"instances are MNIST form, floats in [0, 1], white ink on black; scale 0..255 "
-            f'pixels by 1/255, or send the image itself as {{"b64": "..."}}')
+            f'pixels by 1/255, or send the image itself as {{"b64": "..."}}'
+        )
 
 
 def _is_single_instance(value: Any, shapes: InstanceShapes) -> bool:
@@ -288,20 +302,27 @@ def parse_predict_request(payload: Any, shapes: InstanceShapes) -> tuple[list, s
     instance (answered unbatched).
     """
     if not isinstance(payload, dict):
-        raise RequestError(f'the request is {_type_name(payload)}; send a JSON object such '
-                           f'as {{"instances": [...]}}')
+        raise RequestError(
+            f"the request is {_type_name(payload)}; send a JSON object such "
+            f'as {{"instances": [...]}}'
+        )
     unknown = sorted(set(payload) - {"instances", "inputs", "signature_name"})
     if unknown:
-        raise RequestError(f"unknown field(s) {unknown}: a request holds \"instances\" (row "
-                           f"form) or \"inputs\" (columnar form), and optionally "
-                           f"\"signature_name\"")
+        raise RequestError(
+            f'unknown field(s) {unknown}: a request holds "instances" (row '
+            f'form) or "inputs" (columnar form), and optionally '
+            f'"signature_name"'
+        )
     signature = payload.get("signature_name", SIGNATURE_NAME)
     if signature != SIGNATURE_NAME:
-        raise RequestError(f"unknown signature_name {json.dumps(signature)}: this model has "
-                           f"only \"{SIGNATURE_NAME}\"")
+        raise RequestError(
+            f"unknown signature_name {json.dumps(signature)}: this model has "
+            f'only "{SIGNATURE_NAME}"'
+        )
     if "instances" in payload and "inputs" in payload:
-        raise RequestError('give either "instances" (row form) or "inputs" (columnar form), '
-                           'not both')
+        raise RequestError(
+            'give either "instances" (row form) or "inputs" (columnar form), not both'
+        )
     if "instances" in payload:
         instances, key, where, single = payload["instances"], "predictions", "instances", False
     elif "inputs" in payload:
@@ -312,28 +333,35 @@ def parse_predict_request(payload: Any, shapes: InstanceShapes) -> tuple[list, s
         if single:
             instances = [instances]
     else:
-        raise RequestError('the request has no "instances" (row form) or "inputs" (columnar '
-                           'form): send {"instances": [[...784 floats in [0, 1]...]]}')
+        raise RequestError(
+            'the request has no "instances" (row form) or "inputs" (columnar '
+            'form): send {"instances": [[...784 floats in [0, 1]...]]}'
+        )
     if not isinstance(instances, list):
         raise RequestError(f"{where} is {_type_name(instances)}, expected a list of instances")
     if not instances:
         raise RequestError(f"{where} is an empty list: send at least one instance")
     if len(instances) > MAX_INSTANCES:
-        raise RequestError(f"{where} holds {len(instances):,} instances; at most "
-                           f"{MAX_INSTANCES:,} per request: split the batch")
+        raise RequestError(
+            f"{where} holds {len(instances):,} instances; at most "
+            f"{MAX_INSTANCES:,} per request: split the batch"
+        )
     return instances, key, single
 
 
-def instances_to_batch(instances: list, shapes: InstanceShapes, where: str,
-                       exact: bool = True) -> np.ndarray:
+def instances_to_batch(
+    instances: list, shapes: InstanceShapes, where: str, exact: bool = True
+) -> np.ndarray:
     """Validated instances -> float32 (n, n_inputs) in [0, 1].
 
     ``exact=False`` is for bodies without ``true``/``false`` in them: leaf types are then
     checked by the dtype numpy infers (strings, null and objects do not give a number dtype),
     and only a failure is examined leaf by leaf for its message.
     """
-    rows = [_instance_values(item, f"{where}[{index}]", shapes, exact)
-            for index, item in enumerate(instances)]
+    rows = [
+        _instance_values(item, f"{where}[{index}]", shapes, exact)
+        for index, item in enumerate(instances)
+    ]
     try:
         batch = np.array(rows)
     except (ValueError, OverflowError):
@@ -393,12 +421,21 @@ async def read_body(receive: Callable) -> bytes:
             return b"".join(chunks)
 
 
-async def send_bytes(send: Callable, status: int, body: bytes,
-                     content_type: bytes = b"application/json",
-                     extra_headers: list | None = None) -> None:
+async def send_bytes(
+    send: Callable,
+    status: int,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    extra_headers: list | None = None,
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status,
-                "headers": headers + (extra_headers or [])})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": headers + (extra_headers or []),
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -441,8 +478,14 @@ class LimitAndLogMiddleware:
             raise
         finally:
             client = scope.get("client")
-            log.info("%s %s %s %d %.1f ms", client[0] if client else "-", scope["method"],
-                     scope["path"], status, (time.perf_counter() - started) * 1000.0)
+            log.info(
+                "%s %s %s %d %.1f ms",
+                client[0] if client else "-",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000.0,
+            )
 
     async def _limited(self, scope, receive, send) -> None:
         limit = self.max_body_bytes
@@ -453,12 +496,17 @@ class LimitAndLogMiddleware:
             except ValueError:
                 length = -1
             if length < 0:
-                await send_bytes(send, 400, dumps_json({"error": "Content-Length is not a "
-                                                                 "whole number"}))
+                await send_bytes(
+                    send, 400, dumps_json({"error": "Content-Length is not a whole number"})
+                )
                 return
             if length > limit:
-                await send_bytes(send, 413, dumps_json({"error": str(BodyTooLarge(limit))}),
-                                 extra_headers=[(b"connection", b"close")])
+                await send_bytes(
+                    send,
+                    413,
+                    dumps_json({"error": str(BodyTooLarge(limit))}),
+                    extra_headers=[(b"connection", b"close")],
+                )
                 return
         received = 0
 
@@ -473,8 +521,11 @@ class LimitAndLogMiddleware:
         await self.app(scope, receive_limited, send)
 
 
-_JSON_TYPES = re.compile(rb"^\s*(application/(json|[\w.+-]+\+json)|"
-                         rb"application/x-www-form-urlencoded)\s*(;.*)?$", re.IGNORECASE)
+_JSON_TYPES = re.compile(
+    rb"^\s*(application/(json|[\w.+-]+\+json)|"
+    rb"application/x-www-form-urlencoded)\s*(;.*)?$",
+    re.IGNORECASE,
+)
 
 
 class PredictEndpoint:
@@ -492,10 +543,10 @@ class PredictEndpoint:
         try:
             body = await self._answer(scope, receive)
         except RequestError as error:
-            extra = [(key.lower().encode(), value.encode())
-                     for key, value in error.headers.items()]
-            await send_bytes(send, error.status, dumps_json({"error": str(error)}),
-                             extra_headers=extra)
+            extra = [(key.lower().encode(), value.encode()) for key, value in error.headers.items()]
+            await send_bytes(
+                send, error.status, dumps_json({"error": str(error)}), extra_headers=extra
+            )
             return
         except ConnectionAbortedError:
             return
@@ -505,16 +556,25 @@ class PredictEndpoint:
         params = scope.get("path_params", {})
         check_model(params.get("model_name", ""), params.get("version"))
         if params.get("method", "predict") != "predict":
-            raise RequestError(f"no method {params['method']!r}: this server answers :predict "
-                               f"(/v1/models/{MODEL_NAME}:predict)", 404)
+            raise RequestError(
+                f"no method {params['method']!r}: this server answers :predict "
+                f"(/v1/models/{MODEL_NAME}:predict)",
+                404,
+            )
         if scope["method"] != "POST":
-            raise RequestError(f"{scope['method']} is not allowed here: predict takes POST "
-                               f"with a JSON body", 405, {"Allow": "POST"})
+            raise RequestError(
+                f"{scope['method']} is not allowed here: predict takes POST with a JSON body",
+                405,
+                {"Allow": "POST"},
+            )
         content_type = _header(scope, b"content-type")
         # curl -d sends x-www-form-urlencoded; TF Serving's own examples rely on that.
         if content_type is not None and not _JSON_TYPES.match(content_type):
-            raise RequestError(f"the content type is {content_type.decode('latin-1')!r}; send "
-                               f"JSON (application/json)", 415)
+            raise RequestError(
+                f"the content type is {content_type.decode('latin-1')!r}; send "
+                f"JSON (application/json)",
+                415,
+            )
         return await self.predictor.answer(await read_body(receive))
 
 
@@ -526,26 +586,45 @@ def check_model(name: str, version: str | None = None) -> None:
     """RequestError(404) unless the URL names this server's model (and version)."""
     if ":" in name:  # e.g. TF Serving's :classify and :regress, which a digit model lacks
         method = name.split(":", 1)[1]
-        raise RequestError(f"no method {method!r}: this server answers :predict "
-                           f"(/v1/models/{MODEL_NAME}:predict)", 404)
+        raise RequestError(
+            f"no method {method!r}: this server answers :predict (/v1/models/{MODEL_NAME}:predict)",
+            404,
+        )
     if name != MODEL_NAME:
-        raise RequestError(f"model {name!r} not found: this server serves "
-                           f"{MODEL_NAME!r} (/v1/models/{MODEL_NAME})", 404)
+        raise RequestError(
+            f"model {name!r} not found: this server serves "
+            f"{MODEL_NAME!r} (/v1/models/{MODEL_NAME})",
+            404,
+        )
     if version is not None and version != MODEL_VERSION:
-        raise RequestError(f"version {version!r} of model {MODEL_NAME!r} not found: this "
-                           f"server has version {MODEL_VERSION}", 404)
+        raise RequestError(
+            f"version {version!r} of model {MODEL_NAME!r} not found: this "
+            f"server has version {MODEL_VERSION}",
+            404,
+        )
 
 
 def model_status() -> dict:
-    return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+    return {
+        "model_version_status": [
+            {
+                "version": MODEL_VERSION,
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
 
 
 def _tensor_info(size: int, tensor_name: str) -> dict:
-    return {"dtype": "DT_FLOAT",
-            "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": str(size), "name": ""}],
-                             "unknown_rank": False},
-            "name": tensor_name}
+    return {
+        "dtype": "DT_FLOAT",
+        "tensor_shape": {
+            "dim": [{"size": "-1", "name": ""}, {"size": str(size), "name": ""}],
+            "unknown_rank": False,
+        },
+        "name": tensor_name,
+    }
 
 
 def model_metadata(model) -> dict:
@@ -555,29 +634,47 @@ def model_metadata(model) -> dict:
         "outputs": {OUTPUT_NAME: _tensor_info(model.n_classes, "StatefulPartitionedCall:0")},
         "method_name": "tensorflow/serving/predict",
     }
-    return {"model_spec": {"name": MODEL_NAME, "signature_name": "", "version": MODEL_VERSION},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}},
-                         "digitnet": model_summary(model)}}
+    return {
+        "model_spec": {"name": MODEL_NAME, "signature_name": "", "version": MODEL_VERSION},
+        "metadata": {
+            "signature_def": {"signature_def": {SIGNATURE_NAME: signature}},
+            "digitnet": model_summary(model),
+        },
+    }
 
 
 def model_summary(model) -> dict:
-    return {"name": model.name, "architecture": architectures.describe(model.architecture),
-            "inputs": model.n_inputs, "classes": model.n_classes,
-            "digitnet_version": __version__}
+    return {
+        "name": model.name,
+        "architecture": architectures.describe(model.architecture),
+        "inputs": model.n_inputs,
+        "classes": model.n_classes,
+        "digitnet_version": __version__,
+    }
 
 
 def image_answer(prediction) -> dict:
     """The /api/predict answer for a digitnet.images.ImagePrediction."""
     if prediction.no_digit:
-        return {"digit": None, "confidence": None, "low_confidence": False,
-                "probabilities": None, "image": None, "no_digit": True,
-                "message": NO_DIGIT_MESSAGE, "detail": prediction.error}
-    return {"digit": prediction.digit, "confidence": prediction.confidence,
-            "low_confidence": prediction.low_confidence,
-            "probabilities": prediction.probabilities,
-            # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
-            "image": np.round(prediction.image.astype(np.float64), 4),
-            "no_digit": False}
+        return {
+            "digit": None,
+            "confidence": None,
+            "low_confidence": False,
+            "probabilities": None,
+            "image": None,
+            "no_digit": True,
+            "message": NO_DIGIT_MESSAGE,
+            "detail": prediction.error,
+        }
+    return {
+        "digit": prediction.digit,
+        "confidence": prediction.confidence,
+        "low_confidence": prediction.low_confidence,
+        "probabilities": prediction.probabilities,
+        # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
+        "image": np.round(prediction.image.astype(np.float64), 4),
+        "no_digit": False,
+    }
 
 
 async def read_upload(request: Request) -> tuple[bytes, str]:
@@ -596,26 +693,32 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             fields = ", ".join(sorted(form.keys())) or "none"
-            raise RequestError(f"the multipart form has no file in a field named 'file' "
-                               f"(fields: {fields}); send -F file=@digit.png")
+            raise RequestError(
+                f"the multipart form has no file in a field named 'file' "
+                f"(fields: {fields}); send -F file=@digit.png"
+            )
         return await upload.read(), upload.filename or "the upload"
     if media_type.startswith("image/") or media_type == "application/octet-stream":
         return await request.body(), "the upload"
-    raise RequestError(f"the content type is {content_type or 'missing'!r}; send the image as "
-                       f"multipart/form-data (field 'file') or as a raw image/* body", 415)
+    raise RequestError(
+        f"the content type is {content_type or 'missing'!r}; send the image as "
+        f"multipart/form-data (field 'file') or as a raw image/* body",
+        415,
+    )
 
 
 def create_app(model, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app serving ``model`` (a ``digitnet.Model``): page, API, docs."""
-    from digitnet.images import predict_image
-    import digitnet.preprocess  # noqa: F401 - imported now so the first drawing answers quickly
+    import digitnet.inference.preprocess  # noqa: F401 - imported now so the first drawing answers quickly
+    from digitnet.inference.predict import predict_image
 
     app = FastAPI(
         title="digitnet",
         version=__version__,
         description="Handwritten-digit recognition. TensorFlow Serving's REST API at "
-                    f"/v1/models/{MODEL_NAME}, and a simpler image API at /api/predict.",
-        docs_url=None, redoc_url=None,  # both load from a CDN; /docs below is self-hosted
+        f"/v1/models/{MODEL_NAME}, and a simpler image API at /api/predict.",
+        docs_url=None,
+        redoc_url=None,  # both load from a CDN; /docs below is self-hosted
     )
     app.state.model = model
     predictor = Predictor(model)
@@ -623,17 +726,29 @@ def create_app(model, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     # Plain ASGI routes match any HTTP method, and any ":method" so that TF Serving's :classify
     # gets a clear 404; PredictEndpoint answers those itself. They come first so that
     # "digitnet:predict" is never read as a model name by the status route.
-    app.router.routes.insert(0, Route("/v1/models/{model_name}:{method}", predict_endpoint,
-                                      include_in_schema=False))
-    app.router.routes.insert(1, Route("/v1/models/{model_name}/versions/{version}:{method}",
-                                      predict_endpoint, include_in_schema=False))
+    app.router.routes.insert(
+        0, Route("/v1/models/{model_name}:{method}", predict_endpoint, include_in_schema=False)
+    )
+    app.router.routes.insert(
+        1,
+        Route(
+            "/v1/models/{model_name}/versions/{version}:{method}",
+            predict_endpoint,
+            include_in_schema=False,
+        ),
+    )
 
     _add_error_handlers(app)
     _add_page_routes(app)
     _add_tf_serving_routes(app, model)
 
-    @app.post("/api/predict", tags=["image"], summary="Predict the digit in one image",
-              responses=_IMAGE_RESPONSES, openapi_extra=_IMAGE_REQUEST)
+    @app.post(
+        "/api/predict",
+        tags=["image"],
+        summary="Predict the digit in one image",
+        responses=_IMAGE_RESPONSES,
+        openapi_extra=_IMAGE_REQUEST,
+    )
     async def api_predict(request: Request) -> Response:
         """Any image `digitnet predict` reads (PNG, JPEG, ...: a photo, scan or drawing of one
         digit, dark on light or light on dark, transparency allowed), as multipart field `file`
@@ -665,14 +780,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(str(error), error.status, error.headers)
 
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        message = {404: f"no such route: {request.method} {request.url.path} (see /docs)",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(
-            error.status_code, str(error.detail))
+        message = {
+            404: f"no such route: {request.method} {request.url.path} (see /docs)",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(error.status_code, str(error.detail))
         return error_response(message, error.status_code, getattr(error, "headers", None))
 
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
-        problems = "; ".join(f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg')}"
-                             for item in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, item.get('loc', ())))}: {item.get('msg')}"
+            for item in error.errors()
+        )
         return error_response(f"invalid request: {problems}", 400)
 
     async def bug(request: Request, error: Exception) -> Response:
@@ -688,8 +806,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _add_page_routes(app: FastAPI) -> None:
     def page(name: str) -> Callable:
         async def serve_page() -> FileResponse:
-            return FileResponse(STATIC_DIR / name, media_type="text/html",
-                                headers=_PAGE_HEADERS)
+            return FileResponse(STATIC_DIR / name, media_type="text/html", headers=_PAGE_HEADERS)
+
         return serve_page
 
     app.get("/", include_in_schema=False)(page("index.html"))
@@ -711,8 +829,11 @@ def _add_tf_serving_routes(app: FastAPI, model) -> None:
         check_model(model_name)
         return json_response(model_status())
 
-    @app.get("/v1/models/{model_name}/versions/{version}", tags=tags,
-             summary="Model status of one version")
+    @app.get(
+        "/v1/models/{model_name}/versions/{version}",
+        tags=tags,
+        summary="Model status of one version",
+    )
     async def version_status(model_name: str, version: str) -> Response:
         check_model(model_name, version)
         return json_response(model_status())
@@ -724,31 +845,56 @@ def _add_tf_serving_routes(app: FastAPI, model) -> None:
         check_model(model_name)
         return json_response(model_metadata(model))
 
-    @app.get("/v1/models/{model_name}/versions/{version}/metadata", tags=tags,
-             summary="Model metadata of one version")
+    @app.get(
+        "/v1/models/{model_name}/versions/{version}/metadata",
+        tags=tags,
+        summary="Model metadata of one version",
+    )
     async def version_metadata(model_name: str, version: str) -> Response:
         check_model(model_name, version)
         return json_response(model_metadata(model))
 
 
-_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}},
-                 "required": ["error"]}
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}},
+    "required": ["error"],
+}
 _ERROR_CONTENT = {"application/json": {"schema": _ERROR_SCHEMA}}
 
-_IMAGE_REQUEST = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}},
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-}}}
+_IMAGE_REQUEST = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 _IMAGE_RESPONSES = {
-    200: {"description": "The prediction, or `no_digit: true` for an image without a digit",
-          "content": {"application/json": {"example": {
-              "digit": 7, "confidence": 0.98, "low_confidence": False,
-              "probabilities": [0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.98, 0.0, 0.01],
-              "image": "[[28 rows of 28 floats in [0, 1], white ink on black]]",
-              "no_digit": False}}}},
+    200: {
+        "description": "The prediction, or `no_digit: true` for an image without a digit",
+        "content": {
+            "application/json": {
+                "example": {
+                    "digit": 7,
+                    "confidence": 0.98,
+                    "low_confidence": False,
+                    "probabilities": [0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.98, 0.0, 0.01],
+                    "image": "[[28 rows of 28 floats in [0, 1], white ink on black]]",
+                    "no_digit": False,
+                }
+            }
+        },
+    },
     400: {"description": "Not an image, or a malformed form", "content": _ERROR_CONTENT},
     413: {"description": "Body over the size limit", "content": _ERROR_CONTENT},
     415: {"description": "Neither multipart nor image/*", "content": _ERROR_CONTENT},
@@ -757,26 +903,54 @@ _IMAGE_RESPONSES = {
 
 def _document_predict(app: FastAPI, model) -> None:
     """Describe the plain-ASGI predict routes in /openapi.json, which only sees FastAPI's."""
-    instance = {"oneOf": [
-        {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-         "minItems": model.n_inputs, "maxItems": model.n_inputs,
-         "description": f"{model.n_inputs} floats in [0, 1] (MNIST form: white ink on black, "
-                        f"row by row); not preprocessed again"},
-        {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
-         "description": "28 rows of 28 floats in [0, 1]"},
-        {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}},
-         "description": "A base64 image file (PNG, JPEG, ...), preprocessed like "
-                        "/api/predict"},
-    ]}
-    request_schema = {"type": "object", "properties": {
-        "signature_name": {"type": "string", "enum": [SIGNATURE_NAME]},
-        "instances": {"type": "array", "items": instance, "minItems": 1,
-                      "maxItems": MAX_INSTANCES, "description": "Row form"},
-        "inputs": {"description": "Columnar form: a list of instances, or one instance "
-                                  "(answered unbatched)"},
-    }}
-    row = {"type": "array", "items": {"type": "number"}, "minItems": model.n_classes,
-           "maxItems": model.n_classes}
+    instance = {
+        "oneOf": [
+            {
+                "type": "array",
+                "items": {"type": "number", "minimum": 0, "maximum": 1},
+                "minItems": model.n_inputs,
+                "maxItems": model.n_inputs,
+                "description": f"{model.n_inputs} floats in [0, 1] (MNIST form: white ink on "
+                "black, "
+                f"row by row); not preprocessed again",
+            },
+            {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number"}},
+                "description": "28 rows of 28 floats in [0, 1]",
+            },
+            {
+                "type": "object",
+                "required": ["b64"],
+                "properties": {"b64": {"type": "string"}},
+                "description": "A base64 image file (PNG, JPEG, ...), preprocessed like "
+                "/api/predict",
+            },
+        ]
+    }
+    request_schema = {
+        "type": "object",
+        "properties": {
+            "signature_name": {"type": "string", "enum": [SIGNATURE_NAME]},
+            "instances": {
+                "type": "array",
+                "items": instance,
+                "minItems": 1,
+                "maxItems": MAX_INSTANCES,
+                "description": "Row form",
+            },
+            "inputs": {
+                "description": "Columnar form: a list of instances, or one instance "
+                "(answered unbatched)"
+            },
+        },
+    }
+    row = {
+        "type": "array",
+        "items": {"type": "number"},
+        "minItems": model.n_classes,
+        "maxItems": model.n_classes,
+    }
     operation = {
         "tags": ["TensorFlow Serving"],
         "summary": "Predict (TensorFlow Serving REST)",
@@ -784,38 +958,74 @@ def _document_predict(app: FastAPI, model) -> None:
             'Row form `{"instances": [...]}` answers `{"predictions": [[p0..p9], ...]}`; '
             'columnar form `{"inputs": ...}` answers `{"outputs": ...}`. At most '
             f"{MAX_INSTANCES:,} instances per request. Values outside [0, 1], NaN, "
-            "non-numbers, wrong shapes and undecodable images answer 400."),
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": request_schema,
-            "example": {"instances": [[0.0] * 4 + ["...780 more floats in [0, 1]"]]}}}},
+            "non-numbers, wrong shapes and undecodable images answer 400."
+        ),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": request_schema,
+                    "example": {"instances": [[0.0] * 4 + ["...780 more floats in [0, 1]"]]},
+                }
+            },
+        },
         "responses": {
-            "200": {"description": "Class probabilities per instance", "content": {
-                "application/json": {"schema": {"type": "object", "properties": {
-                    "predictions": {"type": "array", "items": row},
-                    "outputs": {"type": "array"}}}}}},
+            "200": {
+                "description": "Class probabilities per instance",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "predictions": {"type": "array", "items": row},
+                                "outputs": {"type": "array"},
+                            },
+                        }
+                    }
+                },
+            },
             "400": {"description": "Bad request", "content": _ERROR_CONTENT},
             "404": {"description": "Unknown model or version", "content": _ERROR_CONTENT},
             "413": {"description": "Body over the size limit", "content": _ERROR_CONTENT},
             "415": {"description": "Not JSON", "content": _ERROR_CONTENT},
         },
     }
-    path_parameters = [{"name": "model_name", "in": "path", "required": True,
-                        "schema": {"type": "string", "enum": [MODEL_NAME]}}]
-    version_parameter = [{"name": "version", "in": "path", "required": True,
-                          "schema": {"type": "string", "enum": [MODEL_VERSION]}}]
+    path_parameters = [
+        {
+            "name": "model_name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": [MODEL_NAME]},
+        }
+    ]
+    version_parameter = [
+        {
+            "name": "version",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": [MODEL_VERSION]},
+        }
+    ]
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
 
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             predict_paths = {
-                "/v1/models/{model_name}:predict": {"post": dict(
-                    operation, operationId="predict", parameters=path_parameters)},
-                "/v1/models/{model_name}/versions/{version}:predict": {"post": dict(
-                    operation, operationId="predict_version", summary="Predict with one version",
-                    parameters=path_parameters + version_parameter)},
+                "/v1/models/{model_name}:predict": {
+                    "post": dict(operation, operationId="predict", parameters=path_parameters)
+                },
+                "/v1/models/{model_name}/versions/{version}:predict": {
+                    "post": dict(
+                        operation,
+                        operationId="predict_version",
+                        summary="Predict with one version",
+                        parameters=path_parameters + version_parameter,
+                    )
+                },
             }
             schema["paths"] = {**predict_paths, **_without_validation_errors(schema["paths"])}
             schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
@@ -834,8 +1044,10 @@ def _without_validation_errors(paths: dict) -> dict:
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             if path.startswith("/v1/models/"):
-                responses["404"] = {"description": "Unknown model or version",
-                                    "content": _ERROR_CONTENT}
+                responses["404"] = {
+                    "description": "Unknown model or version",
+                    "content": _ERROR_CONTENT,
+                }
     return paths
 
 
@@ -847,7 +1059,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket; DigitnetError with a one-line reason if it cannot be had."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as error:
         raise DigitnetError(f"cannot resolve host {host!r}: {error.strerror}") from None
     sock = socket.socket(family, kind, proto)
@@ -869,9 +1082,16 @@ def build_server(app: FastAPI, log_requests: bool = True):
     import uvicorn
 
     _configure_request_log(log_requests)
-    config = uvicorn.Config(app, access_log=False, log_level="warning", lifespan="off",
-                            http="auto", loop="auto", server_header=False,
-                            timeout_keep_alive=30)
+    config = uvicorn.Config(
+        app,
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+        http="auto",
+        loop="auto",
+        server_header=False,
+        timeout_keep_alive=30,
+    )
     return uvicorn.Server(config)
 
 
@@ -887,15 +1107,21 @@ def _configure_request_log(enabled: bool) -> None:
         log.propagate = False
 
 
-def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *,
-          max_body_bytes: int = MAX_BODY_BYTES, log_requests: bool = True,
-          announce: Callable[[str], None] = print) -> None:
+def serve(
+    model_path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    log_requests: bool = True,
+    announce: Callable[[str], None] = print,
+) -> None:
     """Load the model at ``model_path`` and serve it until interrupted (Ctrl-C).
 
     Raises ``ModelFileError`` for a bad model file and ``DigitnetError`` if the address cannot
     be bound, before anything is served.
     """
-    from digitnet.modelfile import load_model
+    from digitnet.inference.modelfile import load_model
 
     model = load_model(model_path)
     sock = bind_socket(host, port)
@@ -903,16 +1129,20 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, *,
     server = build_server(create_app(model, max_body_bytes=max_body_bytes), log_requests)
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{bound_port}"
-    announce(f"digitnet: serving the {model.name} model, "
-             f"{architectures.describe(model.architecture)}\n"
-             f"  draw:  {base}/\n"
-             f"  API:   {base}/v1/models/{MODEL_NAME}:predict (TensorFlow Serving REST), "
-             f"{base}/api/predict (image upload)\n"
-             f"  docs:  {base}/docs\n"
-             f"Ctrl-C stops.")
+    announce(
+        f"digitnet: serving the {model.name} model, "
+        f"{architectures.describe(model.architecture)}\n"
+        f"  draw:  {base}/\n"
+        f"  API:   {base}/v1/models/{MODEL_NAME}:predict (TensorFlow Serving REST), "
+        f"{base}/api/predict (image upload)\n"
+        f"  docs:  {base}/docs\n"
+        f"Ctrl-C stops."
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
-        announce(f"digitnet: listening on {host}, not only this machine: anyone who can reach "
-                 f"it can use the model")
+        announce(
+            f"digitnet: listening on {host}, not only this machine: anyone who can reach "
+            f"it can use the model"
+        )
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:

@@ -10,31 +10,68 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from digitnet import architectures
-from digitnet.errors import DigitnetError, ModelFileError
-from digitnet.model import Model
-from digitnet.modelfile import CHECKPOINT_KIND, base_header, read_bundle, write_bundle
+from digitnet.errors import ConfigError, DigitnetError, ModelFileError
+from digitnet.inference.model import Model
+from digitnet.inference.modelfile import CHECKPOINT_KIND, base_header, read_bundle, write_bundle
+from digitnet.models import architectures
 
 # Each named model's defaults; a TrainConfig field left as None takes the value from here.
 PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's run: its network, split, learning rate, epochs and batch size. On AMX
     # CPUs "auto" trains it in bfloat16, about twice as fast, to the same test accuracy
     # (seeds 1-5, 20 epochs: 97.59% against float32's 97.67% on the seed split).
-    "seed": dict(cost="mse", learning_rate=0.005, schedule="constant", epochs=20,
-                 batch_size=1000, l2=0.0, dropout=0.0, label_smoothing=0.0, augment=False,
-                 split="seed", val_size=0, patience=0, precision="auto"),
-    "mlp": dict(cost="cross_entropy", learning_rate=0.001, schedule="onecycle", epochs=30,
-                batch_size=128, l2=0.0, dropout=0.3, label_smoothing=0.1, augment=True,
-                split="official", val_size=5000, patience=0, precision="auto"),
-    "cnn": dict(cost="cross_entropy", learning_rate=0.003, schedule="onecycle", epochs=30,
-                batch_size=128, l2=0.0, dropout=0.4, label_smoothing=0.1, augment=True,
-                split="official", val_size=5000, patience=0, precision="auto"),
+    "seed": dict(
+        cost="mse",
+        learning_rate=0.005,
+        schedule="constant",
+        epochs=20,
+        batch_size=1000,
+        l2=0.0,
+        dropout=0.0,
+        label_smoothing=0.0,
+        augment=False,
+        split="seed",
+        val_size=0,
+        patience=0,
+        precision="auto",
+    ),
+    "mlp": dict(
+        cost="cross_entropy",
+        learning_rate=0.001,
+        schedule="onecycle",
+        epochs=30,
+        batch_size=128,
+        l2=0.0,
+        dropout=0.3,
+        label_smoothing=0.1,
+        augment=True,
+        split="official",
+        val_size=5000,
+        patience=0,
+        precision="auto",
+    ),
+    "cnn": dict(
+        cost="cross_entropy",
+        learning_rate=0.003,
+        schedule="onecycle",
+        epochs=30,
+        batch_size=128,
+        l2=0.0,
+        dropout=0.4,
+        label_smoothing=0.1,
+        augment=True,
+        split="official",
+        val_size=5000,
+        patience=0,
+        precision="auto",
+    ),
 }
 
 # Declarative checks for every setting: name -> (test, what it must be).
@@ -42,8 +79,7 @@ _CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (lambda v: v in architectures.MODEL_NAMES, "one of seed, mlp, cnn"),
     "cost": (lambda v: v in ("mse", "cross_entropy"), "mse or cross_entropy"),
     "learning_rate": (lambda v: 0 < v < 10, "a positive number below 10"),
-    "schedule": (lambda v: v in ("constant", "cosine", "onecycle"),
-                 "constant, cosine or onecycle"),
+    "schedule": (lambda v: v in ("constant", "cosine", "onecycle"), "constant, cosine or onecycle"),
     "epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
     "batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
     "l2": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -81,11 +117,13 @@ class TrainConfig:
     seed: int = 1
     dry_run: bool = False
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with every default filled in from the model's preset, checked."""
         if self.model not in PRESETS:
-            raise ValueError(f"unknown model {self.model!r}: choose one of "
-                             f"{', '.join(architectures.MODEL_NAMES)}")
+            raise ConfigError(
+                f"unknown model {self.model!r}: choose one of "
+                f"{', '.join(architectures.MODEL_NAMES)}"
+            )
         values = dataclasses.asdict(self)
         for name, default in PRESETS[self.model].items():
             if values[name] is None:
@@ -98,16 +136,15 @@ class TrainConfig:
         for name, (test, expected) in _CONSTRAINTS.items():
             value = getattr(self, name)
             if value is not None and not test(value):
-                raise ValueError(f"{name} must be {expected}, got {value!r}")
+                raise ConfigError(f"{name} must be {expected}, got {value!r}")
         if self.layout is not None and self.model == "cnn":
-            raise ValueError("--layout describes dense layers; the cnn model does not take one")
+            raise ConfigError("--layout describes dense layers; the cnn model does not take one")
 
     def architecture(self) -> dict:
         architecture = architectures.named_architecture(self.model, self.layout, self.dropout)
         # The output follows the cost: squared error on sigmoids (the tutorial), or
         # cross-entropy on a softmax.
-        architecture["layers"][-1]["activation"] = ("sigmoid" if self.cost == "mse"
-                                                      else "softmax")
+        architecture["layers"][-1]["activation"] = "sigmoid" if self.cost == "mse" else "softmax"
         return architecture
 
     def to_json(self) -> dict[str, Any]:
@@ -132,33 +169,42 @@ def _split_validation(X, y, val_size: int, seed: int):
     if val_size == 0:
         return X, y, X[:0], y[:0]
     if val_size >= len(X):
-        raise ValueError(f"--val-size {val_size} leaves no training data "
-                         f"(the training set has {len(X)} samples)")
+        raise ConfigError(
+            f"--val-size {val_size} leaves no training data (the training set has {len(X)} samples)"
+        )
     from sklearn.model_selection import train_test_split
 
     labels = y.argmax(axis=1)
     stratify = labels if np.bincount(labels).min() >= 2 else None
     X_train, X_val, y_train, y_val = train_test_split(
-        X, y, test_size=val_size, random_state=seed, stratify=stratify)
+        X, y, test_size=val_size, random_state=seed, stratify=stratify
+    )
     return X_train, y_train, X_val, y_val
 
 
 def load_data(config: TrainConfig, data_dir=None):
     """Training, validation and test arrays for ``config`` (resolved) and their fingerprint."""
-    from digitnet.data import dataset_fingerprint, load_mnist
+    from digitnet.data.mnist import dataset_fingerprint, load_mnist
 
-    X_train, X_test, y_train, y_test = load_mnist(split=config.split, data_dir=data_dir,
-                                                  source=config.source)
-    X_train, y_train, X_val, y_val = _split_validation(X_train, y_train, config.val_size,
-                                                       config.seed)
+    X_train, X_test, y_train, y_test = load_mnist(
+        split=config.split, data_dir=data_dir, source=config.source
+    )
+    X_train, y_train, X_val, y_val = _split_validation(
+        X_train, y_train, config.val_size, config.seed
+    )
     if config.dry_run:
         # A few batches of everything: enough to run every code path in seconds.
         take = min(len(X_train), 3 * config.batch_size)
         X_train, y_train = X_train[:take], y_train[:take]
         X_val, y_val, X_test, y_test = X_val[:500], y_val[:500], X_test[:500], y_test[:500]
-    data = {"source": config.source, "split": config.split,
-            "n_train": len(X_train), "n_validation": len(X_val), "n_test": len(X_test),
-            "sha256": dataset_fingerprint(X_train, y_train)}
+    data = {
+        "source": config.source,
+        "split": config.split,
+        "n_train": len(X_train),
+        "n_validation": len(X_val),
+        "n_test": len(X_test),
+        "sha256": dataset_fingerprint(X_train, y_train),
+    }
     return (X_train, y_train, X_val, y_val, X_test, y_test), data
 
 
@@ -167,10 +213,17 @@ def _comparable(config_json: dict) -> dict:
     return {k: v for k, v in config_json.items() if k not in ("dry_run",)}
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=None,
-                       resume: bool = False, save_model_path: str | Path | None = None,
-                       progress: bool = False, log: Callable[[str], None] = _print,
-                       stop_after_epoch: int | None = None) -> TrainResult:
+def train_and_evaluate(
+    config: TrainConfig,
+    workdir: str | Path,
+    *,
+    data_dir=None,
+    resume: bool = False,
+    save_model_path: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = _print,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
     Args:
@@ -187,10 +240,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
         A ``TrainResult`` whose model holds the weights that did best on validation (the
         last epoch's when there is no validation set).
     """
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
-    from digitnet.fit import Fitter, make_learning_rate
+    from digitnet.training.engine import Fitter, make_learning_rate
 
     config = config.resolved()
     keras.utils.set_random_seed(config.seed)
@@ -199,15 +252,27 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
     architecture = config.architecture()
     steps_per_epoch = max(len(X_train) // config.batch_size, 1)
     fitter = Fitter(
-        architecture, cost=config.cost, l2=config.l2, label_smoothing=config.label_smoothing,
-        batch_size=config.batch_size, seed=config.seed,
+        architecture,
+        cost=config.cost,
+        l2=config.l2,
+        label_smoothing=config.label_smoothing,
+        batch_size=config.batch_size,
+        seed=config.seed,
         compute_dtype=compute_dtype(config.precision),
-        learning_rate=make_learning_rate(config.learning_rate, config.schedule,
-                                         steps_per_epoch * config.epochs),
-        augment=_augment(config))
+        learning_rate=make_learning_rate(
+            config.learning_rate, config.schedule, steps_per_epoch * config.epochs
+        ),
+        augment=_augment(config),
+    )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
-    state = {"epoch": 0, "history": [], "best": None, "best_epoch": 0, "stale_epochs": 0,
-             "seconds": 0.0}
+    state = {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+        "best_epoch": 0,
+        "stale_epochs": 0,
+        "seconds": 0.0,
+    }
     if resume:
         state = _restore(checkpoint_path, fitter, config, data)
         log(f"Resuming after epoch {state['epoch']} from {checkpoint_path}")
@@ -219,8 +284,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             started = time.perf_counter()
             cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
-            record = {"epoch": epoch, "cost": cost,
-                      "learning_rate": float(fitter.optimizer.learning_rate.numpy())}
+            record = {
+                "epoch": epoch,
+                "cost": cost,
+                "learning_rate": float(fitter.optimizer.learning_rate.numpy()),
+            }
             line = f"Cost after epoch {epoch}: {cost}"
             if len(X_val):
                 record.update({f"val_{k}": v for k, v in fitter.evaluate(X_val, y_val).items()})
@@ -241,23 +309,35 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path, *, data_dir=Non
 
     if state["best"] is not None:
         fitter.set_parameters(state["best"])
-    metrics = {"train_accuracy": fitter.accuracy(X_train, y_train),
-               "test_accuracy": fitter.accuracy(X_test, y_test),
-               "epochs": state["epoch"], "best_epoch": state["best_epoch"] or state["epoch"],
-               "train_seconds": state["seconds"]}
+    metrics = {
+        "train_accuracy": fitter.accuracy(X_train, y_train),
+        "test_accuracy": fitter.accuracy(X_test, y_test),
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"] or state["epoch"],
+        "train_seconds": state["seconds"],
+    }
     if len(X_val):
         metrics["val_accuracy"] = fitter.accuracy(X_val, y_val)
     log(f"Accuracy on the training set: {metrics['train_accuracy'] * 100:.2f} %")
     if len(X_val):
-        log(f"Accuracy on the validation set: {metrics['val_accuracy'] * 100:.2f} % "
-            f"(weights of epoch {metrics['best_epoch']})")
+        log(
+            f"Accuracy on the validation set: {metrics['val_accuracy'] * 100:.2f} % "
+            f"(weights of epoch {metrics['best_epoch']})"
+        )
     log(f"Accuracy on the test set: {metrics['test_accuracy'] * 100:.2f} %")
 
-    model = Model(architecture, fitter.parameters(), {
-        "training": config.to_json(), "metrics": metrics, "history": state["history"],
-        "data": data})
+    model = Model(
+        architecture,
+        fitter.parameters(),
+        {
+            "training": config.to_json(),
+            "metrics": metrics,
+            "history": state["history"],
+            "data": data,
+        },
+    )
     if save_model_path is not None:
-        from digitnet.modelfile import save_model
+        from digitnet.inference.modelfile import save_model
 
         save_model(model, save_model_path)
         log(f"Saved the model to {save_model_path}")
@@ -285,7 +365,7 @@ def compute_dtype(precision: str) -> str | None:
 def _augment(config: TrainConfig):
     if not config.augment:
         return None
-    from digitnet.augment import augment_from_config
+    from digitnet.training.augment import augment_from_config
 
     return augment_from_config({})
 
@@ -297,8 +377,9 @@ def _track_best(state: dict, fitter, record: dict) -> None:
     key = (record["val_accuracy"], -record["val_cost"])
     best = state.get("best_key")
     if best is None or key > tuple(best):
-        state.update(best=fitter.parameters(), best_key=list(key), best_epoch=record["epoch"],
-                     stale_epochs=0)
+        state.update(
+            best=fitter.parameters(), best_key=list(key), best_epoch=record["epoch"], stale_epochs=0
+        )
     else:
         state["stale_epochs"] += 1
 
@@ -309,35 +390,54 @@ def _save_checkpoint(path: Path, fitter, config: TrainConfig, data: dict, state:
     if state["best"] is not None:
         tensors.update({f"best/{k}": v for k, v in state["best"].items()})
     header = base_header(
-        config=config.to_json(), data=data, epoch=state["epoch"], history=state["history"],
-        best_epoch=state["best_epoch"], best_key=state.get("best_key"),
-        stale_epochs=state["stale_epochs"], seconds=state["seconds"])
+        config=config.to_json(),
+        data=data,
+        epoch=state["epoch"],
+        history=state["history"],
+        best_epoch=state["best_epoch"],
+        best_key=state.get("best_key"),
+        stale_epochs=state["stale_epochs"],
+        seconds=state["seconds"],
+    )
     write_bundle(path, CHECKPOINT_KIND, tensors, header)
 
 
 def _restore(path: Path, fitter, config: TrainConfig, data: dict) -> dict:
     if not path.exists():
-        raise ModelFileError(f"no checkpoint to resume at {path}: start without --resume, or "
-                             f"point --workdir at the run's folder")
+        raise ModelFileError(
+            f"no checkpoint to resume at {path}: start without --resume, or "
+            f"point --workdir at the run's folder"
+        )
     tensors, header = read_bundle(path, CHECKPOINT_KIND)
     saved, current = _comparable(header["config"]), _comparable(config.to_json())
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise DigitnetError(f"the checkpoint in {path} was made with other settings ({details});"
-                            f" resume with the same settings or start a new --workdir")
+        raise DigitnetError(
+            f"the checkpoint in {path} was made with other settings ({details});"
+            f" resume with the same settings or start a new --workdir"
+        )
     if header["data"].get("sha256") != data["sha256"]:
-        raise DigitnetError(f"the checkpoint in {path} was trained on other data "
-                            f"(checksum differs); resume with the same data")
-    group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items()
-                            if k.startswith(prefix)}
+        raise DigitnetError(
+            f"the checkpoint in {path} was trained on other data "
+            f"(checksum differs); resume with the same data"
+        )
+
+    def group(prefix: str) -> dict[str, Any]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
     fitter.set_parameters(group("parameters/"))
     fitter.set_optimizer_state(group("optimizer/"))
     best = group("best/")
-    return {"epoch": header["epoch"], "history": header["history"],
-            "best": best or None, "best_key": header.get("best_key"),
-            "best_epoch": header["best_epoch"], "stale_epochs": header["stale_epochs"],
-            "seconds": header["seconds"]}
+    return {
+        "epoch": header["epoch"],
+        "history": header["history"],
+        "best": best or None,
+        "best_key": header.get("best_key"),
+        "best_epoch": header["best_epoch"],
+        "stale_epochs": header["stale_epochs"],
+        "seconds": header["seconds"],
+    }
 
 
 class _NoBar:
@@ -355,14 +455,24 @@ def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
     from contextlib import contextmanager
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     @contextmanager
     def bar():
-        with Progress(TextColumn("epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(),
-                      MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=Console(stderr=True), transient=True) as progress:
+        with Progress(
+            TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as progress:
             task = progress.add_task("train", total=steps_per_epoch, epoch=1)
 
             def advance(epoch):

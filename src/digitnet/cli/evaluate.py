@@ -10,21 +10,27 @@ HELP = "report test accuracy, per-class precision/recall and the confusion matri
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("evaluate", help=HELP, description=HELP + ", on the test "
-                                   "set of the split the model was trained with.")
+    parser = subparsers.add_parser(
+        "evaluate",
+        help=HELP,
+        description=HELP + ", on the test set of the split the model was trained with.",
+    )
     parser.add_argument("model", type=Path, metavar="MODEL", help="a model file")
-    parser.add_argument("--data-dir", type=Path,
-                        help="folder with the four MNIST files (else $DIGITNET_DATA_DIR, the "
-                             "cache, or a download)")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (accuracy is a fraction)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the four MNIST files (else $DIGITNET_DATA_DIR, the cache, or a download)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (accuracy is a fraction)"
+    )
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from digitnet.evaluation import evaluate_model, format_report, test_set_for
-    from digitnet.modelfile import load_model
+    from digitnet.inference.evaluation import evaluate_model, format_report, test_set_for
+    from digitnet.inference.modelfile import load_model
 
     model = load_model(args.model)
     X_test, labels = test_set_for(model, args.data_dir)

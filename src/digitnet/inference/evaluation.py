@@ -11,14 +11,16 @@ from digitnet.errors import DigitnetError
 
 def test_set_for(model, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """The test images (n, 784) and labels (n,) of the split ``model`` was trained with."""
-    from digitnet.data import load_mnist
+    from digitnet.data.mnist import load_mnist
 
     data = model.metadata.get("data", {})
     split, source = data.get("split", "official"), data.get("source", "idx")
     _, X_test, _, y_test = load_mnist(split=split, data_dir=data_dir, source=source)
     if y_test.shape[1] != model.n_classes or X_test.shape[1] != model.n_inputs:
-        raise DigitnetError(f"this data has {y_test.shape[1]} classes of {X_test.shape[1]} "
-                            f"values, the model expects {model.n_classes} of {model.n_inputs}")
+        raise DigitnetError(
+            f"this data has {y_test.shape[1]} classes of {X_test.shape[1]} "
+            f"values, the model expects {model.n_classes} of {model.n_inputs}"
+        )
     return X_test, y_test.argmax(axis=1)
 
 
@@ -35,28 +37,38 @@ def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     predicted = model.predict(X)
     classes = np.arange(model.n_classes)
     precision, recall, _, support = precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0)
+        labels, predicted, labels=classes, zero_division=0
+    )
     return {
         "accuracy": float(np.mean(predicted == labels)),
         "n": int(len(labels)),
-        "per_class": [{"class": int(c), "precision": float(p), "recall": float(r),
-                       "support": int(s)}
-                      for c, p, r, s in zip(classes, precision, recall, support)],
+        "per_class": [
+            {"class": int(c), "precision": float(p), "recall": float(r), "support": int(s)}
+            for c, p, r, s in zip(classes, precision, recall, support)
+        ],
         "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text report: accuracy, a per-class table and the confusion matrix."""
-    lines = [f"Test accuracy: {report['accuracy'] * 100:.2f} % of {report['n']} images", "",
-             "class  precision  recall  support"]
+    lines = [
+        f"Test accuracy: {report['accuracy'] * 100:.2f} % of {report['n']} images",
+        "",
+        "class  precision  recall  support",
+    ]
     for row in report["per_class"]:
-        lines.append(f"{row['class']:>5}  {row['precision'] * 100:8.2f}%  "
-                     f"{row['recall'] * 100:5.2f}%  {row['support']:>7}")
+        lines.append(
+            f"{row['class']:>5}  {row['precision'] * 100:8.2f}%  "
+            f"{row['recall'] * 100:5.2f}%  {row['support']:>7}"
+        )
     matrix = report["confusion_matrix"]
     width = max(len(str(v)) for row in matrix for v in row) + 1
-    lines += ["", "Confusion matrix (rows: true class, columns: predicted):",
-              "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))]
+    lines += [
+        "",
+        "Confusion matrix (rows: true class, columns: predicted):",
+        "     " + "".join(f"{c:>{width}}" for c in range(len(matrix))),
+    ]
     for c, row in enumerate(matrix):
         lines.append(f"{c:>4} " + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)

@@ -10,35 +10,44 @@ from a checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from digitnet import architectures
-from digitnet.core import calculate_cost, forward_propagation, initialize_parameters
+from digitnet.errors import ConfigError, TrainingError
+from digitnet.models import architectures
+from digitnet.training.network import calculate_cost, forward_propagation, initialize_parameters
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def make_learning_rate(learning_rate: float, schedule: str, total_steps: int,
-                       warmup_steps: int = 0):
+def make_learning_rate(
+    learning_rate: float, schedule: str, total_steps: int, warmup_steps: int = 0
+):
     """A Keras schedule over optimiser steps: ``constant``, ``cosine`` or ``onecycle``."""
     if schedule == "constant":
         return learning_rate
     if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
-            learning_rate if warmup_steps == 0 else learning_rate / 10, max(total_steps, 1),
-            alpha=0.01, warmup_target=learning_rate if warmup_steps else None,
-            warmup_steps=warmup_steps)
+            learning_rate if warmup_steps == 0 else learning_rate / 10,
+            max(total_steps, 1),
+            alpha=0.01,
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     if schedule == "onecycle":
         # Linear warm-up over the first 20% of steps, then cosine annealing to 1% of the peak.
         warmup = max(int(0.2 * total_steps), 1)
         return keras.optimizers.schedules.CosineDecay(
-            learning_rate / 10, max(total_steps - warmup, 1), alpha=0.01,
-            warmup_target=learning_rate, warmup_steps=warmup)
-    raise ValueError(f"unknown schedule {schedule!r}: choose constant, cosine or onecycle")
+            learning_rate / 10,
+            max(total_steps - warmup, 1),
+            alpha=0.01,
+            warmup_target=learning_rate,
+            warmup_steps=warmup,
+        )
+    raise ConfigError(f"unknown schedule {schedule!r}: choose constant, cosine or onecycle")
 
 
 class Fitter:
@@ -61,17 +70,28 @@ class Fitter:
             ``forward_propagation``), or None for the parameters' float32.
     """
 
-    def __init__(self, architecture: Mapping, *, cost: str = "mse", learning_rate=0.002,
-                 l2: float = 0.0, label_smoothing: float = 0.0, batch_size: int = 1000,
-                 seed: int = 1, augment: Augment | None = None, jit_compile: bool = False,
-                 compute_dtype: str | None = None):
+    def __init__(
+        self,
+        architecture: Mapping,
+        *,
+        cost: str = "mse",
+        learning_rate=0.002,
+        l2: float = 0.0,
+        label_smoothing: float = 0.0,
+        batch_size: int = 1000,
+        seed: int = 1,
+        augment: Augment | None = None,
+        jit_compile: bool = False,
+        compute_dtype: str | None = None,
+    ):
         self.architecture = architectures.validate_architecture(architecture)
         self.cost, self.l2, self.label_smoothing = cost, float(l2), float(label_smoothing)
         self.batch_size, self.seed, self.augment = int(batch_size), int(seed), augment
         self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
         self.variables = initialize_parameters(self.architecture, seed=self.seed)
-        self.trainable = [v for name, v in self.variables.items()
-                          if architectures.is_trainable(name)]
+        self.trainable = [
+            v for name, v in self.variables.items() if architectures.is_trainable(name)
+        ]
         self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
         self.optimizer.build(self.trainable)
         self._train_chunk = tf.function(self._train_chunk_python, reduce_retracing=True)
@@ -81,11 +101,16 @@ class Fitter:
         # first epoch took to trace. Only the loop over batches needs it.
         # XLA compiles the step alone: over the whole loop it would take the training set as an
         # argument and copy it on every call (a seed epoch took 45 s instead of 0.3).
-        self._step_graph = tf.function(self._step, jit_compile=True, autograph=False) \
-            if jit_compile else tf.autograph.experimental.do_not_convert(self._step)
+        self._step_graph = (
+            tf.function(self._step, jit_compile=True, autograph=False)
+            if jit_compile
+            else tf.autograph.experimental.do_not_convert(self._step)
+        )
         self._forward = tf.function(
             lambda X: forward_propagation(X, self.variables, self.architecture),
-            reduce_retracing=True, autograph=False)
+            reduce_retracing=True,
+            autograph=False,
+        )
         self._stored_inputs: tuple[tf.Tensor, tf.Tensor] | None = None
 
     # ------------------------------------------------------------------ data and training
@@ -93,19 +118,33 @@ class Fitter:
     @staticmethod
     def dataset(X, y) -> tuple[tf.Tensor, tf.Tensor]:
         """Move ``X`` (n, features) and one-hot ``y`` (n, classes) into float32 tensors once."""
-        return (tf.convert_to_tensor(np.asarray(X, dtype=np.float32)),
-                tf.convert_to_tensor(np.asarray(y, dtype=np.float32)))
+        return (
+            tf.convert_to_tensor(np.asarray(X, dtype=np.float32)),
+            tf.convert_to_tensor(np.asarray(y, dtype=np.float32)),
+        )
 
     def _step(self, X_batch, y_batch, step_seed):
         if self.augment is not None:
             X_batch = self.augment(X_batch, step_seed)
         with tf.GradientTape() as tape:
-            A_output, logits = forward_propagation(X_batch, self.variables, self.architecture,
-                                                   training=True, seed=step_seed,
-                                                   return_logits=True,
-                                                   compute_dtype=self.compute_dtype)
-            cost = calculate_cost(A_output, y_batch, self.variables, cost=self.cost, l2=self.l2,
-                                  label_smoothing=self.label_smoothing, logits=logits)
+            A_output, logits = forward_propagation(
+                X_batch,
+                self.variables,
+                self.architecture,
+                training=True,
+                seed=step_seed,
+                return_logits=True,
+                compute_dtype=self.compute_dtype,
+            )
+            cost = calculate_cost(
+                A_output,
+                y_batch,
+                self.variables,
+                cost=self.cost,
+                l2=self.l2,
+                label_smoothing=self.label_smoothing,
+                logits=logits,
+            )
         gradients = tape.gradient(cost, self.trainable)
         self.optimizer.apply(gradients, self.trainable)
         return cost
@@ -114,9 +153,10 @@ class Fitter:
         """Train on batches ``first_batch .. last_batch - 1`` of ``order``; sum of batch costs."""
         total = tf.constant(0.0, tf.float32)
         for batch in tf.range(first_batch, last_batch):
-            indices = order[batch * size:(batch + 1) * size]
-            step_seed = tf.stack([tf.constant(self.seed, tf.int64),
-                                  tf.cast(self.optimizer.iterations, tf.int64)])
+            indices = order[batch * size : (batch + 1) * size]
+            step_seed = tf.stack(
+                [tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)]
+            )
             total += self._step_graph(tf.gather(X, indices), tf.gather(y, indices), step_seed)
         return total
 
@@ -130,8 +170,7 @@ class Fitter:
         faster. A cast of gathered rows equals the gathered cast rows, so training is
         bit-identical. Augmentation reads float32 images, so it keeps them.
         """
-        if self.compute_dtype is None or self.augment is not None or \
-                X.dtype == self.compute_dtype:
+        if self.compute_dtype is None or self.augment is not None or X.dtype == self.compute_dtype:
             return X
         if self._stored_inputs is None or self._stored_inputs[0] is not X:
             self._stored_inputs = (X, tf.cast(X, self.compute_dtype))
@@ -140,8 +179,13 @@ class Fitter:
     def batches_per_epoch(self, n: int) -> int:
         return max(n // self.batch_size, 1)
 
-    def train_epoch(self, data: tuple[tf.Tensor, tf.Tensor], epoch: int, progress=None,
-                    chunks: int | None = None) -> float:
+    def train_epoch(
+        self,
+        data: tuple[tf.Tensor, tf.Tensor],
+        epoch: int,
+        progress=None,
+        chunks: int | None = None,
+    ) -> float:
         """One pass over ``data`` in a fresh order; returns the mean batch cost.
 
         ``progress(done, total)`` is called after each chunk of batches, for progress bars.
@@ -153,20 +197,23 @@ class Fitter:
         # Small data (dry runs, tests): one batch of everything.
         size = tf.constant(min(self.batch_size, n), tf.int32)
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(n), seed=tf.constant([self.seed, epoch], tf.int64))
+            tf.range(n), seed=tf.constant([self.seed, epoch], tf.int64)
+        )
         chunk_count = chunks or (min(batch_count, 10) if callable(progress) else 1)
         bounds = np.linspace(0, batch_count, chunk_count + 1).astype(int)
         total = 0.0
         for first, last in zip(bounds[:-1], bounds[1:]):
             if last > first:
-                total += float(self._train_chunk(X, y, order, tf.constant(first, tf.int32),
-                                                 tf.constant(last, tf.int32), size))
+                total += float(
+                    self._train_chunk(
+                        X, y, order, tf.constant(first, tf.int32), tf.constant(last, tf.int32), size
+                    )
+                )
             if callable(progress):
                 progress(int(last), batch_count)
         cost = total / batch_count
         if not math.isfinite(cost):
-            raise FloatingPointError(f"the cost became {cost} in epoch {epoch}: lower the "
-                                     f"learning rate")
+            raise TrainingError(f"the cost became {cost} in epoch {epoch}: lower the learning rate")
         return cost
 
     def set_output_bias_from_labels(self, y) -> None:
@@ -189,16 +236,21 @@ class Fitter:
             bias = np.log(frequency) - np.log(frequency).mean()
         else:
             return
-        self.variables[f"b{k}"].assign(bias.reshape(self.variables[f"b{k}"].shape)
-                                       .astype(np.float32))
+        self.variables[f"b{k}"].assign(
+            bias.reshape(self.variables[f"b{k}"].shape).astype(np.float32)
+        )
 
     # ------------------------------------------------------------------ evaluation
 
     def outputs(self, X, batch_size: int = 10000) -> np.ndarray:
         """Output activations (n, classes) with the current parameters, in inference mode."""
         X = np.asarray(X, dtype=np.float32)
-        return np.concatenate([self._forward(tf.convert_to_tensor(X[i:i + batch_size])).numpy()
-                               for i in range(0, len(X), batch_size)])
+        return np.concatenate(
+            [
+                self._forward(tf.convert_to_tensor(X[i : i + batch_size])).numpy()
+                for i in range(0, len(X), batch_size)
+            ]
+        )
 
     def accuracy(self, X, y) -> float:
         """Fraction of ``X`` whose highest output is the one-hot label in ``y``."""
@@ -209,8 +261,7 @@ class Fitter:
         outputs = self.outputs(X)
         y = np.asarray(y, dtype=np.float32)
         cost = calculate_cost(outputs, y, {}, cost=self.cost)
-        return {"accuracy": float(np.mean(outputs.argmax(1) == y.argmax(1))),
-                "cost": float(cost)}
+        return {"accuracy": float(np.mean(outputs.argmax(1) == y.argmax(1))), "cost": float(cost)}
 
     # ------------------------------------------------------------------ state
 
@@ -224,14 +275,18 @@ class Fitter:
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The optimiser's variables (step count, Adam moments) by position."""
-        return {f"{i:04d}": np.asarray(variable.numpy())
-                for i, variable in enumerate(self.optimizer.variables)}
+        return {
+            f"{i:04d}": np.asarray(variable.numpy())
+            for i, variable in enumerate(self.optimizer.variables)
+        }
 
     def set_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
         variables = self.optimizer.variables
         if len(state) != len(variables):
-            raise ValueError(f"the checkpoint holds {len(state)} optimiser variables, this "
-                             f"model needs {len(variables)}")
+            raise ConfigError(
+                f"the checkpoint holds {len(state)} optimiser variables, this "
+                f"model needs {len(variables)}"
+            )
         for i, variable in enumerate(variables):
             # safetensors stores a scalar (the step count) as shape (1,).
             variable.assign(np.reshape(state[f"{i:04d}"], variable.shape))

@@ -2,26 +2,26 @@
 
 ``initialize_parameters``, ``forward_propagation``, ``calculate_cost``, ``train_parameters`` and
 ``predict`` keep the tutorial's names, arguments and printed lines. Each also accepts the larger
-models (a ``layout`` may be an architecture dict, see ``digitnet.architectures``), so the
+models (a ``layout`` may be an architecture dict, see ``digitnet.models.architectures``), so the
 tutorial's network and digitnet's own models go through the same code.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
-from digitnet import architectures
-from digitnet.architectures import BATCHNORM_EPSILON
+from digitnet.errors import ConfigError
+from digitnet.models import architectures
+from digitnet.models.architectures import BATCHNORM_EPSILON
 
 COSTS = ("mse", "cross_entropy")
 
 
-def _architecture(layout: Any, parameters: Mapping) -> dict:
+def architecture_of(layout: Any, parameters: Mapping) -> dict:
     if layout is None:
         return architectures.architecture_from_parameters(parameters)
     return architectures.normalize_layout(layout)
@@ -51,8 +51,7 @@ def initialize_parameters(layout: Any, seed: int = 1) -> dict[str, tf.Variable]:
             value = tf.ones(shape, tf.float32)
         else:
             value = tf.zeros(shape, tf.float32)
-        parameters[name] = tf.Variable(value, name=name,
-                                       trainable=architectures.is_trainable(name))
+        parameters[name] = tf.Variable(value, name=name, trainable=architectures.is_trainable(name))
     return parameters
 
 
@@ -66,8 +65,16 @@ def _activate(Z: tf.Tensor, activation: str) -> tf.Tensor:
     return Z
 
 
-def forward_propagation(X, parameters: Mapping, layout: Any = None, *, training: bool = False,
-                        seed=None, return_logits: bool = False, compute_dtype=None):
+def forward_propagation(
+    X,
+    parameters: Mapping,
+    layout: Any = None,
+    *,
+    training: bool = False,
+    seed=None,
+    return_logits: bool = False,
+    compute_dtype=None,
+):
     """Run the network on ``X`` (n, n_inputs) and return the output activations (n, n_classes).
 
     Without ``layout`` the parameters are read as the tutorial's dense stack (ReLU hidden
@@ -78,7 +85,7 @@ def forward_propagation(X, parameters: Mapping, layout: Any = None, *, training:
     bfloat16 (several times faster on CPUs with AMX); the parameters stay in their precision
     and the output is computed in it.
     """
-    architecture = _architecture(layout, parameters)
+    architecture = architecture_of(layout, parameters)
     # The parameters' precision: float32 normally, float64 for gradient checks.
     output_dtype = tf.as_dtype(next(iter(parameters.values())).dtype)
     A = tf.cast(X, compute_dtype or output_dtype)
@@ -86,19 +93,22 @@ def forward_propagation(X, parameters: Mapping, layout: Any = None, *, training:
         A = tf.reshape(A, [-1, *architecture["input_shape"]])
     layers, numbers = architecture["layers"], architectures.layer_numbers(architecture)
     for index, (layer, k) in enumerate(zip(layers[:-1], numbers)):
-        A = _layer(A, layer, k, parameters, training,
-                   None if seed is None else (seed, index))
+        A = _layer(A, layer, k, parameters, training, None if seed is None else (seed, index))
     Z = _layer(A, layers[-1], numbers[-1], parameters, training, None, activate=False)
     Z = tf.cast(Z, output_dtype)
     A_output = _activate(Z, layers[-1]["activation"])
     return (A_output, Z) if return_logits else A_output
 
 
-def _layer(A, layer: Mapping, k: int, parameters: Mapping, training: bool, seed,
-           activate: bool = True):
+def _layer(
+    A, layer: Mapping, k: int, parameters: Mapping, training: bool, seed, activate: bool = True
+):
     """One layer of ``forward_propagation``, computed in A's dtype."""
     kind = layer["type"]
-    weight = lambda name: tf.cast(parameters[f"{name}{k}"], A.dtype)
+
+    def weight(name: str) -> tf.Tensor:
+        return tf.cast(parameters[f"{name}{k}"], A.dtype)
+
     if kind == "dense":
         Z = tf.matmul(A, weight("W"), transpose_b=True)
         if layer["use_bias"]:
@@ -117,8 +127,9 @@ def _layer(A, layer: Mapping, k: int, parameters: Mapping, training: bool, seed,
         return tf.reshape(A, [tf.shape(A)[0], -1])
     elif kind == "dropout" and training and layer["rate"] > 0:
         (step_seed, index) = seed
-        layer_seed = tf.stack([tf.cast(step_seed[0], tf.int64),
-                               tf.cast(step_seed[1], tf.int64) * 1024 + index])
+        layer_seed = tf.stack(
+            [tf.cast(step_seed[0], tf.int64), tf.cast(step_seed[1], tf.int64) * 1024 + index]
+        )
         return tf.nn.experimental.stateless_dropout(A, layer["rate"], seed=layer_seed)
     else:
         return A
@@ -135,26 +146,48 @@ def _batchnorm(A, parameters: Mapping, k: int, momentum: float, training: bool):
     images = A if len(A.shape) == 4 else tf.reshape(A, [-1, 1, 1, A.shape[-1]])
     mean, variance = parameters[f"mean{k}"], parameters[f"variance{k}"]
     statistics_dtype = tf.float64 if A.dtype == tf.float64 else tf.float32
-    cast = lambda value: tf.cast(value, statistics_dtype)
+
+    def cast(value: Any) -> tf.Tensor:
+        return tf.cast(value, statistics_dtype)
+
     if A.dtype == tf.float64:
         # The fused kernel has no float64 version; gradient checks use the plain formula.
         axes = list(range(len(A.shape) - 1))
         if training:
             mean, variance = tf.nn.moments(A, axes=axes)
-        return tf.nn.batch_normalization(A, cast(mean), cast(variance), cast(
-            parameters[f"beta{k}"]), cast(parameters[f"gamma{k}"]), BATCHNORM_EPSILON)
+        return tf.nn.batch_normalization(
+            A,
+            cast(mean),
+            cast(variance),
+            cast(parameters[f"beta{k}"]),
+            cast(parameters[f"gamma{k}"]),
+            BATCHNORM_EPSILON,
+        )
     normalised, batch_mean, batch_variance = tf.compat.v1.nn.fused_batch_norm(
-        images, cast(parameters[f"gamma{k}"]), cast(parameters[f"beta{k}"]),
-        mean=None if training else cast(mean), variance=None if training else cast(variance),
-        epsilon=BATCHNORM_EPSILON, is_training=training)
+        images,
+        cast(parameters[f"gamma{k}"]),
+        cast(parameters[f"beta{k}"]),
+        mean=None if training else cast(mean),
+        variance=None if training else cast(variance),
+        epsilon=BATCHNORM_EPSILON,
+        is_training=training,
+    )
     if training and isinstance(mean, tf.Variable):
         mean.assign(momentum * mean + (1.0 - momentum) * batch_mean)
         variance.assign(momentum * variance + (1.0 - momentum) * batch_variance)
     return normalised if len(A.shape) == 4 else tf.reshape(normalised, shape)
 
 
-def calculate_cost(A_output, y, parameters: Mapping, *, cost: str = "mse", l2: float = 0.0,
-                   label_smoothing: float = 0.0, logits=None) -> tf.Tensor:
+def calculate_cost(
+    A_output,
+    y,
+    parameters: Mapping,
+    *,
+    cost: str = "mse",
+    l2: float = 0.0,
+    label_smoothing: float = 0.0,
+    logits=None,
+) -> tf.Tensor:
     """The cost to minimise, a scalar.
 
     ``cost="mse"`` is the tutorial's mean squared difference between ``A_output`` (n, classes)
@@ -164,7 +197,7 @@ def calculate_cost(A_output, y, parameters: Mapping, *, cost: str = "mse", l2: f
     regularisation the tutorial suggests.
     """
     if cost not in COSTS:
-        raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+        raise ConfigError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
     A_output = tf.convert_to_tensor(A_output)
     if not A_output.dtype.is_floating:
         A_output = tf.cast(A_output, tf.float32)
@@ -174,73 +207,15 @@ def calculate_cost(A_output, y, parameters: Mapping, *, cost: str = "mse", l2: f
     if cost == "mse":
         value = tf.reduce_mean(tf.math.squared_difference(A_output, y))
     elif logits is not None:
-        value = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
-            labels=y, logits=tf.cast(logits, y.dtype)))
+        value = tf.reduce_mean(
+            tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.cast(logits, y.dtype))
+        )
     else:
         probabilities = tf.clip_by_value(A_output, 1e-7, 1.0)
         value = -tf.reduce_mean(tf.reduce_sum(y * tf.math.log(probabilities), axis=-1))
     if l2:
         weights = [value_ for name, value_ in parameters.items() if name.startswith("W")]
-        value = value + l2 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(W, value.dtype)))
-                                       for W in weights])
+        value = value + l2 * tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(W, value.dtype))) for W in weights]
+        )
     return value
-
-
-def train_parameters(X_train, y_train, X_test, y_test, layout, learning_rate: float = 0.005,
-                     epochs: int = 20, batch_size: int = 1000, *, seed: int = 1,
-                     cost: str | None = None, l2: float = 0.0, verbose: bool = True,
-                     progress: bool = False) -> dict[str, np.ndarray]:
-    """Train a network on ``X_train`` (n, 784) and one-hot ``y_train`` (n, classes) with Adam.
-
-    Prints ``Cost after epoch N: C`` (the mean batch cost) every epoch, then ``Training
-    complete!`` and the accuracy on the training and test sets, as the tutorial did. Each epoch
-    runs as one compiled TensorFlow graph over freshly shuffled mini-batches, and the output
-    biases start at the log-odds of the class frequencies (see ``Fitter``): without that, the
-    tutorial's sigmoid output with squared error loses a whole digit on some seeds.
-
-    Returns:
-        The trained parameters as NumPy arrays (``W1``: [l1, l0], ``b1``: [l1, 1], ...).
-    """
-    from digitnet.fit import Fitter
-
-    architecture = architectures.normalize_layout(layout)
-    cost = cost or ("cross_entropy" if architecture["layers"][-1]["activation"] == "softmax"
-                    else "mse")
-    fitter = Fitter(architecture, cost=cost, learning_rate=learning_rate, l2=l2,
-                    batch_size=batch_size, seed=seed)
-    fitter.set_output_bias_from_labels(y_train)
-    train = fitter.dataset(X_train, y_train)
-    for epoch in range(1, epochs + 1):
-        epoch_cost = fitter.train_epoch(train, epoch, progress=progress)
-        if verbose:
-            print(f"Cost after epoch {epoch}: {epoch_cost}")
-    if verbose:
-        print("Training complete!")
-        print(f"Accuracy on the training set: {fitter.accuracy(X_train, y_train) * 100:.2f} %")
-        print(f"Accuracy on the test set: {fitter.accuracy(X_test, y_test) * 100:.2f} %")
-    return fitter.parameters()
-
-
-# Plain Python over the architecture, no tensor-dependent branches: AutoGraph's rewriting of
-# everything it calls would be most of the first call's time.
-@tf.function(reduce_retracing=True, autograph=False)
-def _labels(X, parameters, architecture_json):
-    # The architecture travels as a JSON string: a hashable, value-compared trace key.
-    architecture = architectures.validate_architecture(json.loads(architecture_json))
-    return tf.argmax(forward_propagation(X, parameters, architecture), axis=1)
-
-
-def predict(X_predict, parameters: Mapping, layout: Any = None) -> np.ndarray:
-    """Predicted labels for one flat sample (784,) or a batch (n, 784): int64 (1,) or (n,).
-
-    The compiled graph is traced once per architecture and reused on later calls.
-    """
-    X_predict = np.asarray(X_predict, dtype=np.float32)
-    if X_predict.ndim == 1:
-        X_predict = X_predict.reshape(1, -1)
-    architecture = _architecture(layout, parameters)
-    tensors = {name: tf.convert_to_tensor(value, tf.float32) if not isinstance(value, tf.Variable)
-               else value for name, value in parameters.items()}
-    labels = _labels(tf.convert_to_tensor(X_predict), tensors,
-                     json.dumps(architecture, sort_keys=True))
-    return labels.numpy().astype(np.int64)

@@ -1,0 +1,1 @@
+"""The ``digitnet`` command: one module per verb over the library's functions."""

@@ -1,1 +1,0 @@
-"""Subcommands of the digitnet CLI, one module each."""

@@ -1,0 +1,131 @@
+"""IDX files, the format MNIST ships in: gzipped or raw, checked byte by byte.
+
+An IDX file is two zero bytes, a type byte, a dimension count, big-endian uint32 sizes, then
+exactly prod(sizes) elements. Every way a file can be wrong (truncated, corrupt gzip, another
+format, trailing bytes) is a ``DataError`` that names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from digitnet.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type byte -> element dtype. IDX stores multi-byte numbers big-endian.
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file, gzipped or raw, into an array of the shape stored in its header.
+
+    Gzip is recognised by its magic bytes, not by the file name. The array is writable and in
+    native byte order; its dtype follows the IDX type byte (``uint8`` for MNIST).
+
+    Raises DataError naming the file if it cannot be read, the gzip stream is corrupt or
+    truncated, the header is not IDX, or the payload is shorter or longer than the header says.
+    """
+    path = Path(path)
+    return parse_idx(read_decompressed(path), path)
+
+
+def read_decompressed(path: Path) -> bytes:
+    """The file's bytes, gunzipped if they start with the gzip magic."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the path") from None
+    except OSError as error:
+        raise DataError(
+            f"{path}: cannot read it ({error.strerror or error}); check the path and its "
+            "permissions"
+        ) from None
+    if content[:2] != GZIP_MAGIC:
+        return content
+    return gunzip(content, path)
+
+
+def gunzip(content: bytes, path: Path | str) -> bytes:
+    try:
+        return gzip.decompress(content)
+    except EOFError:
+        raise DataError(
+            f"{path}: the gzip stream is truncated; replace it with a complete copy"
+        ) from None
+    except (OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(
+            f"{path}: corrupt gzip data ({error}); replace it with a good copy"
+        ) from None
+
+
+def parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
+    """Decode decompressed IDX bytes: 2 zero bytes, type byte, dimension count, big-endian
+    uint32 sizes, then exactly prod(sizes) elements."""
+    if len(raw) < 4:
+        raise DataError(
+            f"{path}: not an IDX file (only {len(raw)} bytes); replace it with an IDX file"
+        )
+    zero_a, zero_b, type_code, dimension_count = raw[:4]
+    if zero_a or zero_b:
+        raise DataError(
+            f"{path}: not an IDX file (magic number {raw[:4].hex()} should start with 0000); "
+            "replace it with an IDX file"
+        )
+    dtype = _IDX_DTYPES.get(type_code)
+    if dtype is None:
+        known = ", ".join(f"0x{code:02x}" for code in _IDX_DTYPES)
+        raise DataError(
+            f"{path}: unknown IDX data type code 0x{type_code:02x} (known: {known}; MNIST uses "
+            "0x08); "
+            "replace it with an IDX file"
+        )
+    if dimension_count == 0:
+        raise DataError(
+            f"{path}: IDX header declares 0 dimensions; replace it with a valid IDX file"
+        )
+    header_length = 4 + 4 * dimension_count
+    if len(raw) < header_length:
+        raise DataError(
+            f"{path}: truncated in the IDX header (expected {header_length} header bytes, got "
+            f"{len(raw)}); "
+            "replace it with a complete copy"
+        )
+    shape = struct.unpack(f">{dimension_count}I", raw[4:header_length])
+    expected = math.prod(shape) * dtype.itemsize
+    actual = len(raw) - header_length
+    if actual < expected:
+        raise DataError(
+            f"{path}: truncated (shape {shape} needs {expected} payload bytes, got {actual}); "
+            "replace it with a complete copy"
+        )
+    if actual > expected:
+        raise DataError(
+            f"{path}: {actual - expected} unexpected trailing bytes after the {expected} payload "
+            "bytes "
+            f"of shape {shape}; replace it with a good copy"
+        )
+    array = np.frombuffer(raw, dtype=dtype, offset=header_length).reshape(shape)
+    # frombuffer over bytes is read-only; astype copies into a writable, native-order array.
+    return array.astype(dtype.newbyteorder("="))
+
+
+def read_idx_with_digest(path: Path) -> tuple[np.ndarray, str]:
+    """The array and the sha256 hex digest of the file's decompressed bytes, in one read."""
+    raw = read_decompressed(path)
+    return parse_idx(raw, path), hashlib.sha256(raw).hexdigest()
