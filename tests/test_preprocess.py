@@ -25,11 +25,8 @@ from digitnet.inference.preprocess import (
     BOX_SIDE,
     CENTRE,
     MAX_PIXELS,
-    preprocess_batch,
     preprocess_image,
     read_grey,
-    validate_mnist_array,
-    validate_mnist_batch,
 )
 from renderings import RENDERINGS, stroke_coverage
 
@@ -477,17 +474,6 @@ def test_bad_arrays_raise_image_error(array, message):
     assert not isinstance(caught.value, NoDigitFound)
 
 
-def test_batch():
-    batch = preprocess_batch(
-        [draw_digit("seven"), encode(draw_digit("zero"), "PNG")], names=["a", "b"]
-    )
-    assert batch.shape == (2, 28, 28) and batch.dtype == np.float32
-    with pytest.raises(NoDigitFound, match="blank.png"):
-        preprocess_batch(
-            [draw_digit("seven"), Image.new("L", (50, 50), 255)], names=["a", "blank.png"]
-        )
-
-
 def test_read_grey_composites_and_scales():
     grey = read_grey(encode(_rgba_strokes("seven", (0, 0, 0), (0, 0, 0)), "PNG"))
     assert grey.dtype == np.float32 and grey.shape == (280, 280)
@@ -497,42 +483,6 @@ def test_read_grey_composites_and_scales():
 
 # ---------------------------------------------------------------------------------------------
 # Already in MNIST form
-
-
-def test_validate_mnist_array_accepts_mnist_form():
-    digit = np.zeros((28, 28), np.uint8)
-    digit[6:22, 12:16] = 255
-    for form in (digit, digit.reshape(784), digit.reshape(1, 784), digit[None], digit[..., None]):
-        out = validate_mnist_array(form)
-        assert out.shape == (28, 28) and out.dtype == np.float32
-        np.testing.assert_array_equal(out, digit / 255.0)
-    np.testing.assert_array_equal(validate_mnist_array(digit / 255.0), digit / 255.0)
-    assert validate_mnist_batch(np.stack([digit, digit]).reshape(2, 784)).shape == (2, 28, 28)
-
-
-@pytest.mark.parametrize(
-    ("array", "error", "message"),
-    [
-        (np.zeros((27, 28)), ImageError, "shape"),
-        (np.zeros((28, 28, 3)), ImageError, "shape"),
-        (np.full((28, 28), 2.0), ImageError, r"outside \[0, 1\]"),
-        (np.full((28, 28), np.nan), ImageError, "NaN"),
-        (np.zeros((28, 28)), NoDigitFound, "all pixels are 0"),
-        (np.full((28, 28), 255, np.uint8), ImageError, "dark ink on a light background"),
-    ],
-)
-def test_validate_mnist_array_rejects(array, error, message):
-    with pytest.raises(error, match=message):
-        validate_mnist_array(array, name="payload")
-
-
-def test_validate_mnist_batch_names_the_bad_item():
-    good = np.zeros((28, 28), np.uint8)
-    good[10:20, 10:20] = 255
-    with pytest.raises(NoDigitFound, match=r"batch\[1\]"):
-        validate_mnist_batch(np.stack([good, np.zeros((28, 28), np.uint8)]), name="batch")
-    with pytest.raises(ImageError, match="shape"):
-        validate_mnist_batch(np.zeros((2, 27, 28)))
 
 
 # ---------------------------------------------------------------------------------------------

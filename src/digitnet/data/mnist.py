@@ -37,7 +37,6 @@ from digitnet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-# The order of the kinds is also the order their digests enter MnistArrays.fingerprint.
 MNIST_FILES: dict[str, str] = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -109,16 +108,6 @@ class MnistArrays:
     test_labels: np.ndarray
     directory: Path
     sha256: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        """16 hex characters: sha256 over the four file digests, in MNIST_FILES order.
-
-        Recorded in model files as "the data this was trained on"; equal for any copies of the
-        same dataset however they were compressed.
-        """
-        joined = "".join(self.sha256[kind] for kind in MNIST_FILES)
-        return hashlib.sha256(joined.encode("ascii")).hexdigest()[:16]
 
 
 def _candidate_names(kind: str) -> list[str]:
@@ -501,8 +490,8 @@ def _load_openml(
 def dataset_fingerprint(X: np.ndarray, y: np.ndarray) -> str:
     """sha256 hex digest of the arrays' dtype, shape and bytes.
 
-    Recorded in model files when the data did not come from IDX files (e.g. OpenML), where
-    MnistArrays.fingerprint is not available.
+    Recorded in model files as "the data this was trained on": the training arrays after the
+    split, however the files were found or compressed.
     """
     digest = hashlib.sha256()
     for array in (X, y):

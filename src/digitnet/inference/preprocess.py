@@ -35,7 +35,6 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
 from typing import IO, Union
 
 import numpy as np
@@ -51,11 +50,8 @@ __all__ = [
     "MIN_SIDE",
     "MNIST_SIDE",
     "ImageInput",
-    "preprocess_batch",
     "preprocess_image",
     "read_grey",
-    "validate_mnist_array",
-    "validate_mnist_batch",
 ]
 
 MNIST_SIDE = 28
@@ -127,66 +123,6 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
     grey = read_grey(image, name=label)
     ink = _find_ink(grey, label)
     return _fit_into_mnist_frame(ink, label)
-
-
-def preprocess_batch(
-    images: Iterable[ImageInput], *, names: Sequence[str] | None = None
-) -> np.ndarray:
-    """Preprocess several images; float32 (n, 28, 28). The first unusable image raises."""
-    images = list(images)
-    if names is not None and len(names) != len(images):
-        raise ValueError(f"got {len(names)} names for {len(images)} images")
-    out = np.zeros((len(images), MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
-    for index, image in enumerate(images):
-        out[index] = preprocess_image(image, name=None if names is None else names[index])
-    return out
-
-
-def validate_mnist_array(array: object, *, name: str = "the array") -> np.ndarray:
-    """Check an array that claims to be in MNIST form already and return it as float32 (28, 28).
-
-    Accepts shapes (28, 28), (784,), (1, 28, 28), (28, 28, 1) or (1, 784); uint8 in 0..255 or
-    float in [0, 1]. Nothing is re-centred or rescaled: this is for arrays from an API client
-    that did MNIST's preprocessing itself. Raises ``ImageError`` for a wrong shape, dtype, range,
-    NaN, or an array that is clearly dark ink on a light background (MNIST is white on black),
-    and ``NoDigitFound`` for an all-zero array.
-    """
-    values = np.asarray(array)
-    if values.shape not in _MNIST_SHAPES:
-        raise ImageError(
-            f"{name} has shape {values.shape}; MNIST form is (28, 28) or (784,) "
-            "(send a photo or drawing as an image file instead)"
-        )
-    return _validate_mnist_values(values.reshape(MNIST_SIDE, MNIST_SIDE), name)
-
-
-def validate_mnist_batch(array: object, *, name: str = "the array") -> np.ndarray:
-    """Like ``validate_mnist_array`` for a batch: (n, 28, 28) or (n, 784) -> float32 (n, 28, 28)."""
-    values = np.asarray(array)
-    if values.ndim not in (2, 3) or values.shape[1:] not in ((784,), (28, 28)):
-        raise ImageError(
-            f"{name} has shape {values.shape}; a batch in MNIST form is (n, 28, 28) or (n, 784)"
-        )
-    out = np.zeros((len(values), MNIST_SIDE, MNIST_SIDE), np.float32)
-    for index, item in enumerate(values.reshape(-1, MNIST_SIDE, MNIST_SIDE)):
-        out[index] = _validate_mnist_values(item, f"{name}[{index}]")
-    return out
-
-
-_MNIST_SHAPES = {(28, 28), (784,), (1, 28, 28), (28, 28, 1), (1, 784)}
-
-
-def _validate_mnist_values(values: np.ndarray, name: str) -> np.ndarray:
-    digit = _array_values(values, name)
-    if not digit.any():
-        raise NoDigitFound(f"no digit found in {name}: all pixels are 0")
-    border = np.concatenate([digit[0], digit[-1], digit[1:-1, 0], digit[1:-1, -1]])
-    if border.mean() > 0.5:
-        raise ImageError(
-            f"{name} looks like dark ink on a light background; MNIST form is white ink (1.0) "
-            "on black (0.0): invert it, or send it as an image file to be preprocessed"
-        )
-    return digit
 
 
 # ---------------------------------------------------------------------------------------------
