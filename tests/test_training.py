@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from digitnet.errors import DigitnetError
+from digitnet.errors import ConfigError, DigitnetError
 from digitnet.training.runs import TrainConfig, train_and_evaluate
 
 
@@ -141,3 +141,17 @@ def test_mlp_reaches_a_floor_on_real_mnist_quickly(tmp_path, mnist_dir):
     assert 0.975 <= accuracy < 0.999, accuracy
     assert result.metrics["val_accuracy"] >= 0.97
     print(f"mlp, 3 epochs: {accuracy:.4f} test in {time.perf_counter() - started:.0f} s")
+
+
+def test_auto_precision_follows_a_onednn_isa_cap(monkeypatch):
+    from digitnet.training.runs import compute_dtype
+
+    # Held to AVX2 (what most users' CPUs have), bfloat16 would be emulated: train in float32.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert compute_dtype("auto") is None
+    assert compute_dtype("float32") is None
+    # oneDNN would abort the process on a bfloat16 product: a clear error instead.
+    with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA=AVX2"):
+        compute_dtype("bfloat16")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert compute_dtype("bfloat16") == "bfloat16"

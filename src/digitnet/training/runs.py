@@ -9,6 +9,7 @@ an interrupted run to the same result, and touches the test set once, for the fi
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -344,9 +345,28 @@ def train_and_evaluate(
     return TrainResult(model, state["history"], metrics)
 
 
+# oneDNN instruction sets without bfloat16 arithmetic units: with ONEDNN_MAX_CPU_ISA capped to
+# one of these (as on a plain AVX2 CPU), bfloat16 would be emulated and slower than float32.
+_ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+
+
+def onednn_allows_bfloat16() -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below its bfloat16 kernels.
+
+    TensorFlow still sends bfloat16 products to oneDNN on a CPU that has the units, and oneDNN
+    then aborts the process ("could not create a primitive descriptor").
+    """
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in _ONEDNN_ISAS_WITHOUT_BF16
+
+
 def bfloat16_is_fast() -> bool:
     """True on CPUs with AMX or AVX-512 BF16 units, where bfloat16 products run several times
-    faster than float32 (elsewhere bfloat16 is emulated and slower)."""
+    faster than float32 (elsewhere bfloat16 is emulated and slower), unless oneDNN is held
+    below them with ``ONEDNN_MAX_CPU_ISA``."""
+    if not onednn_allows_bfloat16():
+        return False
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
@@ -359,6 +379,12 @@ def compute_dtype(precision: str) -> str | None:
     """The dtype training computes in: None (the parameters' float32) or "bfloat16"."""
     if precision == "auto":
         return "bfloat16" if bfloat16_is_fast() else None
+    if precision == "bfloat16" and not onednn_allows_bfloat16():
+        raise ConfigError(
+            f"precision bfloat16 cannot run with ONEDNN_MAX_CPU_ISA="
+            f"{os.environ['ONEDNN_MAX_CPU_ISA']} (oneDNN has no bfloat16 kernels below "
+            "AVX512_CORE_BF16): use --precision float32 or auto, or unset the variable"
+        )
     return "bfloat16" if precision == "bfloat16" else None
 
 
