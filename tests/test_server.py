@@ -28,14 +28,10 @@ from digitnet.inference.model import Model
 from digitnet.inference.modelfile import save_model
 from digitnet.inference.predict import predict_image
 from digitnet.models import architectures
-from digitnet.serving.server import (
-    MAX_BODY_BYTES,
-    MAX_INSTANCES,
-    STATIC_DIR,
-    bind_socket,
-    build_server,
-    create_app,
-)
+from digitnet.serving.app import create_app
+from digitnet.serving.protocol import MAX_BODY_BYTES, MAX_INSTANCES
+from digitnet.serving.routes.pages import STATIC_DIR
+from digitnet.serving.server import bind_socket, build_server
 
 PREDICT = "/v1/models/digitnet:predict"
 
@@ -628,16 +624,14 @@ def test_docs_are_self_hosted_and_openapi_lists_every_route(client):
 
 
 def test_json_without_orjson_is_as_strict(monkeypatch):
-    from digitnet.serving import server as server_module
+    from digitnet.serving import protocol
 
-    monkeypatch.setattr(server_module, "orjson", None)
-    assert server_module.loads_json(b'{"instances": [[0.5, 1]]}') == {"instances": [[0.5, 1]]}
+    monkeypatch.setattr(protocol, "orjson", None)
+    assert protocol.loads_json(b'{"instances": [[0.5, 1]]}') == {"instances": [[0.5, 1]]}
     for body in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"{", b"\xff"):
-        with pytest.raises(server_module.RequestError):
-            server_module.loads_json(body)
-    encoded = server_module.dumps_json(
-        {"p": np.array([[0.25, 0.75]], np.float32), "n": np.int64(3)}
-    )
+        with pytest.raises(protocol.RequestError):
+            protocol.loads_json(body)
+    encoded = protocol.dumps_json({"p": np.array([[0.25, 0.75]], np.float32), "n": np.int64(3)})
     assert json.loads(encoded) == {"p": [[0.25, 0.75]], "n": 3}
 
 
@@ -720,7 +714,7 @@ def test_serving_never_imports_tensorflow(tmp_path, model):
     code = (
         "import sys\n"
         "from digitnet.inference.modelfile import load_model\n"
-        "from digitnet.serving.server import create_app\n"
+        "from digitnet.serving.app import create_app\n"
         "from digitnet.cli.main import build_parser\n"
         f"create_app(load_model({str(model_path)!r}))\n"
         "build_parser().parse_args(['serve', 'x'])\n"

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitnet.serving.server import bind_socket, build_server, create_app
+from digitnet.serving.app import create_app
+from digitnet.serving.server import bind_socket, build_server
 
 pytestmark = pytest.mark.browser
 
