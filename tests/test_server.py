@@ -623,6 +623,42 @@ def test_docs_are_self_hosted_and_openapi_lists_every_route(client):
     assert client.get("/redoc").status_code == 404
 
 
+def test_openapi_describes_the_answers_the_routes_give(client):
+    """The non-hot routes' schemas come from their Pydantic models, and name every key the
+    answers hold."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def answer_schema(path: str, method: str = "get", status: str = "200") -> dict:
+        content = spec["paths"][path][method]["responses"][status]["content"]
+        return content["application/json"]["schema"]
+
+    def keys_of(reference: dict) -> set[str]:
+        schema = schemas[reference["$ref"].rsplit("/", 1)[1]]
+        assert set(schema["required"]) == set(schema["properties"])
+        return set(schema["required"])
+
+    for path, url in (
+        ("/api/health", "/api/health"),
+        ("/v1/models/{model_name}", "/v1/models/digitnet"),
+        ("/v1/models/{model_name}/versions/{version}", "/v1/models/digitnet/versions/1"),
+        ("/v1/models/{model_name}/metadata", "/v1/models/digitnet/metadata"),
+    ):
+        assert set(client.get(url).json()) == keys_of(answer_schema(path)), path
+        if path.startswith("/v1/"):
+            not_found = client.get(url.replace("digitnet", "other"))
+            assert set(not_found.json()) == keys_of(answer_schema(path, status="404"))
+    digit, no_digit = answer_schema("/api/predict", "post")["anyOf"]
+    for image, reference in ((digit_png(), digit), (blank_png(), no_digit)):
+        answer = client.post("/api/predict", files={"file": ("d.png", image, "image/png")})
+        assert answer.status_code == 200 and set(answer.json()) == keys_of(reference)
+    bad = client.post("/api/predict", files={"file": ("d.png", b"not an image", "image/png")})
+    assert set(bad.json()) == keys_of(answer_schema("/api/predict", "post", "400"))
+    assert set(client.post(PREDICT, json={}).json()) == keys_of(
+        answer_schema(PREDICT.replace("digitnet", "{model_name}"), "post", "400")
+    )
+
+
 def test_json_without_orjson_is_as_strict(monkeypatch):
     from digitnet.serving import protocol
 
