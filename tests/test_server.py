@@ -51,15 +51,17 @@ def random_seed_model(seed: int = 0) -> Model:
 
 
 class RunningServer:
-    """uvicorn serving ``create_app(model)`` (or ``app``) in a thread; ``url`` is its base
-    address."""
+    """uvicorn serving ``create_app(model, limits)`` (or ``app``) in a thread, with ``limits``'
+    connection limits; ``url`` is its base address."""
 
-    def __init__(self, model: Model, app=None, **app_options) -> None:
+    def __init__(
+        self, model: Model, app=None, limits=None, log_requests=False, **app_options
+    ) -> None:
         self.sock = bind_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        app = app if app is not None else create_app(model, **app_options)
-        self.server = build_server(app, log_requests=False)
+        app = app if app is not None else create_app(model, limits, **app_options)
+        self.server = build_server(app, log_requests=log_requests, limits=limits)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )
@@ -531,7 +533,7 @@ def _length(data: bytes) -> int:
 @pytest.mark.parametrize("path", [PREDICT, "/api/predict"])
 def test_declared_oversize_body_answers_413_before_reading(server, path):
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
     ).encode()
     status, body = raw_exchange(server.port, head)  # no body sent at all: no waiting for it
@@ -548,7 +550,7 @@ def test_declared_oversize_body_answers_413_before_reading(server, path):
 )
 def test_streamed_oversize_body_answers_413_while_reading(small_limit_server, path, content_type):
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
         f"Transfer-Encoding: chunked\r\n\r\n"
     ).encode()
     piece = b" " * 16384
@@ -573,7 +575,7 @@ def test_nonnumeric_content_length_answers_400(server):
     # uvicorn's HTTP parser or the app refuses it; either way a 400, never a 500 or a hang.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
-            b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n"
+            b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12abc\r\n\r\n"
         )
         status_line = sock.recv(65536).split(b"\r\n", 1)[0]
     assert status_line.split(b" ")[1] == b"400", status_line

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from digitnet.serving.limits import ServerLimits
+
+DEFAULTS = ServerLimits()
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -31,12 +35,70 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--max-request-mb",
         type=_megabytes,
-        default=5.0,
+        default=DEFAULTS.max_body_bytes / 1024 / 1024,
         metavar="MB",
-        help="largest request body accepted, in MB (default: 5)",
+        help="largest request body accepted, in MB "
+        f"(default: {DEFAULTS.max_body_bytes / 1024 / 1024:g})",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable; '*' for any). "
+        "By default only localhost, 127.0.0.1, [::1] and the --host address are answered, "
+        "which stops web pages from reaching the server through DNS rebinding",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port, each with its own copy of the model "
+        "(default: 1)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=DEFAULTS.read_timeout,
+        metavar="SECONDS",
+        help="a request must arrive whole within this long of its first byte, or it answers "
+        f"408 and the connection is closed (default: {DEFAULTS.read_timeout:g})",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        type=_seconds,
+        default=DEFAULTS.keep_alive_timeout,
+        metavar="SECONDS",
+        help=f"close a connection idle for this long (default: {DEFAULTS.keep_alive_timeout:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=DEFAULTS.max_connections,
+        metavar="N",
+        help="open connections per worker; requests on any beyond answer 503 "
+        f"(default: {DEFAULTS.max_connections})",
     )
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.set_defaults(run=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _megabytes(text)  # the same rule: a positive number
+    if value > 3600:
+        raise argparse.ArgumentTypeError(f"at most 3600 seconds, got {text}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -62,11 +124,19 @@ def _megabytes(text: str) -> float:
 def run(args) -> int:
     from digitnet.serving.server import serve
 
+    limits = ServerLimits(
+        max_body_bytes=int(args.max_request_mb * 1024 * 1024),
+        read_timeout=args.read_timeout,
+        keep_alive_timeout=args.keep_alive,
+        max_connections=args.max_connections,
+        allowed_hosts=tuple(args.allowed_host),
+    )
     serve(
         args.model,
         args.host,
         args.port,
-        max_body_bytes=int(args.max_request_mb * 1024 * 1024),
         log_requests=not args.quiet,
+        limits=limits,
+        workers=args.workers,
     )
     return 0

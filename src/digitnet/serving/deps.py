@@ -1,4 +1,4 @@
-"""Dependencies the routes declare: the model the app serves."""
+"""Dependencies the routes declare: the model the app serves, and its work processes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from digitnet.inference.model import Model
+from digitnet.serving.work import WorkPool
 
 
 async def get_model(request: Request) -> Model:
@@ -16,4 +17,11 @@ async def get_model(request: Request) -> Model:
     return model
 
 
+async def get_pool(request: Request) -> WorkPool:
+    """The app's work processes, where image and large-body work runs."""
+    pool: WorkPool = request.app.state.pool
+    return pool
+
+
 ModelDep = Annotated[Model, Depends(get_model)]
+PoolDep = Annotated[WorkPool, Depends(get_pool)]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from digitnet.errors import DigitnetError, ImageError, NoDigitFound
+from digitnet.serving.limits import MAX_BODY_BYTES as MAX_BODY_BYTES
 
 if TYPE_CHECKING:
     from digitnet.inference.model import Model
@@ -39,11 +40,10 @@ OUTPUT_NAME = "probabilities"
 # A client batching the whole MNIST test set should split it. 1,000 instances predict in a few
 # milliseconds; written with 4 decimals they are about 4 MB of JSON, within the body limit.
 MAX_INSTANCES = 1000
-# Enough for a typical phone photo (a 12-megapixel JPEG is 3 to 5 MB); far below what would
-# strain memory. `digitnet serve --max-request-mb` changes it.
-MAX_BODY_BYTES = 5 * 1024 * 1024
 MNIST_SIDE = 28
 NO_DIGIT_MESSAGE = "no digit found"
+# Messages quote what the client sent; a client may send megabytes of it.
+MAX_MESSAGE_CHARS = 500
 
 
 class RequestError(DigitnetError):
@@ -52,14 +52,24 @@ class RequestError(DigitnetError):
     def __init__(
         self, message: str, status: int = 400, headers: dict[str, str] | None = None
     ) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS] + "..."
         super().__init__(message)
         self.status = status
         self.headers = headers or {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a work process and re-raised here: keep the status and headers.
+        return (RequestError, (str(self), self.status, self.headers))
 
 
 class BodyTooLarge(RequestError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the request body is larger than the limit of {_size(limit)}", 413)
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BodyTooLarge, (self.limit,))
 
 
 def _size(count: int) -> str:
@@ -105,10 +115,12 @@ def loads_json(body: bytes) -> Any:
         )
     try:
         if orjson is not None:
-            return orjson.loads(body)
+            return orjson.loads(body)  # refuses nesting deeper than 1,024 itself
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as error:  # orjson.JSONDecodeError is a ValueError
         raise RequestError(f"the request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise RequestError("the request body is JSON nested too deeply") from None
 
 
 def dumps_json(value: Any) -> bytes:
@@ -139,6 +151,8 @@ class InstanceShapes:
         if self.n_inputs == MNIST_SIDE * MNIST_SIDE:
             shapes |= {(MNIST_SIDE, MNIST_SIDE), (MNIST_SIDE, MNIST_SIDE, 1)}
         self.accepted: set[tuple[int, ...]] = shapes
+        #: the most list levels an instance may have: deeper JSON is refused without recursing
+        self.max_depth = max(map(len, shapes))
         self.images_fit = self.n_inputs == MNIST_SIDE * MNIST_SIDE
 
     def describe(self) -> str:
@@ -160,8 +174,20 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _flatten_numbers(value: Any, where: str, exact: bool) -> tuple[tuple[int, ...], list[Any]]:
-    """(shape, flat list) of a rectangular nested list of JSON numbers.
+def _show(value: Any) -> str:
+    """A short JSON rendering of a scalar the client sent, for a message."""
+    if isinstance(value, (dict, list)):
+        return "{...}" if isinstance(value, dict) else "[...]"
+    if isinstance(value, str) and len(value) > 40:
+        return json.dumps(value[:40])[:-1] + '..."'
+    return json.dumps(value)
+
+
+def _flatten_numbers(
+    value: Any, where: str, exact: bool, depth: int
+) -> tuple[tuple[int, ...], list[Any]]:
+    """(shape, flat list) of a rectangular nested list of JSON numbers at most ``depth`` lists
+    deep.
 
     With ``exact`` every leaf must be an int or float (bool is a subclass of int, and numpy
     would quietly turn "0.5" into 0.5); without it leaves are left for ``instances_to_batch``
@@ -175,10 +201,15 @@ def _flatten_numbers(value: Any, where: str, exact: bool) -> tuple[tuple[int, ..
         if exact and not set(map(type, value)) <= {float, int}:
             index, bad = next((i, v) for i, v in enumerate(value) if type(v) not in (float, int))
             raise RequestError(
-                f"{where}[{index}] is {_type_name(bad)} ({json.dumps(bad)}), not a number"
+                f"{where}[{index}] is {_type_name(bad)} ({_show(bad)}), not a number"
             )
         return (len(value),), value
-    parts = [_flatten_numbers(item, f"{where}[{index}]", exact) for index, item in enumerate(value)]
+    if depth <= 1:
+        raise RequestError(f"{where} holds lists nested deeper than an instance may be")
+    parts = [
+        _flatten_numbers(item, f"{where}[{index}]", exact, depth - 1)
+        for index, item in enumerate(value)
+    ]
     first_shape = parts[0][0]
     for index, (shape, _) in enumerate(parts):
         if shape != first_shape:
@@ -224,20 +255,24 @@ def _image_instance(data: bytes, where: str, shapes: InstanceShapes) -> np.ndarr
         raise RequestError(str(error)) from None
 
 
-def _instance_values(instance: Any, where: str, shapes: InstanceShapes, exact: bool) -> Any:
+def _instance_values(
+    instance: Any, where: str, shapes: InstanceShapes, exact: bool, named: bool = False
+) -> Any:
     """One instance -> a flat list of numbers or a float32 (n_inputs,) array, validated (leaf
-    types only if ``exact``)."""
+    types only if ``exact``); ``named`` once inside TF Serving's ``{"images": ...}``."""
     if isinstance(instance, dict):
         if set(instance) == {"b64"}:
             return _image_instance(decode_b64(instance["b64"], where), where, shapes)
-        if set(instance) == {INPUT_NAME}:  # TF Serving's named-input form
-            return _instance_values(instance[INPUT_NAME], f"{where}.{INPUT_NAME}", shapes, exact)
+        if set(instance) == {INPUT_NAME} and not named:  # TF Serving's named-input form
+            return _instance_values(
+                instance[INPUT_NAME], f"{where}.{INPUT_NAME}", shapes, exact, named=True
+            )
         raise RequestError(
             f"{where} is an object with keys {sorted(instance)}; an instance is "
             f'a list of numbers, {{"b64": "<base64 image>"}} or '
             f'{{"{INPUT_NAME}": [...]}}'
         )
-    shape, numbers = _flatten_numbers(instance, where, exact)
+    shape, numbers = _flatten_numbers(instance, where, exact, shapes.max_depth)
     if shape not in shapes.accepted:
         detail = f"{shape[0]} values" if len(shape) == 1 else "shape " + "x".join(map(str, shape))
         raise RequestError(
@@ -314,8 +349,7 @@ def parse_predict_request(payload: Any, shapes: InstanceShapes) -> tuple[list[An
     signature = payload.get("signature_name", SIGNATURE_NAME)
     if signature != SIGNATURE_NAME:
         raise RequestError(
-            f"unknown signature_name {json.dumps(signature)}: this model has "
-            f'only "{SIGNATURE_NAME}"'
+            f'unknown signature_name {_show(signature)}: this model has only "{SIGNATURE_NAME}"'
         )
     if "instances" in payload and "inputs" in payload:
         raise RequestError(

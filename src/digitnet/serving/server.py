@@ -1,25 +1,35 @@
-"""``digitnet serve``: bind the socket, run the app under uvicorn until Ctrl-C.
+"""``digitnet serve``: bind the socket, run the app under uvicorn until Ctrl-C or SIGTERM.
 
-The app itself is ``digitnet.serving.app.create_app``. Prediction runs the model's NumPy
-forward pass: nothing here imports TensorFlow, so the server starts in about a second.
+The app itself is ``digitnet.serving.app.create_app``; the connection limits uvicorn lacks are
+in ``connection.py``. Prediction runs the model's NumPy forward pass: nothing here imports
+TensorFlow, so the server starts in about a second.
+
+With ``workers`` > 1 the socket is bound once here and shared by that many worker processes
+(uvicorn's ``Multiprocess`` supervisor: it restarts a worker that dies), each loading the
+model once; the kernel spreads connections among them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from digitnet.errors import DigitnetError
 from digitnet.models import architectures
 from digitnet.serving.app import create_app
 from digitnet.serving.asgi import log as request_log
+from digitnet.serving.limits import ServerLimits, usable_cpus
 from digitnet.serving.protocol import MAX_BODY_BYTES, MODEL_NAME
 
 if TYPE_CHECKING:
     import uvicorn
+    from fastapi import FastAPI
     from starlette.types import ASGIApp
 
 
@@ -44,23 +54,57 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(app: ASGIApp, log_requests: bool = True) -> uvicorn.Server:
-    """A uvicorn Server for ``app``: httptools and uvloop when installed, uvicorn's own access
+def server_config(
+    app: ASGIApp | Callable[[], ASGIApp],
+    limits: ServerLimits | None = None,
+    **options: Any,
+) -> uvicorn.Config:
+    """uvicorn's Config for ``app`` with ``limits``' connection limits: httptools hardened by
+    ``connection.HardenedHttpToolsProtocol``, uvloop when installed, uvicorn's own access
     log off (``asgi.LimitAndLogMiddleware`` writes one cheaper line per request)."""
+    from digitnet.serving.connection import HardenedConfig
+
+    return HardenedConfig(
+        app,
+        limits or ServerLimits(),
+        access_log=False,
+        log_level="warning",
+        lifespan="on",  # starts and stops the app's work processes
+        loop="auto",
+        server_header=False,
+        # The client address is the peer's: no proxy is trusted to rewrite it.
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        **options,
+    )
+
+
+def build_server(
+    app: ASGIApp, log_requests: bool = True, limits: ServerLimits | None = None
+) -> uvicorn.Server:
+    """A uvicorn Server for ``app`` (see ``server_config``)."""
     import uvicorn
 
     _configure_request_log(log_requests)
-    config = uvicorn.Config(
-        app,
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-        http="auto",
-        loop="auto",
-        server_header=False,
-        timeout_keep_alive=30,
-    )
-    return uvicorn.Server(config)
+    return uvicorn.Server(server_config(app, limits))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerApp:
+    """The app factory each worker process calls (picklable: uvicorn spawns the workers)."""
+
+    model_path: str
+    limits: ServerLimits
+    bound_host: str
+    log_requests: bool
+
+    def __call__(self) -> FastAPI:
+        from digitnet.inference.modelfile import load_model
+
+        _configure_request_log(self.log_requests)
+        return create_app(
+            load_model(self.model_path), self.limits, bound_host=self.bound_host, warm_up=True
+        )
 
 
 def _configure_request_log(enabled: bool) -> None:
@@ -75,6 +119,14 @@ def _configure_request_log(enabled: bool) -> None:
         request_log.propagate = False
 
 
+class _Stop(Exception):
+    """SIGTERM, after uvicorn's graceful shutdown: a normal stop, like Ctrl-C."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
 def serve(
     model_path: str | os.PathLike[str],
     host: str = "127.0.0.1",
@@ -83,18 +135,27 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     log_requests: bool = True,
     announce: Callable[[str], None] = print,
+    limits: ServerLimits | None = None,
+    workers: int = 1,
 ) -> None:
-    """Load the model at ``model_path`` and serve it until interrupted (Ctrl-C).
+    """Load the model at ``model_path`` and serve it from ``workers`` processes until
+    interrupted (Ctrl-C or SIGTERM, which end it cleanly).
 
-    Raises ``ModelFileError`` for a bad model file and ``DigitnetError`` if the address cannot
-    be bound, before anything is served.
+    ``limits`` defaults to ``ServerLimits()`` with ``max_body_bytes``. Raises
+    ``ModelFileError`` for a bad model file and ``DigitnetError`` if the address cannot be
+    bound, before anything is served.
     """
     from digitnet.inference.modelfile import load_model
 
-    model = load_model(model_path)
+    if workers < 1:
+        raise DigitnetError(f"--workers must be at least 1, got {workers}")
+    limits = limits or ServerLimits(max_body_bytes=max_body_bytes)
+    if workers > 1 and not limits.work_processes:
+        # The CPUs are shared among the workers' pools of work processes.
+        limits = dataclasses.replace(limits, work_processes=max(1, usable_cpus() // workers))
+    model = load_model(model_path)  # here too: a bad file is refused before any worker starts
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
-    server = build_server(create_app(model, max_body_bytes=max_body_bytes), log_requests)
     shown_host = f"[{host}]" if ":" in host else host
     base = f"http://{shown_host}:{bound_port}"
     announce(
@@ -111,9 +172,23 @@ def serve(
             f"digitnet: listening on {host}, not only this machine: anyone who can reach "
             f"it can use the model"
         )
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass  # uvicorn re-raises the Ctrl-C it handled; for a server it is the normal stop
+        if workers == 1:
+            app = create_app(model, limits, bound_host=host, warm_up=True)
+            build_server(app, log_requests, limits).run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            del model  # each worker loads its own
+            announce(f"digitnet: {workers} worker processes")
+            factory = WorkerApp(str(model_path), limits, host, log_requests)
+            _configure_request_log(log_requests)
+            Multiprocess(
+                server_config(factory, limits, factory=True, workers=workers), sockets=[sock]
+            ).run()
+    except (KeyboardInterrupt, _Stop):
+        pass  # uvicorn re-raises the signal it handled; for a server it is the normal stop
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()

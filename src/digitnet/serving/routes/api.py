@@ -6,11 +6,9 @@ from enum import Enum
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digitnet.inference.predict import predict_image
-from digitnet.serving.deps import ModelDep
+from digitnet.serving.deps import ModelDep, PoolDep
 from digitnet.serving.protocol import RequestError
 from digitnet.serving.schemas import (
     DigitAnswer,
@@ -20,6 +18,7 @@ from digitnet.serving.schemas import (
     NoDigitAnswer,
     image_answer,
 )
+from digitnet.serving.work import predict_image_bytes
 
 TAGS: list[str | Enum] = ["image"]
 
@@ -101,7 +100,7 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     responses=_IMAGE_RESPONSES,
     openapi_extra=_IMAGE_REQUEST,
 )
-async def api_predict(request: Request, model: ModelDep) -> DigitAnswer | NoDigitAnswer:
+async def api_predict(request: Request, pool: PoolDep) -> DigitAnswer | NoDigitAnswer:
     """Any image `digitnet predict` reads (PNG, JPEG, ...: a photo, scan or drawing of one
     digit, dark on light or light on dark, transparency allowed), as multipart field `file`
     or as a raw `image/*` body. It is preprocessed into MNIST form (28x28, white ink on
@@ -113,7 +112,7 @@ async def api_predict(request: Request, model: ModelDep) -> DigitAnswer | NoDigi
     data, name = await read_upload(request)
     if not data:
         raise RequestError("the image is empty (0 bytes)")
-    prediction = await run_in_threadpool(predict_image, model, data, name)
+    prediction = await pool.run(predict_image_bytes, data, name)
     if not prediction.ok and not prediction.no_digit:
         raise RequestError(prediction.error or "the image cannot be read")
     return image_answer(prediction)

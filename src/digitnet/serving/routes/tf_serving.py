@@ -4,6 +4,11 @@ Status and metadata are ordinary FastAPI routes answering ``schemas`` models. ``
 a plain ASGI app (``PredictEndpoint``) going around FastAPI's request and dependency machinery,
 which saves about 70 of the 170 us an equivalent FastAPI route spends per single-digit request
 (measured in-process); ``predict_paths`` describes it in /openapi.json by hand.
+
+A small body of numbers (up to ``ServerLimits.inline_body_bytes``, 32 KB: one digit at full
+float precision is 17 KB) is parsed and predicted on the event loop, in well under a
+millisecond: handing it to another process would cost more than the work. A larger body, or
+one holding images, goes to a work process (``work.WorkPool``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from enum import Enum
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -31,6 +35,7 @@ from digitnet.serving.protocol import (
     dumps_json,
 )
 from digitnet.serving.schemas import ErrorBody, ModelMetadata, ModelStatus
+from digitnet.serving.work import WorkPool, predict_body
 
 TAGS: list[str | Enum] = ["TensorFlow Serving"]
 NOT_FOUND_DESCRIPTION = "Unknown model or version"
@@ -86,8 +91,10 @@ _JSON_TYPES = re.compile(
 class PredictEndpoint:
     """POST /v1/models/{name}[/versions/{version}]:predict, as a plain ASGI app."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, pool: WorkPool, inline_body_bytes: int) -> None:
         self.predictor = predictor
+        self.pool = pool
+        self.inline_body_bytes = inline_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -125,21 +132,22 @@ class PredictEndpoint:
                 f"JSON (application/json)",
                 415,
             )
-        request = self.predictor.parse(await read_body(receive))
-        if request.has_images:
-            # Preprocessing a photo takes tens of milliseconds: keep the event loop free.
-            return await run_in_threadpool(self.predictor.predict, request)
-        return self.predictor.predict(request)
+        body = await read_body(receive)
+        if len(body) <= self.inline_body_bytes:
+            request = self.predictor.parse(body)
+            if not request.has_images:
+                return self.predictor.predict(request)
+        return await self.pool.run(predict_body, body)
 
 
-def predict_routes(model: Model) -> list[Route]:
+def predict_routes(model: Model, pool: WorkPool, inline_body_bytes: int) -> list[Route]:
     """The two ``:predict`` routes, to go first in the app: "digitnet:predict" must never be
     read as a model name by the status route.
 
     They match any HTTP method, and any ":method" so that TF Serving's :classify gets a clear
     404; ``PredictEndpoint`` answers those itself.
     """
-    endpoint = PredictEndpoint(Predictor(model))
+    endpoint = PredictEndpoint(Predictor(model), pool, inline_body_bytes)
     return [
         Route("/v1/models/{model_name}:{method}", endpoint, include_in_schema=False),
         Route(

@@ -1,0 +1,164 @@
+"""Request work that could stall the event loop runs in a small pool of work processes.
+
+Decoding an image and parsing a big JSON body take milliseconds to seconds, mostly in C code
+that holds the GIL (orjson, NumPy's list conversion, parts of Pillow and SciPy): in a thread
+they would still stop the event loop, and every other client with it, for as long as each
+call lasts. In separate processes they cannot, and a decoder that crashes or runs out of
+memory takes down one work process, not the server.
+
+``WorkPool.run(function, *args)`` waits for one of ``processes`` slots (at most
+``max_wait`` seconds, then ``ServerBusy``: 503 with Retry-After) and runs ``function`` in a
+work process, where the served model is ``worker_model()``. Each work process receives the
+model once, when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+import anyio
+
+from digitnet.serving.protocol import Predictor, RequestError
+
+if TYPE_CHECKING:
+    from digitnet.inference.model import Model
+    from digitnet.inference.predict import ImagePrediction
+
+log = logging.getLogger(__name__)
+
+#: how much lower the work processes' CPU priority is than the server's (see ``nice(1)``)
+WORK_NICENESS = 10
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class ServerBusy(RequestError):
+    def __init__(self, waited: float) -> None:
+        super().__init__(
+            f"the server is busy: no work process became free within {waited:g} s; "
+            f"try again shortly",
+            503,
+            {"Retry-After": str(max(1, math.ceil(waited / 2)))},
+        )
+
+
+class WorkPool:
+    """``processes`` work processes for one event loop, started on first use (or by
+    ``warm_up``)."""
+
+    def __init__(self, model: Model, processes: int, max_wait: float) -> None:
+        self.model = model
+        self.processes = processes
+        self.max_wait = max_wait
+        self._executor: ProcessPoolExecutor | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # spawn: a fork of a process running an event loop and threads is not safe.
+            self._executor = ProcessPoolExecutor(
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self.model,),
+            )
+        return self._executor
+
+    async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args)`` in a work process; its RequestError is raised here as is."""
+        if kwargs:
+            raise TypeError("WorkPool.run passes positional arguments only")
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.processes)
+        try:
+            with anyio.fail_after(self.max_wait):
+                await self._limiter.acquire()
+        except TimeoutError:
+            raise ServerBusy(self.max_wait) from None
+        try:
+            return await self._run_once_more_if_broken(function, *args)
+        finally:
+            self._limiter.release()
+
+    async def _run_once_more_if_broken(self, function: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            executor = self._pool()
+            try:
+                return await loop.run_in_executor(executor, function, *args)
+            except BrokenProcessPool:
+                # A work process died (a crashing decoder, the kernel's OOM killer). Every
+                # request it held fails at once, innocent or not: start a new pool and try each
+                # once more; the input that kills it again is refused.
+                if self._executor is executor:
+                    log.warning("a work process died; starting new ones")
+                    self._executor = None
+                    executor.shutdown(wait=False, cancel_futures=True)
+                if attempt == 2:
+                    raise RequestError(
+                        "this input cannot be processed: the work process handling it ended "
+                        "(a decoder crashed or memory ran out)"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    async def warm_up(self) -> None:
+        """Start every work process now, so the first requests do not wait for them."""
+        loop = asyncio.get_running_loop()
+        pool = self._pool()
+        await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(self.processes)))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+# ---------------------------------------------------------------------------------------------
+# In the work processes
+
+_model: Model | None = None
+_predictor: Predictor | None = None
+
+
+def _start_worker(model: Model) -> None:
+    global _model, _predictor
+    # Ctrl-C reaches the whole process group; the server decides when work processes end.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Heavy work yields the CPU to the event loop's short tasks when both want it.
+    os.nice(WORK_NICENESS)
+    import digitnet.inference.preprocess  # noqa: F401 - loaded before the first request
+
+    _model = model
+    _predictor = Predictor(model)
+
+
+def _ready() -> bool:
+    return _model is not None
+
+
+def worker_model() -> Model:
+    assert _model is not None, "called outside a work process"
+    return _model
+
+
+def predict_body(body: bytes) -> bytes:
+    """TF Serving's :predict for a request body: the answer's bytes, or RequestError."""
+    assert _predictor is not None, "called outside a work process"
+    return _predictor.predict(_predictor.parse(body))
+
+
+def predict_image_bytes(data: bytes, name: str) -> ImagePrediction:
+    """``predict_image`` on encoded image bytes with the served model."""
+    from digitnet.inference.predict import predict_image
+
+    return predict_image(worker_model(), data, name)
