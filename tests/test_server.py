@@ -575,7 +575,8 @@ def test_nonnumeric_content_length_answers_400(server):
     # uvicorn's HTTP parser or the app refuses it; either way a 400, never a 500 or a hang.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
-            b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 12abc\r\n\r\n"
+            b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Length: 12abc\r\n\r\n"
         )
         status_line = sock.recv(65536).split(b"\r\n", 1)[0]
     assert status_line.split(b" ")[1] == b"400", status_line

@@ -62,6 +62,7 @@ class WorkPool:
         self.max_wait = max_wait
         self._executor: ProcessPoolExecutor | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._retry_lock: anyio.Lock | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -91,25 +92,35 @@ class WorkPool:
             self._limiter.release()
 
     async def _run_once_more_if_broken(self, function: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            executor = self._pool()
+        try:
+            return await self._submit(function, *args)
+        except BrokenProcessPool:
+            pass
+        # A work process died (a crashing decoder, the kernel's OOM killer), and every request
+        # the pool held failed with it, innocent or not. Each is tried once more, one at a
+        # time, in a new pool: the innocent ones succeed, and the input that kills its work
+        # process again is refused.
+        if self._retry_lock is None:
+            self._retry_lock = anyio.Lock()
+        async with self._retry_lock:
             try:
-                return await loop.run_in_executor(executor, function, *args)
+                return await self._submit(function, *args)
             except BrokenProcessPool:
-                # A work process died (a crashing decoder, the kernel's OOM killer). Every
-                # request it held fails at once, innocent or not: start a new pool and try each
-                # once more; the input that kills it again is refused.
-                if self._executor is executor:
-                    log.warning("a work process died; starting new ones")
-                    self._executor = None
-                    executor.shutdown(wait=False, cancel_futures=True)
-                if attempt == 2:
-                    raise RequestError(
-                        "this input cannot be processed: the work process handling it ended "
-                        "(a decoder crashed or memory ran out)"
-                    ) from None
-        raise AssertionError("unreachable")
+                raise RequestError(
+                    "this input cannot be processed: the work process handling it ended "
+                    "(a decoder crashed or memory ran out)"
+                ) from None
+
+    async def _submit(self, function: Callable[..., T], *args: object) -> T:
+        executor = self._pool()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        except BrokenProcessPool:
+            if self._executor is executor:
+                log.warning("a work process died; starting new ones")
+                self._executor = None
+                executor.shutdown(wait=False, cancel_futures=True)
+            raise
 
     async def warm_up(self) -> None:
         """Start every work process now, so the first requests do not wait for them."""
