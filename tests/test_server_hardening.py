@@ -254,7 +254,9 @@ def test_error_messages_quote_little_of_what_was_sent(client):
     huge_key = "k" * 100_000
     message = assert_error(client.post(PREDICT, json={"instances": [ROW], huge_key: 1}), 400)
     assert len(message) < 600
-    message = assert_error(client.post(PREDICT, json={"instances": [["x" * 1_000_000] + [0] * 783]}), 400)
+    message = assert_error(
+        client.post(PREDICT, json={"instances": [["x" * 1_000_000] + [0] * 783]}), 400
+    )
     assert len(message) < 600
 
 
