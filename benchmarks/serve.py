@@ -1,9 +1,11 @@
-"""Throughput and latency of ``digitnet serve`` for single-digit predictions.
+"""Throughput and latency of ``digitnet serve`` for single-digit predictions, by worker count.
 
-Starts the server through the real CLI (``python -m digitnet serve``) in a subprocess, then
-keeps ``--concurrency`` keep-alive HTTP/1.1 connections busy for ``--duration`` seconds with
+For each ``--workers`` count (default 1 and 2, side by side), starts the server through the
+real CLI (``python -m digitnet serve --workers N``) in a subprocess, then keeps
+``--concurrency`` keep-alive HTTP/1.1 connections busy for ``--duration`` seconds with
 ``POST /v1/models/digitnet:predict`` carrying ``{"instances": [784 floats]}``, and prints
-requests per second, latency percentiles, errors, and the CPU each side used.
+requests per second, latency percentiles, errors, and the CPU each side used (the server's
+summed over its processes).
 
 The client is one thread multiplexing raw sockets with ``selectors`` and sending pre-encoded
 request bytes: it costs a few tens of microseconds per request, so on a 2-core machine the
@@ -12,6 +14,7 @@ body; anything else counts as an error (and makes the exit status 1).
 
     python benchmarks/serve.py                       # random weights, seed architecture
     python benchmarks/serve.py --model seed.safetensors --duration 10 --concurrency 8
+    python benchmarks/serve.py --workers 1,2,4
 """
 
 from __future__ import annotations
@@ -47,8 +50,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "model with random weights: same work per request as a trained one)",
     )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured (30)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (2)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring (5)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="worker process counts to measure, comma-separated (1,2)",
+    )
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument(
         "--quiet-server",
@@ -80,8 +88,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, quiet: bool, log_path: Path) -> subprocess.Popen:
+def start_server(
+    model: Path, port: int, quiet: bool, log_path: Path, workers: int = 1
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "digitnet", "serve", str(model), "--port", str(port)]
+    command += ["--workers", str(workers)]
     if quiet:
         command.append("--quiet")
     log = open(log_path, "wb")  # a pipe nobody reads would fill up and stall the server
@@ -211,13 +222,35 @@ def run_load(
     return results, duration
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (0 where /proc is missing)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its descendants, from /proc (0 where /proc is
+    missing)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def check_answer(port: int, payload: bytes) -> None:
@@ -232,15 +265,7 @@ def check_answer(port: int, payload: bytes) -> None:
         raise SystemExit(f"unexpected answer: {answer}")
 
 
-def report(
-    results: Results,
-    seconds: float,
-    server_cpu: float,
-    client_cpu: float,
-    concurrency: int,
-    model_label: str,
-    load_before: float,
-) -> dict:
+def figures_of(results: Results, seconds: float, server_cpu: float, client_cpu: float) -> dict:
     latencies = np.array(results.latencies_ns, dtype=np.float64) / 1e6
     count = len(latencies)
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) if count else (float("nan"),) * 3
@@ -257,77 +282,93 @@ def report(
         # CPU time per request: unlike req/s, it barely moves when other processes
         # share the cores, and 1e6 / it is what one free core could serve.
         "server_cpu_us_per_request": 1e6 * server_cpu / count if count else float("nan"),
+        "error_examples": results.error_examples,
     }
+    return figures
+
+
+def report(
+    runs: dict[int, dict], seconds: float, concurrency: int, model_label: str, load_before: float
+) -> None:
     print(
         f"digitnet serve: POST {PATH}, one digit (784 floats) per request, "
-        f"{concurrency} concurrent clients, {seconds:.0f} s, {model_label}"
+        f"{concurrency} concurrent clients, {seconds:.0f} s per row, {model_label}"
     )
     print(
-        f"{'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
+        f"{'workers':>7} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} "
         f"{'p99 ms':>7} {'max ms':>7} {'server CPU':>11} {'us/req':>7} {'client CPU':>11}"
     )
+    for workers, figures in runs.items():
+        print(
+            f"{workers:>7} {figures['requests']:>9,} {figures['errors']:>7} "
+            f"{figures['requests_per_second']:>8,.0f} {figures['p50_ms']:>7.2f} "
+            f"{figures['p90_ms']:>7.2f} {figures['p99_ms']:>7.2f} {figures['max_ms']:>7.2f} "
+            f"{figures['server_cpu_percent']:>10.0f}% "
+            f"{figures['server_cpu_us_per_request']:>7.0f} {figures['client_cpu_percent']:>10.0f}%"
+        )
+    if 1 in runs and len(runs) > 1:
+        base = runs[1]["requests_per_second"]
+        scaling = ", ".join(
+            f"{workers} workers {figures['requests_per_second'] / base:.2f}x"
+            for workers, figures in runs.items()
+            if workers != 1
+        )
+        print(f"scaling against 1 worker: {scaling}")
     print(
-        f"{count:>9,} {results.errors:>7} {figures['requests_per_second']:>8,.0f} "
-        f"{p50:>7.2f} {p90:>7.2f} {p99:>7.2f} {figures['max_ms']:>7.2f} "
-        f"{figures['server_cpu_percent']:>10.0f}% {figures['server_cpu_us_per_request']:>7.0f} "
-        f"{figures['client_cpu_percent']:>10.0f}%"
+        f"load average before the runs: {load_before:.1f} on {os.cpu_count()} cores, client "
+        f"included (other processes lower req/s and raise p99)"
     )
-    print(
-        f"load average before the run: {load_before:.1f} on {os.cpu_count()} cores "
-        f"(other processes lower req/s and raise p99)"
-    )
-    met = (
-        figures["requests_per_second"] >= TARGET_REQUESTS_PER_SECOND
-        and p99 <= TARGET_P99_MS
-        and results.errors == 0
-    )
-    print(
-        f"target (>= {TARGET_REQUESTS_PER_SECOND:,} req/s, p99 <= {TARGET_P99_MS:g} ms, "
-        f"no errors): {'met' if met else 'NOT met'}"
-    )
-    for example in results.error_examples:
-        print(f"error response: {example!r}")
-    return figures
+    for workers, figures in runs.items():
+        met = (
+            figures["requests_per_second"] >= TARGET_REQUESTS_PER_SECOND
+            and figures["p99_ms"] <= TARGET_P99_MS
+            and figures["errors"] == 0
+        )
+        print(
+            f"target with {workers} worker(s) (>= {TARGET_REQUESTS_PER_SECOND:,} req/s, "
+            f"p99 <= {TARGET_P99_MS:g} ms, no errors): {'met' if met else 'NOT met'}"
+        )
+        for example in figures["error_examples"]:
+            print(f"error response: {example!r}")
+
+
+def measure(args: argparse.Namespace, model: Path, workers: int, scratch: Path) -> dict:
+    port = args.port or free_port()
+    log_path = scratch / f"server-{workers}.log"
+    process = start_server(model, port, args.quiet_server, log_path, workers)
+    try:
+        wait_until_ready(process, port, log_path)
+        payload = request_bytes(port)
+        check_answer(port, payload)
+        server_before = cpu_seconds(process.pid)
+        client_before = time.process_time()
+        results, seconds = run_load(port, args.concurrency, args.warmup, args.duration, payload)
+        # The warm-up is included in both CPU readings; it is short next to the run.
+        server_cpu = cpu_seconds(process.pid) - server_before
+        client_cpu = time.process_time() - client_before
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    share = seconds / (seconds + args.warmup)
+    return figures_of(results, seconds, server_cpu * share, client_cpu * share)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="digitnet-bench-") as scratch:
-        scratch = Path(scratch)
+    worker_counts = [int(part) for part in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="digitnet-bench-") as scratch_name:
+        scratch = Path(scratch_name)
         model = args.model or random_seed_model(scratch / "seed-random.safetensors")
         model_label = str(args.model) if args.model else "seed architecture, random weights"
-        port = args.port or free_port()
-        log_path = scratch / "server.log"
-        process = start_server(model, port, args.quiet_server, log_path)
-        try:
-            wait_until_ready(process, port, log_path)
-            payload = request_bytes(port)
-            check_answer(port, payload)
-            server_before = cpu_seconds(process.pid)
-            client_before = time.process_time()
-            results, seconds = run_load(port, args.concurrency, args.warmup, args.duration, payload)
-            # The warm-up is included in both CPU readings; it is short next to the run.
-            server_cpu = cpu_seconds(process.pid) - server_before
-            client_cpu = time.process_time() - client_before
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        figures = report(
-            results,
-            seconds,
-            server_cpu * seconds / (seconds + args.warmup),
-            client_cpu * seconds / (seconds + args.warmup),
-            args.concurrency,
-            model_label,
-            load_before,
-        )
-        if args.json:
-            print(json.dumps(figures))
-    return 1 if results.errors else 0
+        runs = {workers: measure(args, model, workers, scratch) for workers in worker_counts}
+    report(runs, args.duration, args.concurrency, model_label, load_before)
+    if args.json:
+        print(json.dumps(runs))
+    return 1 if any(figures["errors"] for figures in runs.values()) else 0
 
 
 if __name__ == "__main__":

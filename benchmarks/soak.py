@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 import renderings
-from serve import free_port, random_seed_model, wait_until_ready
+from serve import free_port, process_tree, random_seed_model, wait_until_ready
 
 PREDICT = "/v1/models/digitnet:predict"
 TARGET_P99_MS = 50.0
@@ -483,23 +483,6 @@ def cycle(requests: list[Request], seed: int) -> Iterator[Request]:
 
 # ---------------------------------------------------------------------------------------------
 # Memory of the server's process tree, from /proc
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children[int(fields[1])].append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
 
 
 def resident_mb(pid: int) -> float:
