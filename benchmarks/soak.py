@@ -485,16 +485,27 @@ def cycle(requests: list[Request], seed: int) -> Iterator[Request]:
 # Memory of the server's process tree, from /proc
 
 
-def resident_mb(pid: int) -> float:
-    total = 0
+def resident_by_process(pid: int) -> dict[int, float]:
+    """Resident MB of ``pid`` and of each of its descendants."""
+    sizes = {}
     for member in process_tree(pid):
         try:
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    sizes[member] = int(line.split()[1]) / 1024
         except OSError:
             continue
-    return total / 1024
+    return sizes
+
+
+def resident_mb(pid: int) -> float:
+    return sum(resident_by_process(pid).values())
+
+
+def describe_memory(pid: int) -> str:
+    sizes = resident_by_process(pid)
+    others = " + ".join(f"{mb:.0f}" for member, mb in sorted(sizes.items()) if member != pid)
+    return f"{sum(sizes.values()):.0f} MB (server {sizes.get(pid, 0):.0f} + others {others})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,12 +552,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warming up for {args.warmup:g} s ...", file=sys.stderr)
             run_clients(clients, args.warmup, sample)
             after_warmup = resident_mb(process.pid)
+            print(f"memory after the warm-up: {describe_memory(process.pid)}", file=sys.stderr)
             memory.clear()
             print(f"measuring for {args.seconds:g} s ...", file=sys.stderr)
             started = time.monotonic()
             results = run_clients(clients, args.seconds, sample)
             elapsed = time.monotonic() - started
             at_end = resident_mb(process.pid)
+            print(f"memory at the end: {describe_memory(process.pid)}", file=sys.stderr)
             load_after = os.getloadavg()
         finally:
             process.send_signal(2)

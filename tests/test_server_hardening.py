@@ -8,6 +8,7 @@ and the tests wait for the server to act; latency figures come from benchmarks/s
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from digitnet.serving import protocol
 from digitnet.serving.app import create_app
 from digitnet.serving.asgi import log as request_log
 from digitnet.serving.limits import ServerLimits
-from digitnet.serving.protocol import RequestError
+from digitnet.serving.protocol import MAX_IMAGES, RequestError
 from digitnet.serving.trust import allowed_host_names, host_name, printable
 from digitnet.serving.work import ServerBusy, WorkPool
 from test_server import (
@@ -383,6 +384,12 @@ def test_a_small_request_is_answered_while_a_huge_one_is_processed(server):
     big.close()
     assert small.status_code == 200
     assert finished == ["small", "big"]
+
+
+def test_images_per_request_are_capped(client):
+    one = {"b64": base64.b64encode(digit_png()).decode()}
+    assert client.post(PREDICT, json={"instances": [one] * MAX_IMAGES}).status_code == 200
+    assert_error(client.post(PREDICT, json={"instances": [one] * (MAX_IMAGES + 1)}), 400, "at most")
 
 
 def test_work_beyond_the_cap_waits_then_answers_503(model):

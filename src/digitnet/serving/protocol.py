@@ -40,6 +40,9 @@ OUTPUT_NAME = "probabilities"
 # A client batching the whole MNIST test set should split it. 1,000 instances predict in a few
 # milliseconds; written with 4 decimals they are about 4 MB of JSON, within the body limit.
 MAX_INSTANCES = 1000
+# Images cost up to about a second each to decode and preprocess, and one request's images are
+# preprocessed one after another in one work process: this bounds how long a request holds it.
+MAX_IMAGES = 16
 MNIST_SIDE = 28
 NO_DIGIT_MESSAGE = "no digit found"
 # Messages quote what the client sent; a client may send megabytes of it.
@@ -377,6 +380,12 @@ def parse_predict_request(payload: Any, shapes: InstanceShapes) -> tuple[list[An
         raise RequestError(
             f"{where} holds {len(instances):,} instances; at most "
             f"{MAX_INSTANCES:,} per request: split the batch"
+        )
+    images = sum(isinstance(item, dict) for item in instances)
+    if images > MAX_IMAGES:
+        raise RequestError(
+            f"{where} holds {images:,} images; at most {MAX_IMAGES} per request: send them "
+            f"in several requests"
         )
     return instances, key, single
 

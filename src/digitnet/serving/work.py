@@ -139,6 +139,7 @@ class WorkPool:
 
 _model: Model | None = None
 _predictor: Predictor | None = None
+_malloc_trim: Callable[[int], int] | None = None
 
 
 def _start_worker(model: Model) -> None:
@@ -151,6 +152,26 @@ def _start_worker(model: Model) -> None:
 
     _model = model
     _predictor = Predictor(model)
+    _find_malloc_trim()
+
+
+def _find_malloc_trim() -> None:
+    """glibc's malloc_trim, where there is one (Linux with glibc)."""
+    global _malloc_trim
+    try:
+        import ctypes
+
+        _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        _malloc_trim = None
+
+
+def _release_memory() -> None:
+    # An image of tens of megapixels leaves glibc's heap holding freed pages that later,
+    # smaller requests fragment; returning them after each request keeps a work process's
+    # resident size flat over hours of traffic.
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _ready() -> bool:
@@ -165,11 +186,17 @@ def worker_model() -> Model:
 def predict_body(body: bytes) -> bytes:
     """TF Serving's :predict for a request body: the answer's bytes, or RequestError."""
     assert _predictor is not None, "called outside a work process"
-    return _predictor.predict(_predictor.parse(body))
+    try:
+        return _predictor.predict(_predictor.parse(body))
+    finally:
+        _release_memory()
 
 
 def predict_image_bytes(data: bytes, name: str) -> ImagePrediction:
     """``predict_image`` on encoded image bytes with the served model."""
     from digitnet.inference.predict import predict_image
 
-    return predict_image(worker_model(), data, name)
+    try:
+        return predict_image(worker_model(), data, name)
+    finally:
+        _release_memory()

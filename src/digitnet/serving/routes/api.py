@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitnet.serving.deps import ModelDep, PoolDep
 from digitnet.serving.protocol import RequestError
+from digitnet.serving.routes.tf_serving import BUSY_DESCRIPTION, CROSS_ORIGIN_DESCRIPTION
 from digitnet.serving.schemas import (
     DigitAnswer,
     ErrorBody,
@@ -59,8 +60,10 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: {"description": "Not an image, or a malformed form", "model": ErrorBody},
+    403: {"description": CROSS_ORIGIN_DESCRIPTION, "model": ErrorBody},
     413: {"description": "Body over the size limit", "model": ErrorBody},
     415: {"description": "Neither multipart nor image/*", "model": ErrorBody},
+    503: {"description": BUSY_DESCRIPTION, "model": ErrorBody},
 }
 
 

@@ -25,6 +25,7 @@ from digitnet.inference.model import Model
 from digitnet.serving.asgi import header, read_body, send_bytes
 from digitnet.serving.deps import ModelDep
 from digitnet.serving.protocol import (
+    MAX_IMAGES,
     MAX_INSTANCES,
     MODEL_NAME,
     MODEL_VERSION,
@@ -39,6 +40,8 @@ from digitnet.serving.work import WorkPool, predict_body
 
 TAGS: list[str | Enum] = ["TensorFlow Serving"]
 NOT_FOUND_DESCRIPTION = "Unknown model or version"
+CROSS_ORIGIN_DESCRIPTION = "Sent by a web page of another origin (see SECURITY.md)"
+BUSY_DESCRIPTION = "Every work process stayed busy: try again after Retry-After seconds"
 ERROR_CONTENT = {
     "application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}}
 }
@@ -214,7 +217,8 @@ def predict_paths(model: Model) -> dict[str, Any]:
         "description": (
             'Row form `{"instances": [...]}` answers `{"predictions": [[p0..p9], ...]}`; '
             'columnar form `{"inputs": ...}` answers `{"outputs": ...}`. At most '
-            f"{MAX_INSTANCES:,} instances per request. Values outside [0, 1], NaN, "
+            f"{MAX_INSTANCES:,} instances per request, of which at most {MAX_IMAGES} images. "
+            "Values outside [0, 1], NaN, "
             "non-numbers, wrong shapes and undecodable images answer 400."
         ),
         "requestBody": {
@@ -242,9 +246,11 @@ def predict_paths(model: Model) -> dict[str, Any]:
                 },
             },
             "400": {"description": "Bad request", "content": ERROR_CONTENT},
+            "403": {"description": CROSS_ORIGIN_DESCRIPTION, "content": ERROR_CONTENT},
             "404": {"description": NOT_FOUND_DESCRIPTION, "content": ERROR_CONTENT},
             "413": {"description": "Body over the size limit", "content": ERROR_CONTENT},
             "415": {"description": "Not JSON", "content": ERROR_CONTENT},
+            "503": {"description": BUSY_DESCRIPTION, "content": ERROR_CONTENT},
         },
     }
     path_parameters = [
