@@ -37,6 +37,7 @@ import io
 import json
 import os
 import selectors
+import shlex
 import socket
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
     parser.add_argument("--workers", type=int, default=1, help="digitnet serve --workers (1)")
+    parser.add_argument(
+        "--serve-args", default="", help='more digitnet serve flags, e.g. "--work-processes 2"'
+    )
     parser.add_argument("--data-dir", help="MNIST directory (default: DIGITNET_DATA_DIR)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     return parser.parse_args(argv)
@@ -529,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path = scratch / "server.log"
         command = [
             sys.executable, "-m", "digitnet", "serve", str(model_path),
-            "--port", str(port), "--workers", str(args.workers),
+            "--port", str(port), "--workers", str(args.workers), *shlex.split(args.serve_args),
         ]  # fmt: skip
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -606,7 +610,8 @@ def report(
     server_log: str,
 ) -> dict:
     print(
-        f"\ndigitnet serve --workers {args.workers}: {args.clients} clients on 127.0.0.1 for "
+        f"\ndigitnet serve --workers {args.workers} {args.serve_args}: {args.clients} clients "
+        f"on 127.0.0.1 for "
         f"{elapsed:.0f} s (after {args.warmup:g} s of warm-up)"
     )
     print(f"{'kind':<13} {'requests':>9} {'req/s':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} "

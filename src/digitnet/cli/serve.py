@@ -80,6 +80,15 @@ def add_parser(subparsers) -> None:
         help="open connections per worker; requests on any beyond answer 503 "
         f"(default: {DEFAULTS.max_connections})",
     )
+    parser.add_argument(
+        "--work-processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="images decoded and large JSON bodies parsed at once, per worker, each in its own "
+        "process; more waiting requests answer 503 after a while "
+        "(default: two per CPU, shared among the workers)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.set_defaults(run=run)
 
@@ -130,6 +139,7 @@ def run(args) -> int:
         keep_alive_timeout=args.keep_alive,
         max_connections=args.max_connections,
         allowed_hosts=tuple(args.allowed_host),
+        work_processes=args.work_processes or 0,
     )
     serve(
         args.model,

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 # strain memory. `digitnet serve --max-request-mb` changes it.
 MAX_BODY_BYTES = 5 * 1024 * 1024
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# More work processes than CPUs: a request holding one (a large photo, a crafted image, a 5 MB
+# body) leaves others free for small ones, which then share the CPUs instead of queueing.
+WORK_PROCESSES_PER_CPU = 2
 
 
 def usable_cpus() -> int:
@@ -40,7 +43,7 @@ class ServerLimits:
     #: ``--max-connections``
     max_connections: int = 64
     #: images decoded and big JSON bodies parsed at once (per worker process), each in its own
-    #: process; 0 is "one per usable CPU"
+    #: process; 0 is WORK_PROCESSES_PER_CPU per usable CPU. ``--work-processes``
     work_processes: int = 0
     #: how long a request waits for one of those processes before it answers 503 with
     #: Retry-After; waiting requests hold only their body
@@ -52,4 +55,4 @@ class ServerLimits:
     allowed_hosts: tuple[str, ...] = field(default=())
 
     def processes(self) -> int:
-        return self.work_processes or usable_cpus()
+        return self.work_processes or WORK_PROCESSES_PER_CPU * usable_cpus()

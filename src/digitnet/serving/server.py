@@ -24,7 +24,7 @@ from digitnet.errors import DigitnetError
 from digitnet.models import architectures
 from digitnet.serving.app import create_app
 from digitnet.serving.asgi import log as request_log
-from digitnet.serving.limits import ServerLimits, usable_cpus
+from digitnet.serving.limits import WORK_PROCESSES_PER_CPU, ServerLimits, usable_cpus
 from digitnet.serving.protocol import MAX_BODY_BYTES, MODEL_NAME
 
 if TYPE_CHECKING:
@@ -152,7 +152,8 @@ def serve(
     limits = limits or ServerLimits(max_body_bytes=max_body_bytes)
     if workers > 1 and not limits.work_processes:
         # The CPUs are shared among the workers' pools of work processes.
-        limits = dataclasses.replace(limits, work_processes=max(1, usable_cpus() // workers))
+        shared = max(1, WORK_PROCESSES_PER_CPU * usable_cpus() // workers)
+        limits = dataclasses.replace(limits, work_processes=shared)
     model = load_model(model_path)  # here too: a bad file is refused before any worker starts
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
