@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat
 import struct
 import zlib
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from digitnet.errors import DataError
+from digitnet.files import NotARegularFile, open_regular_file
 
 GZIP_MAGIC = b"\x1f\x8b"
 # Largest IDX file read, compressed or not: EMNIST's largest is 0.55 GB, MNIST's 47 MB.
@@ -64,28 +64,24 @@ def read_decompressed(path: Path) -> bytes:
 def _read_regular_file(path: Path) -> bytes:
     advice = "check the path and its permissions"
     try:
-        # Non-blocking, so that opening a FIFO does not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        handle, size = open_regular_file(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not an IDX file; check the path") from None
+    except NotARegularFile:
+        raise DataError(
+            f"{path}: not a regular file (a pipe, device or socket); IDX files are read only "
+            "from regular files"
+        ) from None
     except OSError as error:
         raise DataError(f"{path}: cannot read it ({error.strerror or error}); {advice}") from None
-    with open(fd, "rb", closefd=True) as handle:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise DataError(f"{path}: is a directory, not an IDX file; check the path")
-        if not stat.S_ISREG(info.st_mode):
+    with handle:
+        if size > MAX_IDX_BYTES:
             raise DataError(
-                f"{path}: not a regular file (a pipe, device or socket); IDX files are read only "
-                "from regular files"
+                f"{path}: {size:,} bytes, more than the {MAX_IDX_BYTES:,} digitnet reads from an "
+                "IDX file; check the path"
             )
-        if info.st_size > MAX_IDX_BYTES:
-            raise DataError(
-                f"{path}: {info.st_size:,} bytes, more than the {MAX_IDX_BYTES:,} digitnet reads "
-                "from an IDX file; check the path"
-            )
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
         try:
             return handle.read(MAX_IDX_BYTES + 1)
         except OSError as error:

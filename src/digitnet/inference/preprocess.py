@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import struct
 from collections.abc import Callable, Iterator
 from typing import IO, Union
@@ -45,6 +44,7 @@ from PIL import Image, ImageFile, ImageMode
 from scipy import ndimage
 
 from digitnet.errors import ImageError, NoDigitFound
+from digitnet.files import NotARegularFile, open_regular_file
 
 __all__ = [
     "BOX_SIDE",
@@ -249,36 +249,26 @@ def _read_encoded(image: object, name: str) -> tuple[np.ndarray, np.ndarray | No
 
 
 def _open_regular_file(path: str, name: str) -> IO[bytes]:
-    """``path`` opened for reading if it is a regular file of an acceptable size.
-
-    Opened without blocking, so that a FIFO is refused at once instead of waiting for a
-    writer; devices (``/dev/zero``) and sockets are refused before anything is read.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    """``path`` opened for reading if it is a regular file of an acceptable size."""
     try:
-        fd = os.open(path, flags)
+        stream, size = open_regular_file(path)
     except FileNotFoundError:
         raise ImageError(f"{name} does not exist") from None
     except IsADirectoryError:
         raise ImageError(f"{name} is a directory, not an image") from None
+    except NotARegularFile:
+        raise ImageError(
+            f"{name} is not a regular file (a pipe, device or socket); images are read only "
+            "from regular files"
+        ) from None
     except OSError as error:
         raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageError(f"{name} is a directory, not an image")
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(
-                f"{name} is not a regular file (a pipe, device or socket); images are read "
-                "only from regular files"
-            )
-        _check_file_size(info.st_size, name)
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
+        _check_file_size(size, name)
+    except ImageError:
+        stream.close()
         raise
+    return stream
 
 
 def _check_file_size(size: int, name: str) -> None:
