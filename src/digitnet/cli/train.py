@@ -127,6 +127,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from digitnet.cli.common import check_writable_directory, check_writable_file
+
+    workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
+    # Before TensorFlow is even imported: an unwritable target must not cost a training run.
+    if args.save_model is not None:
+        check_writable_file(args.save_model, "--save-model")
+    check_writable_directory(workdir, "--workdir")
+
     from digitnet.models.architectures import parse_layout
     from digitnet.training.runs import TrainConfig, train_and_evaluate
 
@@ -150,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         dry_run=args.dry_run,
     )
-    workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     train_and_evaluate(
         config,
