@@ -187,6 +187,12 @@ def parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
             "replace it with a complete copy"
         )
     shape = struct.unpack(f">{dimension_count}I", raw[4:header_length])
+    # Empty arrays too: NumPy refuses a shape such as (0, 2**32 - 1, 2**32 - 1) as too big.
+    if math.prod(size for size in shape if size) * dtype.itemsize > MAX_IDX_BYTES:
+        raise DataError(
+            f"{path}: its IDX header declares shape {shape}, more than the {MAX_IDX_BYTES:,} "
+            "bytes digitnet reads from an IDX file; replace it with an IDX file"
+        )
     expected = math.prod(shape) * dtype.itemsize
     actual = len(raw) - header_length
     if actual < expected:

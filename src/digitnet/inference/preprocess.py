@@ -438,9 +438,9 @@ def _check_tiff(stream: IO[bytes], name: str) -> None:
     head = stream.read(16)
     order = "<" if head[:2] == b"II" else ">"
     big = head[2:4] in (b"+\x00", b"\x00+")
+    if len(head) < (16 if big else 8):
+        return  # Pillow reports the truncation
     if big:
-        if len(head) < 16:
-            return  # Pillow reports the truncation
         (offset,) = struct.unpack(order + "Q", head[8:16])
         count_format, entry_size = order + "Q", 20
     else:
