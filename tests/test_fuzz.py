@@ -358,6 +358,7 @@ def _seeds() -> dict[str, bytes]:
             compression="tiff_deflate",
         ),
         "tiff-jpeg": _encode(_seed_image("RGB"), "TIFF", compression="jpeg"),
+        "bigtiff": _encode(_seed_image("L"), "TIFF", big_tiff=True),
         "tiff-float": _encode(
             Image.fromarray(np.asarray(_seed_image("L"), np.float32) / 255), "TIFF"
         ),
@@ -389,7 +390,9 @@ def mutated_files(draw) -> bytes:
     data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
     for _ in range(draw(st.integers(1, 8))):
         operation = draw(st.sampled_from(["set", "set", "set", "insert", "delete", "cut", "int"]))
-        position = draw(st.integers(0, max(len(data) - 1, 0)))
+        # Half the time within the first 64 bytes, where headers keep sizes and offsets.
+        last = max(len(data) - 1, 0)
+        position = draw(st.integers(0, min(last, 63)) | st.integers(0, last))
         if operation == "set" and data:
             data[position] = draw(st.integers(0, 255))
         elif operation == "insert":
@@ -398,10 +401,14 @@ def mutated_files(draw) -> bytes:
             del data[position : position + draw(st.integers(1, 16))]
         elif operation == "cut":
             del data[position:]
-        elif operation == "int" and len(data) >= position + 4:
-            # Sizes, offsets and counts live in 2- and 4-byte fields: make them extreme.
-            value = draw(st.sampled_from([0, 1, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 65500]))
-            data[position : position + 4] = struct.pack(draw(st.sampled_from([">I", "<I"])), value)
+        elif operation == "int":
+            # Sizes, offsets and counts live in 2-, 4- and 8-byte fields: make them extreme.
+            layout = draw(st.sampled_from([">H", "<H", ">I", "<I", ">Q", "<Q"]))
+            bits = 8 * struct.calcsize(layout)
+            value = draw(st.sampled_from([0, 1, 0xFF, 65500, 2 ** (bits - 1) - 1, 2**bits - 1]))
+            field = struct.pack(layout, value)
+            if len(data) >= position + len(field):
+                data[position : position + len(field)] = field
     return bytes(data)
 
 

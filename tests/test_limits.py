@@ -314,6 +314,21 @@ def test_costly_images_are_refused_before_decoding(make, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"II*\x00",
+        b"II+\x00\x08\x00\x00\x00" + struct.pack("<Q", 2**64 - 1) + b"\x00" * 32,
+        b"MM\x00*" + struct.pack(">I", 2**32 - 1),
+        b"II*\x00" + struct.pack("<IH", 8, 65535) + b"\x00" * 12,
+    ],
+    ids=["header-only", "bigtiff-offset-2**64", "offset-2**32", "directory-cut"],
+)
+def test_tiff_headers_pointing_anywhere_are_image_errors(data):
+    with pytest.raises(ImageError):
+        preprocess_image(data)
+
+
 def test_jpeg_with_too_many_scans_is_refused():
     data = progressive_jpeg(1200, subsampling=2)
     scans = data.count(b"\xff\xda")

@@ -139,7 +139,7 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
 # guess among its forty-odd plugins, some of which decode while opening); structures that
 # Pillow would expand in memory while opening (TIFF value arrays, PNG compressed text) are
 # counted first; the full-size buffers a decoder needs are checked against DECODE_BUDGET before
-# any pixel is decoded. After decoding, everything works on tiles of about a megapixel and keeps
+# any pixel is decoded. After decoding, everything works on tiles of a quarter megapixel and keeps
 # only the image reduced to _WORK_SIDE, so no full-size copy in another mode (premultiplied
 # RGBA, float) ever exists. tests/test_limits.py measures the peak of the worst cases.
 
@@ -169,7 +169,7 @@ _BMP_RLE_COPIES = 3
 # Pillow decodes RLE-compressed BMP in Python, about a second per megabyte of one-pixel runs.
 _MAX_BMP_RLE_BYTES = 1 << 20
 # Pillow unpacks TIFF tags of these numeric types into tuples of Python objects, 5-50 times the
-# bytes they take in the file; a 5 MB TIFF declaring 600,000 one-row strips cost 190 MB and 4 s
+# bytes they take in the file; a 5 MB TIFF declaring 600,000 one-row strips cost 200 MB and 4 s
 # to open. Real files have one entry per strip or tile: 65,536 is a 40-MP image in 16x16 tiles.
 _TIFF_NUMERIC_TYPES = frozenset({3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18})
 _MAX_TIFF_VALUES = 65_536
@@ -446,6 +446,8 @@ def _check_tiff(stream: IO[bytes], name: str) -> None:
     else:
         (offset,) = struct.unpack(order + "I", head[4:8])
         count_format, entry_size = order + "H", 12
+    if offset >= stream.seek(0, os.SEEK_END):
+        return  # Pillow reports the directory missing
     stream.seek(offset)
     raw_count = stream.read(struct.calcsize(count_format))
     if len(raw_count) < struct.calcsize(count_format):
