@@ -237,7 +237,7 @@ def test_predict_reports_every_bad_file_on_its_own_line_and_predicts_the_rest(tm
 # train: an unwritable --save-model or --workdir is refused before training starts
 
 
-def _refused_before_training(tmp_path, fake_mnist_dir, *args) -> str:
+def _refused_before_training(tmp_path, fake_mnist_dir, *args, env=None) -> str:
     """Run ``digitnet train`` in-process and return its one error line; fails if TensorFlow
     was imported (the check must come before any training)."""
     argv = ["train", "--dry-run", "--data-dir", str(fake_mnist_dir), *map(str, args)]
@@ -247,7 +247,12 @@ def _refused_before_training(tmp_path, fake_mnist_dir, *args) -> str:
         "print(status, 'tensorflow' in sys.modules)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, **(env or {})},
     )
     assert result.stdout.split() == ["1", "False"], result.stderr
     assert "Traceback" not in result.stderr
@@ -278,6 +283,17 @@ def test_save_model_on_a_read_only_file_system_is_refused_before_training(tmp_pa
     assert "--save-model /proc/digitnet/model.safetensors: cannot write in /proc" in line
     line = _refused_before_training(tmp_path, fake_mnist_dir, "--workdir", "/proc/digitnet-run")
     assert "--workdir" in line and "cannot write in /proc" in line
+
+
+def test_a_signing_key_too_short_is_refused_before_training(tmp_path, fake_mnist_dir):
+    line = _refused_before_training(
+        tmp_path,
+        fake_mnist_dir,
+        "--save-model",
+        tmp_path / "m.safetensors",
+        env={"DIGITNET_MODEL_KEY": "short"},
+    )
+    assert "DIGITNET_MODEL_KEY is 5 bytes long; use at least 16" in line
 
 
 def test_predict_refuses_an_unwritable_save_preprocessed_folder_before_reading(tmp_path):

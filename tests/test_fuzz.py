@@ -286,6 +286,8 @@ def model_files(draw) -> bytes:
             "header": header_json,
             "sha256": _digest(header_json, TENSORS),
         }
+        if draw(st.integers(0, 4)) == 0:
+            metadata[draw(st.sampled_from(sorted(metadata) + ["hmac_sha256"]))] = draw(st.text())
         return save(TENSORS, metadata=metadata)
     data = save(
         TENSORS,

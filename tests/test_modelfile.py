@@ -455,6 +455,15 @@ def test_a_signature_copied_onto_an_edited_file_does_not_verify(tmp_path, monkey
     assert_refused(edited, "does not carry a valid signature")
 
 
+@pytest.mark.parametrize("field", ["sha256", "hmac_sha256"])
+def test_checksums_and_signatures_of_any_text_are_refused(tmp_path, monkeypatch, field):
+    monkeypatch.setenv("DIGITNET_MODEL_KEY", "correct horse battery staple")
+    path = tmp_path / "model.safetensors"
+    save_model(make_model(), path)
+    _rewrite_metadata(path, **{field: "é" * 64})
+    assert_refused(path, "checksum" if field == "sha256" else "valid signature")
+
+
 def test_a_short_key_is_a_clear_error(tmp_path, monkeypatch):
     from digitnet.errors import ConfigError
 

@@ -128,12 +128,15 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from digitnet.cli.common import check_writable_directory, check_writable_file
+    from digitnet.inference.modelfile import signing_key
 
     workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
-    # Before TensorFlow is even imported: an unwritable target must not cost a training run.
+    # Before TensorFlow is even imported: an unwritable target, or a key too short to sign
+    # with, must not cost a training run.
     if args.save_model is not None:
         check_writable_file(args.save_model, "--save-model")
     check_writable_directory(workdir, "--workdir")
+    signing_key()
 
     from digitnet.models.architectures import parse_layout
     from digitnet.training.runs import TrainConfig, train_and_evaluate

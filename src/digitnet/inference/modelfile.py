@@ -69,7 +69,7 @@ def _digest(header_json: str, tensors: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _signing_key() -> bytes | None:
+def signing_key() -> bytes | None:
     """The key in DIGITNET_MODEL_KEY, or None when it is unset or empty."""
     value = os.environ.get(KEY_VARIABLE, "")
     if not value:
@@ -87,6 +87,12 @@ def _signature(key: bytes, digest: str) -> str:
     return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
 
 
+def _same(expected: str, found: str) -> bool:
+    """Constant-time comparison of a computed hex digest with one read from a file (which may
+    hold any text: compare_digest refuses non-ASCII strings, not bytes)."""
+    return hmac.compare_digest(expected.encode(), found.encode("utf-8", "surrogatepass"))
+
+
 def write_bundle(
     path: str | os.PathLike[str],
     kind: str,
@@ -97,7 +103,7 @@ def write_bundle(
     DIGITNET_MODEL_KEY is set)."""
     from safetensors.numpy import save
 
-    key = _signing_key()
+    key = signing_key()
     header_json = json.dumps(header, sort_keys=True, allow_nan=True)
     arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
     digest = _digest(header_json, arrays)
@@ -123,7 +129,7 @@ def read_bundle(
 
     path = Path(path)
     label = "model" if kind == MODEL_KIND else "checkpoint"
-    key = _signing_key()
+    key = signing_key()
     data = _read_file(path, label)
     metadata = _safetensors_metadata(path, data, label)
     found = metadata.get("format")
@@ -151,7 +157,7 @@ def read_bundle(
         ) from None
     header_json = metadata.get("header", "")
     digest = _digest(header_json, tensors)
-    if not hmac.compare_digest(digest, metadata.get("sha256", "")):
+    if not _same(digest, metadata.get("sha256", "")):
         raise ModelFileError(
             f"{path} fails its checksum: it was damaged or changed after it was written; "
             "retrain or restore it"
@@ -163,7 +169,7 @@ def read_bundle(
                 f"{path} is not signed, and {KEY_VARIABLE} is set: only files signed with your "
                 f"key load (sign it by saving it again with the key set, if you trust it)"
             )
-        if not hmac.compare_digest(_signature(key, digest), signature):
+        if not _same(_signature(key, digest), signature):
             raise ModelFileError(
                 f"{path} does not carry a valid signature for your {KEY_VARIABLE}: it was "
                 "changed after it was signed, or signed with another key"
