@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from digitnet.errors import ConfigError
+from digitnet.models.choices import ACTIVATIONS, MODEL_NAMES, PADDINGS, check
 
-ACTIVATIONS = ("relu", "sigmoid", "softmax", "linear")
-PADDINGS = ("same", "valid")
+__all__ = ["ACTIVATIONS", "MODEL_NAMES", "PADDINGS"]  # re-exported: the lists live in choices
 BATCHNORM_EPSILON = 1e-3
 
 # What each layer type accepts: name -> (type or tuple of types, default or REQUIRED).
@@ -132,9 +132,6 @@ def cnn_architecture(dropout: float | None = None) -> dict:
     return validate_architecture({"input_shape": [28, 28, 1], "layers": layers})
 
 
-MODEL_NAMES = ("seed", "mlp", "cnn")
-
-
 def named_architecture(
     name: str, layout: Sequence[int] | None = None, dropout: float | None = None
 ) -> dict:
@@ -149,7 +146,7 @@ def named_architecture(
         if layout is not None:
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
         return cnn_architecture(dropout)
-    raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+    raise ConfigError(f"unknown model {name!r}: choose {MODEL_NAMES.describe()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,13 +220,10 @@ def _check_layer(index: int, layer: Mapping) -> dict:
                 f"{getattr(expected, '__name__', 'a number')}, got {value!r}"
             )
         checked[name] = value
-    if "activation" in checked and checked["activation"] not in ACTIVATIONS:
-        raise ConfigError(
-            f"layer {index} ({kind}): activation must be one of "
-            f"{', '.join(ACTIVATIONS)}, got {checked['activation']!r}"
-        )
-    if "padding" in checked and checked["padding"] not in PADDINGS:
-        raise ConfigError(f"layer {index} ({kind}): padding must be 'same' or 'valid'")
+    if "activation" in checked:
+        check("activation", checked["activation"], ACTIVATIONS, f"layer {index} ({kind}): ")
+    if "padding" in checked:
+        check("padding", checked["padding"], PADDINGS, f"layer {index} ({kind}): ")
     for name in ("units", "filters", "kernel", "stride", "size"):
         if name in checked and checked[name] <= 0:
             raise ConfigError(f"layer {index} ({kind}): {name} must be positive")

@@ -14,11 +14,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from digitnet.errors import ConfigError
 from digitnet.models import architectures
 from digitnet.models.architectures import BATCHNORM_EPSILON
-
-COSTS = ("mse", "cross_entropy")
+from digitnet.models.choices import COSTS, check
 
 
 def architecture_of(layout: Any, parameters: Mapping) -> dict:
@@ -196,8 +194,7 @@ def calculate_cost(
     label smoothing. ``l2`` adds ``l2 * sum(W ** 2)`` over all weight matrices and kernels, the
     regularisation the tutorial suggests.
     """
-    if cost not in COSTS:
-        raise ConfigError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    check("cost", cost, COSTS)
     A_output = tf.convert_to_tensor(A_output)
     if not A_output.dtype.is_floating:
         A_output = tf.cast(A_output, tf.float32)

@@ -22,76 +22,38 @@ from digitnet.errors import ConfigError, DigitnetError, ModelFileError
 from digitnet.inference.model import Model
 from digitnet.inference.modelfile import CHECKPOINT_KIND, base_header, read_bundle, write_bundle
 from digitnet.models import architectures
+from digitnet.models.choices import (
+    COSTS,
+    MODEL_NAMES,
+    PRECISIONS,
+    SCHEDULES,
+    SOURCES,
+    SPLITS,
+    Boolean,
+    Constraint,
+    Interval,
+    check,
+)
+from digitnet.models.presets import PRESETS
 
-# Each named model's defaults; a TrainConfig field left as None takes the value from here.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The tutorial's run: its network, split, learning rate, epochs and batch size. On AMX
-    # CPUs "auto" trains it in bfloat16, about twice as fast, to the same test accuracy
-    # (seeds 1-5, 20 epochs: 97.59% against float32's 97.67% on the seed split).
-    "seed": dict(
-        cost="mse",
-        learning_rate=0.005,
-        schedule="constant",
-        epochs=20,
-        batch_size=1000,
-        l2=0.0,
-        dropout=0.0,
-        label_smoothing=0.0,
-        augment=False,
-        split="seed",
-        val_size=0,
-        patience=0,
-        precision="auto",
-    ),
-    "mlp": dict(
-        cost="cross_entropy",
-        learning_rate=0.001,
-        schedule="onecycle",
-        epochs=30,
-        batch_size=128,
-        l2=0.0,
-        dropout=0.3,
-        label_smoothing=0.1,
-        augment=True,
-        split="official",
-        val_size=5000,
-        patience=0,
-        precision="auto",
-    ),
-    "cnn": dict(
-        cost="cross_entropy",
-        learning_rate=0.003,
-        schedule="onecycle",
-        epochs=30,
-        batch_size=128,
-        l2=0.0,
-        dropout=0.4,
-        label_smoothing=0.1,
-        augment=True,
-        split="official",
-        val_size=5000,
-        patience=0,
-        precision="auto",
-    ),
-}
-
-# Declarative checks for every setting: name -> (test, what it must be).
-_CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": (lambda v: v in architectures.MODEL_NAMES, "one of seed, mlp, cnn"),
-    "cost": (lambda v: v in ("mse", "cross_entropy"), "mse or cross_entropy"),
-    "learning_rate": (lambda v: 0 < v < 10, "a positive number below 10"),
-    "schedule": (lambda v: v in ("constant", "cosine", "onecycle"), "constant, cosine or onecycle"),
-    "epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "l2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "split": (lambda v: v in ("seed", "official"), "seed or official"),
-    "source": (lambda v: v in ("idx", "openml"), "idx or openml"),
-    "val_size": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
-    "patience": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0 (0: off)"),
-    "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**31, "a whole number >= 0"),
-    "precision": (lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+# What every setting must be (the choice lists live in digitnet.models.choices).
+_CONSTRAINTS: dict[str, Constraint] = {
+    "model": MODEL_NAMES,
+    "cost": COSTS,
+    "learning_rate": Interval(float, 0, 10, "neither"),
+    "schedule": SCHEDULES,
+    "epochs": Interval(int, 1, None),
+    "batch_size": Interval(int, 1, None),
+    "l2": Interval(float, 0, 1, "left"),
+    "dropout": Interval(float, 0, 1, "left"),
+    "label_smoothing": Interval(float, 0, 1, "left"),
+    "augment": Boolean(),
+    "split": SPLITS,
+    "source": SOURCES,
+    "val_size": Interval(int, 0, None),
+    "patience": Interval(int, 0, None, note="0: off"),
+    "seed": Interval(int, 0, 2**31, "left"),
+    "precision": PRECISIONS,
 }
 
 
@@ -120,11 +82,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with every default filled in from the model's preset, checked."""
-        if self.model not in PRESETS:
-            raise ConfigError(
-                f"unknown model {self.model!r}: choose one of "
-                f"{', '.join(architectures.MODEL_NAMES)}"
-            )
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}: choose {MODEL_NAMES.describe()}")
         values = dataclasses.asdict(self)
         for name, default in PRESETS[self.model].items():
             if values[name] is None:
@@ -134,10 +93,10 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
-        for name, (test, expected) in _CONSTRAINTS.items():
+        for name, constraint in _CONSTRAINTS.items():
             value = getattr(self, name)
-            if value is not None and not test(value):
-                raise ConfigError(f"{name} must be {expected}, got {value!r}")
+            if value is not None:
+                check(name, value, constraint)
         if self.layout is not None and self.model == "cnn":
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
 
