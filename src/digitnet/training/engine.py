@@ -91,9 +91,7 @@ class Fitter:
         self.batch_size, self.seed, self.augment = int(batch_size), int(seed), augment
         self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
         self.variables = initialize_parameters(self.architecture, seed=self.seed)
-        self.trainable = [
-            v for name, v in self.variables.items() if architectures.is_trainable(name)
-        ]
+        self.trainable = [variable for variable in self.variables.values() if variable.trainable]
         self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
         self.optimizer.build(self.trainable)
         self._train_chunk = tf.function(self._train_chunk_python, reduce_retracing=True)
