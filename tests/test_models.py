@@ -338,3 +338,22 @@ def test_a_new_layer_type_works_everywhere_from_its_one_class(scale_layer, tmp_p
     ).numpy()
     np.testing.assert_allclose(loaded.forward(X), reference, rtol=1e-5, atol=1e-6)
     assert loaded._dense_layers is None  # not a dense stack: the general path
+
+
+# --------------------------------------------------------------------------------------------
+# The number of classes
+
+
+@pytest.mark.parametrize("name", list(choices.MODEL_NAMES))
+def test_named_models_take_the_number_of_classes(name):
+    assert architectures.n_outputs(architectures.named_architecture(name)) == 10
+    assert architectures.n_outputs(architectures.named_architecture(name, n_classes=3)) == 3
+    assert architectures.n_outputs(architectures.normalize_layout(name, n_classes=26)) == 26
+
+
+def test_a_given_output_size_must_match_the_classes():
+    assert architectures.n_outputs(architectures.normalize_layout([784, 16, 3], n_classes=3)) == 3
+    with pytest.raises(ConfigError, match="ends in 10 outputs but the data has 3 classes"):
+        architectures.normalize_layout({"l0": 784, "l1": 10}, n_classes=3)
+    with pytest.raises(ConfigError, match="has 10 outputs but the data has 3 classes"):
+        architectures.normalize_layout(architectures.seed_architecture(), n_classes=3)

@@ -11,7 +11,10 @@ import time
 import numpy as np
 import pytest
 
+import digitnet
 from digitnet.errors import ConfigError, DigitnetError
+from digitnet.inference.evaluation import evaluate_model, test_set_for
+from digitnet.inference.modelfile import load_model
 from digitnet.training.runs import TrainConfig, train_and_evaluate
 
 
@@ -82,6 +85,46 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, fake_mn
     with pytest.raises(DigitnetError, match="no checkpoint"):
         train_and_evaluate(
             small_config(), tmp_path / "empty", data_dir=fake_mnist_dir, log=quiet, resume=True
+        )
+
+
+@pytest.mark.parametrize("model_name", ["seed", "cnn"])
+def test_a_dataset_with_three_classes_trains_predicts_and_evaluates(
+    tmp_path, make_fake_mnist, model_name
+):
+    """The output layer takes its size from the labels: 3 classes, not MNIST's 10."""
+    directory = make_fake_mnist(n_classes=3, n_train=90, n_test=30)
+    path = tmp_path / "three.safetensors"
+    config = TrainConfig(model=model_name, dry_run=True, epochs=2, val_size=15, precision="float32")
+    result = train_and_evaluate(
+        config, tmp_path / "run", data_dir=directory, log=quiet, save_model_path=path
+    )
+    model = load_model(path)
+    assert model.n_classes == 3 and model.architecture["layers"][-1]["units"] == 3
+    X_test, labels = test_set_for(model, directory)
+    probabilities = model.predict_proba(X_test)
+    assert probabilities.shape == (len(X_test), 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # TensorFlow's predict on the same parameters agrees with the NumPy model.
+    assert np.array_equal(
+        digitnet.predict(X_test, model.parameters, model.architecture), model.predict(X_test)
+    )
+    report = evaluate_model(model, X_test, labels)
+    assert np.array(report["confusion_matrix"]).shape == (3, 3)
+    assert report["accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    # The tutorial's function sizes a named model from the labels too.
+    X_train, _, y_train, _ = digitnet.load_mnist(split="official", data_dir=directory)
+    parameters = digitnet.train_parameters(
+        X_train, y_train, X_test, y_train[: len(X_test)], "seed", epochs=1, verbose=False
+    )
+    assert parameters["W4"].shape == (3, 60) and parameters["b4"].shape == (3, 1)
+
+
+def test_a_layout_whose_output_disagrees_with_the_data_is_refused(tmp_path, make_fake_mnist):
+    directory = make_fake_mnist(n_classes=3)
+    with pytest.raises(ConfigError, match="ends in 10 outputs but the data has 3 classes"):
+        train_and_evaluate(
+            small_config(layout=[784, 32, 10]), tmp_path, data_dir=directory, log=quiet
         )
 
 

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--layout",
         metavar="SIZES",
-        help="dense layer sizes, input first, e.g. 784,100,100,60,10 (seed and mlp only)",
+        help="dense layer sizes, input first, e.g. 784,100,100,60,10 (seed and mlp only; the "
+        "last is the data's number of classes)",
     )
 
     def preset(setting: str, text: str, **options: Any) -> None:

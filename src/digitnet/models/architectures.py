@@ -63,21 +63,44 @@ def dense_stack(
     return validate_architecture({"input_shape": [sizes[0]], "layers": layers})
 
 
-def seed_architecture(layout: Sequence[int] | None = None) -> dict:
-    """The tutorial's network: 784-100-100-60-10, ReLU hidden layers, sigmoid output."""
-    return dense_stack(layout or (784, 100, 100, 60, 10), output_activation="sigmoid")
+def _sizes(
+    layout: Sequence[int] | None, default: Sequence[int], n_classes: int | None
+) -> list[int]:
+    """``layout``, or ``default`` hidden sizes between 784 inputs and ``n_classes`` (10 when
+    None) outputs; a given layout must end in ``n_classes`` when both are given."""
+    if not layout:
+        return [784, *default, 10 if n_classes is None else n_classes]
+    sizes = [int(size) for size in layout]
+    if n_classes is not None and len(sizes) >= 2 and sizes[-1] != n_classes:
+        raise ConfigError(
+            f"the layout ends in {sizes[-1]} outputs but the data has {n_classes} classes; "
+            f"make its last size {n_classes}"
+        )
+    return sizes
 
 
-def mlp_architecture(layout: Sequence[int] | None = None, dropout: float | None = None) -> dict:
-    """A wide dropout MLP with a softmax output, trained with cross-entropy."""
+def seed_architecture(layout: Sequence[int] | None = None, n_classes: int | None = None) -> dict:
+    """The tutorial's network: 784-100-100-60-10, ReLU hidden layers, sigmoid output.
+
+    ``n_classes`` sizes the output (default 10); ``layout`` gives all sizes instead.
+    """
+    return dense_stack(_sizes(layout, (100, 100, 60), n_classes), output_activation="sigmoid")
+
+
+def mlp_architecture(
+    layout: Sequence[int] | None = None,
+    dropout: float | None = None,
+    n_classes: int | None = None,
+) -> dict:
+    """A wide dropout MLP with a softmax output, trained with cross-entropy: 784-1200-1200-10."""
     return dense_stack(
-        layout or (784, 1200, 1200, 10),
+        _sizes(layout, (1200, 1200), n_classes),
         output_activation="softmax",
         dropout=0.3 if dropout is None else dropout,
     )
 
 
-def cnn_architecture(dropout: float | None = None) -> dict:
+def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> dict:
     """A batch-normalised convolutional network (about 0.3 M parameters).
 
     Two stages of 3x3 convolutions with a strided 5x5 convolution in place of pooling (the
@@ -112,26 +135,30 @@ def cnn_architecture(dropout: float | None = None) -> dict:
         + [
             {"type": "flatten"},
             {"type": "dropout", "rate": rate},
-            {"type": "dense", "units": 10, "activation": "softmax"},
+            {"type": "dense", "units": n_classes, "activation": "softmax"},
         ]
     )
     return validate_architecture({"input_shape": [28, 28, 1], "layers": layers})
 
 
 def named_architecture(
-    name: str, layout: Sequence[int] | None = None, dropout: float | None = None
+    name: str,
+    layout: Sequence[int] | None = None,
+    dropout: float | None = None,
+    n_classes: int | None = None,
 ) -> dict:
-    """The architecture of a named model; ``layout`` resizes the dense models."""
+    """The architecture of a named model; ``layout`` resizes the dense models, ``n_classes``
+    sizes the output (default 10; a ``layout`` must end in it)."""
     if name == "seed":
         if dropout:
-            return dense_stack(layout or (784, 100, 100, 60, 10), "sigmoid", dropout)
-        return seed_architecture(layout)
+            return dense_stack(_sizes(layout, (100, 100, 60), n_classes), "sigmoid", dropout)
+        return seed_architecture(layout, n_classes)
     if name == "mlp":
-        return mlp_architecture(layout, dropout)
+        return mlp_architecture(layout, dropout, n_classes)
     if name == "cnn":
         if layout is not None:
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
-        return cnn_architecture(dropout)
+        return cnn_architecture(dropout, 10 if n_classes is None else n_classes)
     raise ConfigError(f"unknown model {name!r}: choose {MODEL_NAMES.describe()}")
 
 
@@ -154,27 +181,39 @@ def parse_layout(text: str) -> list[int]:
     return sizes
 
 
-def normalize_layout(layout: Any) -> dict:
+def normalize_layout(layout: Any, n_classes: int | None = None) -> dict:
     """Return the canonical architecture dict for any accepted way of describing a network.
 
     Accepts the tutorial's ``{"l0": 784, "l1": 100, ...}``, a sequence of sizes, a comma-separated
     string of sizes, a model name (``"seed"``, ``"mlp"``, ``"cnn"``), or an architecture dict.
+    ``n_classes`` (the data's number of classes) sizes a named model's output; a layout that
+    gives the output size must agree with it.
     """
+    if isinstance(layout, str) and layout in MODEL_NAMES:
+        return named_architecture(layout, n_classes=n_classes)
+    if isinstance(layout, Mapping) and "layers" in layout:
+        architecture = validate_architecture(layout)
+        if n_classes is not None and n_outputs(architecture) != n_classes:
+            raise ConfigError(
+                f"the architecture has {n_outputs(architecture)} outputs but the data has "
+                f"{n_classes} classes; make its last layer's units {n_classes}"
+            )
+        return architecture
+    return seed_architecture(_layout_sizes(layout), n_classes)
+
+
+def _layout_sizes(layout: Any) -> list[int]:
     if isinstance(layout, str):
-        if layout in MODEL_NAMES:
-            return named_architecture(layout)
-        return seed_architecture(parse_layout(layout))
+        return parse_layout(layout)
     if isinstance(layout, Mapping):
-        if "layers" in layout:
-            return validate_architecture(layout)
         keys = [f"l{i}" for i in range(len(layout))]
         if sorted(layout) != sorted(keys):
             raise ConfigError(
                 f"a tutorial layout has keys l0, l1, ... without gaps, got {sorted(layout)}"
             )
-        return seed_architecture([layout[key] for key in keys])
+        return [layout[key] for key in keys]
     if isinstance(layout, Sequence):
-        return seed_architecture(list(layout))
+        return list(layout)
     raise ConfigError(
         f"cannot read a layout from {type(layout).__name__}: pass a dict like "
         f"{{'l0': 784, 'l1': 100, ...}}, a list of sizes, or a model name"

@@ -100,8 +100,12 @@ class TrainConfig:
         if self.layout is not None and self.model == "cnn":
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
 
-    def architecture(self) -> dict:
-        architecture = architectures.named_architecture(self.model, self.layout, self.dropout)
+    def architecture(self, n_classes: int | None = None) -> dict:
+        """The network to train: the named model, resized by ``layout`` and with ``n_classes``
+        outputs (the data's number of classes; default 10)."""
+        architecture = architectures.named_architecture(
+            self.model, self.layout, self.dropout, n_classes
+        )
         # The output follows the cost: squared error on sigmoids (the tutorial), or
         # cross-entropy on a softmax.
         architecture["layers"][-1]["activation"] = "sigmoid" if self.cost == "mse" else "softmax"
@@ -209,7 +213,7 @@ def train_and_evaluate(
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     (X_train, y_train, X_val, y_val, X_test, y_test), data = load_data(config, data_dir)
-    architecture = config.architecture()
+    architecture = config.architecture(n_classes=y_train.shape[1])
     steps_per_epoch = max(len(X_train) // config.batch_size, 1)
     fitter = Fitter(
         architecture,
