@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from digitnet.models.choices import (
     check,
 )
 from digitnet.models.presets import PRESETS
+
+if TYPE_CHECKING:  # the engine imports TensorFlow: only inside train_and_evaluate at run time
+    from digitnet.training.engine import Fitter
 
 # What every setting must be (the choice lists live in digitnet.models.choices).
 _CONSTRAINTS: dict[str, Constraint] = {
@@ -124,6 +127,70 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class RunState:
+    """Where a run stands after ``epoch`` epochs: what a checkpoint holds besides the current
+    weights and the optimizer's state.
+
+    Attributes:
+        epoch: epochs done.
+        history: one record per epoch (``epoch``, ``cost``, ``learning_rate``, ``seconds``,
+            and ``val_accuracy`` / ``val_cost`` with a validation set).
+        best: the parameters of the best epoch so far (None without a validation set).
+        best_key: how good they were, (validation accuracy, -validation cost).
+        best_epoch: their epoch (0: none yet).
+        stale_epochs: epochs since the validation result last improved.
+        seconds: training time so far, over all sessions of the run.
+    """
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, np.ndarray] | None = None
+    best_key: tuple[float, float] | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    seconds: float = 0.0
+
+    def add(self, record: dict[str, Any], parameters: Callable[[], dict[str, np.ndarray]]) -> None:
+        """Count the epoch ``record`` describes; ``parameters()`` (copies of the current
+        weights) are kept when they do best on validation (ties: the lower cost)."""
+        self.epoch = record["epoch"]
+        self.seconds += record["seconds"]
+        self.history.append(record)
+        if "val_accuracy" not in record:
+            return
+        key = (record["val_accuracy"], -record["val_cost"])
+        if self.best_key is None or key > self.best_key:
+            self.best, self.best_key = parameters(), key
+            self.best_epoch, self.stale_epochs = record["epoch"], 0
+        else:
+            self.stale_epochs += 1
+
+    def header(self) -> dict[str, Any]:
+        """Everything but ``best`` (stored as tensors), for a checkpoint's JSON header."""
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_key": None if self.best_key is None else list(self.best_key),
+            "stale_epochs": self.stale_epochs,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], best: dict[str, np.ndarray] | None) -> RunState:
+        best_key = header.get("best_key")
+        return cls(
+            epoch=header["epoch"],
+            history=header["history"],
+            best=best,
+            best_key=None if best_key is None else (best_key[0], best_key[1]),
+            best_epoch=header["best_epoch"],
+            stale_epochs=header["stale_epochs"],
+            seconds=header["seconds"],
+        )
+
+
 def _print(message: str) -> None:
     print(message, flush=True)
 
@@ -186,7 +253,7 @@ def train_and_evaluate(
     save_model_path: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] = _print,
-    stop_after_epoch: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
@@ -198,7 +265,10 @@ def train_and_evaluate(
         save_model_path: write the final model file there (atomically).
         progress: show a progress bar on stderr while training.
         log: receives the tutorial's lines (``Cost after epoch N: C`` ...).
-        stop_after_epoch: stop (as if interrupted) after this epoch; for tests of resume.
+        on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's checkpoint
+            is written, with that epoch's history record (``cost``, ``learning_rate``,
+            ``val_accuracy`` ...); for progress displays or TensorBoard. What it raises ends
+            the run, which ``resume=True`` then continues.
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
@@ -229,23 +299,16 @@ def train_and_evaluate(
         augment=_augment(config),
     )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
-    state = {
-        "epoch": 0,
-        "history": [],
-        "best": None,
-        "best_epoch": 0,
-        "stale_epochs": 0,
-        "seconds": 0.0,
-    }
+    state = RunState()
     if resume:
         state = _restore(checkpoint_path, fitter, config, data)
-        log(f"Resuming after epoch {state['epoch']} from {checkpoint_path}")
+        log(f"Resuming after epoch {state.epoch} from {checkpoint_path}")
     else:
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
             cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
             record = {
@@ -258,27 +321,24 @@ def train_and_evaluate(
                 record.update({f"val_{k}": v for k, v in fitter.evaluate(X_val, y_val).items()})
                 line += f"  (validation accuracy {record['val_accuracy'] * 100:.2f} %)"
             record["seconds"] = time.perf_counter() - started
-            state["seconds"] += record["seconds"]
-            state["history"].append(record)
-            _track_best(state, fitter, record)
-            state["epoch"] = epoch
+            state.add(record, fitter.parameters)
             log(line)
             _save_checkpoint(checkpoint_path, fitter, config, data, state)
-            if config.patience and state["stale_epochs"] >= config.patience:
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            if config.patience and state.stale_epochs >= config.patience:
                 log(f"Early stopping: no validation improvement for {config.patience} epochs")
                 break
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                raise KeyboardInterrupt
     log("Training complete!")
 
-    if state["best"] is not None:
-        fitter.set_parameters(state["best"])
+    if state.best is not None:
+        fitter.set_parameters(state.best)
     metrics = {
         "train_accuracy": fitter.accuracy(X_train, y_train),
         "test_accuracy": fitter.accuracy(X_test, y_test),
-        "epochs": state["epoch"],
-        "best_epoch": state["best_epoch"] or state["epoch"],
-        "train_seconds": state["seconds"],
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch or state.epoch,
+        "train_seconds": state.seconds,
     }
     if len(X_val):
         metrics["val_accuracy"] = fitter.accuracy(X_val, y_val)
@@ -296,7 +356,7 @@ def train_and_evaluate(
         {
             "training": config.to_json(),
             "metrics": metrics,
-            "history": state["history"],
+            "history": state.history,
             "data": data,
         },
     )
@@ -305,7 +365,7 @@ def train_and_evaluate(
 
         save_model(model, save_model_path)
         log(f"Saved the model to {save_model_path}")
-    return TrainResult(model, state["history"], metrics)
+    return TrainResult(model, state.history, metrics)
 
 
 # oneDNN instruction sets without bfloat16 arithmetic units: with ONEDNN_MAX_CPU_ISA capped to
@@ -359,39 +419,22 @@ def _augment(config: TrainConfig):
     return augment_from_config({})
 
 
-def _track_best(state: dict, fitter, record: dict) -> None:
-    """Keep the parameters of the epoch with the best validation accuracy (ties: lower cost)."""
-    if "val_accuracy" not in record:
-        return
-    key = (record["val_accuracy"], -record["val_cost"])
-    best = state.get("best_key")
-    if best is None or key > tuple(best):
-        state.update(
-            best=fitter.parameters(), best_key=list(key), best_epoch=record["epoch"], stale_epochs=0
-        )
-    else:
-        state["stale_epochs"] += 1
-
-
-def _save_checkpoint(path: Path, fitter, config: TrainConfig, data: dict, state: dict) -> None:
+def _save_checkpoint(
+    path: Path, fitter: Fitter, config: TrainConfig, data: dict[str, Any], state: RunState
+) -> None:
     tensors = {f"parameters/{k}": v for k, v in fitter.parameters().items()}
     tensors.update({f"optimizer/{k}": v for k, v in fitter.optimizer_state().items()})
-    if state["best"] is not None:
-        tensors.update({f"best/{k}": v for k, v in state["best"].items()})
-    header = base_header(
-        config=config.to_json(),
-        data=data,
-        epoch=state["epoch"],
-        history=state["history"],
-        best_epoch=state["best_epoch"],
-        best_key=state.get("best_key"),
-        stale_epochs=state["stale_epochs"],
-        seconds=state["seconds"],
+    if state.best is not None:
+        tensors.update({f"best/{k}": v for k, v in state.best.items()})
+    write_bundle(
+        path,
+        CHECKPOINT_KIND,
+        tensors,
+        base_header(config=config.to_json(), data=data, **state.header()),
     )
-    write_bundle(path, CHECKPOINT_KIND, tensors, header)
 
 
-def _restore(path: Path, fitter, config: TrainConfig, data: dict) -> dict:
+def _restore(path: Path, fitter: Fitter, config: TrainConfig, data: dict[str, Any]) -> RunState:
     if not path.exists():
         raise ModelFileError(
             f"no checkpoint to resume at {path}: start without --resume, or "
@@ -417,16 +460,7 @@ def _restore(path: Path, fitter, config: TrainConfig, data: dict) -> dict:
 
     fitter.set_parameters(group("parameters/"))
     fitter.set_optimizer_state(group("optimizer/"))
-    best = group("best/")
-    return {
-        "epoch": header["epoch"],
-        "history": header["history"],
-        "best": best or None,
-        "best_key": header.get("best_key"),
-        "best_epoch": header["best_epoch"],
-        "stale_epochs": header["stale_epochs"],
-        "seconds": header["seconds"],
-    }
+    return RunState.from_header(header, group("best/") or None)
 
 
 class _NoBar:
