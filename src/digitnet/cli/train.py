@@ -12,7 +12,9 @@ from digitnet.models.presets import preset_defaults
 HELP = "train a model on MNIST (defaults: the tutorial's network and settings)"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help=HELP,

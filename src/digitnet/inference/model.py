@@ -113,7 +113,7 @@ class Model:
         metadata: training settings, metrics, history, data fingerprint, versions.
     """
 
-    architecture: dict
+    architecture: dict[str, Any]
     parameters: dict[str, np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -140,9 +140,10 @@ class Model:
         self._n_inputs = architectures.n_inputs(self.architecture)
         # The seed and mlp models are dense stacks: they take a path without per-layer
         # dispatch or temporaries (one image about 1 us sooner, 13 us instead of 14).
+        dense = [step for step in self._plan if isinstance(step, DenseStep)]
         self._dense_layers: DenseLayers | None = (
-            [(step.weights, step.bias, step.activation.numpy_in_place) for step in self._plan]
-            if all(isinstance(step, DenseStep) for step in self._plan)
+            [(step.weights, step.bias, step.activation.numpy_in_place) for step in dense]
+            if len(dense) == len(self._plan)
             else None
         )
         self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None else CONV_BLOCK_ROWS
@@ -215,7 +216,8 @@ class Model:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted labels, int64 (n,)."""
-        return np.argmax(self.forward(X), axis=1).astype(np.int64)
+        labels: np.ndarray = np.argmax(self.forward(X), axis=1).astype(np.int64)
+        return labels
 
     def with_metadata(self, **updates: Any) -> Model:
         merged = dict(self.metadata)
@@ -224,7 +226,7 @@ class Model:
 
 
 def model_from_parameters(
-    parameters: Mapping[str, Any], layout: Any = None, metadata: Mapping | None = None
+    parameters: Mapping[str, Any], layout: Any = None, metadata: Mapping[str, Any] | None = None
 ) -> Model:
     """Wrap the five functions' parameter dict (NumPy or tensors) into a ``Model``."""
     arrays = {name: np.asarray(value, dtype=np.float32) for name, value in parameters.items()}

@@ -36,6 +36,9 @@ from digitnet.models.layers import LayerType, Parameter, Shape, layer_type
 
 T = TypeVar("T")
 
+Architecture = dict[str, Any]
+"""``{"input_shape": [...], "layers": [layer spec, ...]}``, JSON-friendly."""
+
 
 # --------------------------------------------------------------------------------------------
 # Named models. Each is a function of a few options, so `--layout` and `--dropout` reshape a
@@ -44,7 +47,7 @@ T = TypeVar("T")
 
 def dense_stack(
     sizes: Sequence[int], output_activation: str = "sigmoid", dropout: float = 0.0
-) -> dict:
+) -> Architecture:
     """A fully connected network: ``sizes[0]`` inputs, ReLU hidden layers, then the output.
 
     ``dropout`` (a fraction) is applied after every hidden layer when above zero.
@@ -52,7 +55,7 @@ def dense_stack(
     sizes = [int(size) for size in sizes]
     if len(sizes) < 2:
         raise ConfigError(f"a layout needs at least an input and an output size, got {sizes}")
-    layers: list[dict] = []
+    layers: list[dict[str, Any]] = []
     for index, units in enumerate(sizes[1:], start=1):
         last = index == len(sizes) - 1
         layers.append(
@@ -79,7 +82,9 @@ def _sizes(
     return sizes
 
 
-def seed_architecture(layout: Sequence[int] | None = None, n_classes: int | None = None) -> dict:
+def seed_architecture(
+    layout: Sequence[int] | None = None, n_classes: int | None = None
+) -> Architecture:
     """The tutorial's network: 784-100-100-60-10, ReLU hidden layers, sigmoid output.
 
     ``n_classes`` sizes the output (default 10); ``layout`` gives all sizes instead.
@@ -91,7 +96,7 @@ def mlp_architecture(
     layout: Sequence[int] | None = None,
     dropout: float | None = None,
     n_classes: int | None = None,
-) -> dict:
+) -> Architecture:
     """A wide dropout MLP with a softmax output, trained with cross-entropy: 784-1200-1200-10."""
     return dense_stack(
         _sizes(layout, (1200, 1200), n_classes),
@@ -100,7 +105,7 @@ def mlp_architecture(
     )
 
 
-def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> dict:
+def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> Architecture:
     """A batch-normalised convolutional network (about 0.3 M parameters).
 
     Two stages of 3x3 convolutions with a strided 5x5 convolution in place of pooling (the
@@ -108,7 +113,9 @@ def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> dict:
     """
     rate = 0.4 if dropout is None else dropout
 
-    def conv_bn(filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid") -> list:
+    def conv_bn(
+        filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid"
+    ) -> list[dict[str, Any]]:
         return [
             {
                 "type": "conv",
@@ -146,7 +153,7 @@ def named_architecture(
     layout: Sequence[int] | None = None,
     dropout: float | None = None,
     n_classes: int | None = None,
-) -> dict:
+) -> Architecture:
     """The architecture of a named model; ``layout`` resizes the dense models, ``n_classes``
     sizes the output (default 10; a ``layout`` must end in it)."""
     if name == "seed":
@@ -181,7 +188,7 @@ def parse_layout(text: str) -> list[int]:
     return sizes
 
 
-def normalize_layout(layout: Any, n_classes: int | None = None) -> dict:
+def normalize_layout(layout: Any, n_classes: int | None = None) -> Architecture:
     """Return the canonical architecture dict for any accepted way of describing a network.
 
     Accepts the tutorial's ``{"l0": 784, "l1": 100, ...}``, a sequence of sizes, a comma-separated
@@ -220,7 +227,7 @@ def _layout_sizes(layout: Any) -> list[int]:
     )
 
 
-def validate_architecture(architecture: Mapping) -> dict:
+def validate_architecture(architecture: Mapping[str, Any]) -> Architecture:
     """Check an architecture dict and fill in defaults; returns a new dict.
 
     Raises ValueError naming the first layer that is malformed or whose input shape it cannot
@@ -333,15 +340,17 @@ def layer_numbers(architecture: Mapping[str, Any]) -> list[int]:
     return [layer.number for layer in bind_layers(architecture)]
 
 
-def n_outputs(architecture: Mapping) -> int:
-    return architecture["layers"][-1]["units"]
+def n_outputs(architecture: Mapping[str, Any]) -> int:
+    """The number of classes: the last layer's units."""
+    return int(architecture["layers"][-1]["units"])
 
 
-def n_inputs(architecture: Mapping) -> int:
+def n_inputs(architecture: Mapping[str, Any]) -> int:
+    """Values per sample: the product of ``input_shape``."""
     return math.prod(architecture["input_shape"])
 
 
-def architecture_from_parameters(parameters: Mapping) -> dict:
+def architecture_from_parameters(parameters: Mapping[str, Any]) -> Architecture:
     """Infer the tutorial's dense stack from ``W1..WL`` shapes (ReLU hidden, sigmoid output).
 
     This is how ``forward_propagation(X, parameters)`` works without a layout, as in the
@@ -360,7 +369,7 @@ def architecture_from_parameters(parameters: Mapping) -> dict:
     return seed_architecture(sizes)
 
 
-def describe(architecture: Mapping) -> str:
+def describe(architecture: Mapping[str, Any]) -> str:
     """A short human-readable summary, e.g. ``dense 784-100-100-60-10 (sigmoid)``."""
     layers = architecture["layers"]
     if all(layer["type"] in ("dense", "dropout") for layer in layers):

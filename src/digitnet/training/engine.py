@@ -26,7 +26,7 @@ Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 def make_learning_rate(
     learning_rate: float, schedule: str, total_steps: int, warmup_steps: int = 0
-):
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """A Keras schedule over optimiser steps, one of ``SCHEDULES``."""
     check("schedule", schedule, SCHEDULES)
     if schedule == "constant":

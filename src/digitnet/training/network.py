@@ -17,7 +17,9 @@ from digitnet.models import architectures
 from digitnet.models.choices import COSTS, check
 
 
-def architecture_of(layout: Any, parameters: Mapping) -> dict:
+def architecture_of(layout: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture ``layout`` describes, or the tutorial's dense stack that
+    ``parameters`` (``W1..WL``) make when there is no layout."""
     if layout is None:
         return architectures.architecture_from_parameters(parameters)
     return architectures.normalize_layout(layout)
@@ -54,15 +56,15 @@ def initialize_parameters(layout: Any, seed: int = 1) -> dict[str, tf.Variable]:
 
 
 def forward_propagation(
-    X,
-    parameters: Mapping,
+    X: Any,
+    parameters: Mapping[str, Any],
     layout: Any = None,
     *,
     training: bool = False,
-    seed=None,
+    seed: Any = None,
     return_logits: bool = False,
-    compute_dtype=None,
-):
+    compute_dtype: Any = None,
+) -> Any:
     """Run the network on ``X`` (n, n_inputs) and return the output activations (n, n_classes).
 
     Without ``layout`` the parameters are read as the tutorial's dense stack (ReLU hidden
@@ -97,14 +99,14 @@ def forward_propagation(
 
 
 def calculate_cost(
-    A_output,
-    y,
-    parameters: Mapping,
+    A_output: Any,
+    y: Any,
+    parameters: Mapping[str, Any],
     *,
     cost: str = "mse",
     l2: float = 0.0,
     label_smoothing: float = 0.0,
-    logits=None,
+    logits: Any = None,
 ) -> tf.Tensor:
     """The cost to minimise, a scalar.
 

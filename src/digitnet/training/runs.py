@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,7 @@ class TrainConfig:
     seed: int = 1
     dry_run: bool = False
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self) -> ResolvedConfig:
         """A copy with every default filled in from the model's preset, checked."""
         if self.model not in MODEL_NAMES:
             raise ConfigError(f"unknown model {self.model!r}: choose {MODEL_NAMES.describe()}")
@@ -91,9 +92,7 @@ class TrainConfig:
         for name, default in PRESETS[self.model].items():
             if values[name] is None:
                 values[name] = default
-        config = TrainConfig(**values)
-        config.validate()
-        return config
+        return ResolvedConfig(**values)
 
     def validate(self) -> None:
         for name, constraint in _CONSTRAINTS.items():
@@ -103,7 +102,7 @@ class TrainConfig:
         if self.layout is not None and self.model == "cnn":
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
 
-    def architecture(self, n_classes: int | None = None) -> dict:
+    def architecture(self, n_classes: int | None = None) -> dict[str, Any]:
         """The network to train: the named model, resized by ``layout`` and with ``n_classes``
         outputs (the data's number of classes; default 10)."""
         architecture = architectures.named_architecture(
@@ -116,6 +115,32 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class ResolvedConfig(TrainConfig):
+    """A ``TrainConfig`` with every preset setting filled in (``TrainConfig.resolved``): what
+    a run uses, typed without the ``None`` that stands for "the model's default"."""
+
+    cost: str
+    learning_rate: float
+    schedule: str
+    epochs: int
+    batch_size: int
+    l2: float
+    dropout: float
+    label_smoothing: float
+    augment: bool
+    split: str
+    val_size: int
+    patience: int
+    precision: str
+
+    def __post_init__(self) -> None:
+        unset = [name for name in PRESETS[self.model] if getattr(self, name, None) is None]
+        if unset:
+            raise ConfigError(f"settings {unset} are not resolved: use TrainConfig.resolved()")
+        self.validate()
 
 
 @dataclass
@@ -195,7 +220,9 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def _split_validation(X, y, val_size: int, seed: int):
+def _split_validation(
+    X: np.ndarray, y: np.ndarray, val_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out ``val_size`` training samples, stratified, fixed by ``seed``."""
     if val_size == 0:
         return X, y, X[:0], y[:0]
@@ -213,7 +240,11 @@ def _split_validation(X, y, val_size: int, seed: int):
     return X_train, y_train, X_val, y_val
 
 
-def load_data(config: TrainConfig, data_dir=None):
+def load_data(
+    config: ResolvedConfig, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, Any]
+]:
     """Training, validation and test arrays for ``config`` (resolved) and their fingerprint."""
     from digitnet.data.mnist import dataset_fingerprint, load_mnist
 
@@ -239,7 +270,7 @@ def load_data(config: TrainConfig, data_dir=None):
     return (X_train, y_train, X_val, y_val, X_test, y_test), data
 
 
-def _comparable(config_json: dict) -> dict:
+def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
     # Data location is where to find the files, not what was trained; the checksum covers that.
     return {k: v for k, v in config_json.items() if k not in ("dry_run",)}
 
@@ -248,7 +279,7 @@ def train_and_evaluate(
     config: TrainConfig,
     workdir: str | Path,
     *,
-    data_dir=None,
+    data_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     save_model_path: str | Path | None = None,
     progress: bool = False,
@@ -411,7 +442,7 @@ def compute_dtype(precision: str) -> str | None:
     return "bfloat16" if precision == "bfloat16" else None
 
 
-def _augment(config: TrainConfig):
+def _augment(config: ResolvedConfig) -> Any:
     if not config.augment:
         return None
     from digitnet.training.augment import augment_from_config
@@ -420,7 +451,7 @@ def _augment(config: TrainConfig):
 
 
 def _save_checkpoint(
-    path: Path, fitter: Fitter, config: TrainConfig, data: dict[str, Any], state: RunState
+    path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str, Any], state: RunState
 ) -> None:
     tensors = {f"parameters/{k}": v for k, v in fitter.parameters().items()}
     tensors.update({f"optimizer/{k}": v for k, v in fitter.optimizer_state().items()})
@@ -434,7 +465,7 @@ def _save_checkpoint(
     )
 
 
-def _restore(path: Path, fitter: Fitter, config: TrainConfig, data: dict[str, Any]) -> RunState:
+def _restore(path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str, Any]) -> RunState:
     if not path.exists():
         raise ModelFileError(
             f"no checkpoint to resume at {path}: start without --resume, or "
@@ -463,20 +494,20 @@ def _restore(path: Path, fitter: Fitter, config: TrainConfig, data: dict[str, An
     return RunState.from_header(header, group("best/") or None)
 
 
-class _NoBar:
-    def __enter__(self):
-        return lambda epoch: None
-
-    def __exit__(self, *exc):
-        return False
+# advance(epoch) -> the progress(done, total) callback for that epoch's batches, or None.
+Advance = Callable[[int], Callable[[int, int], None] | None]
 
 
-def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
+def _no_progress(epoch: int) -> None:
+    return None
+
+
+def _progress_bar(
+    enabled: bool, epochs: int, steps_per_epoch: int
+) -> AbstractContextManager[Advance]:
     """A rich progress bar on stderr; the tutorial's lines still print cleanly above it."""
     if not enabled:
-        return _NoBar()
-    from contextlib import contextmanager
-
+        return nullcontext(_no_progress)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -487,7 +518,7 @@ def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
     )
 
     @contextmanager
-    def bar():
+    def bar() -> Iterator[Advance]:
         with Progress(
             TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
             BarColumn(),
@@ -498,7 +529,7 @@ def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
         ) as progress:
             task = progress.add_task("train", total=steps_per_epoch, epoch=1)
 
-            def advance(epoch):
+            def advance(epoch: int) -> Callable[[int, int], None]:
                 progress.reset(task, total=steps_per_epoch, epoch=epoch)
                 return lambda done, total: progress.update(task, completed=done)
 
