@@ -137,7 +137,11 @@ class ResolvedConfig(TrainConfig):
     precision: str
 
     def __post_init__(self) -> None:
-        unset = [name for name in PRESETS[self.model] if getattr(self, name, None) is None]
+        unset = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name != "layout" and getattr(self, f.name) is None
+        ]
         if unset:
             raise ConfigError(f"settings {unset} are not resolved: use TrainConfig.resolved()")
         self.validate()
@@ -356,7 +360,7 @@ def train_and_evaluate(
             log(line)
             _save_checkpoint(checkpoint_path, fitter, config, data, state)
             if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
+                on_epoch_end(epoch, dict(record))
             if config.patience and state.stale_epochs >= config.patience:
                 log(f"Early stopping: no validation improvement for {config.patience} epochs")
                 break
