@@ -223,6 +223,7 @@ def train_and_evaluate(
     progress: bool = False,
     log: Callable[[str], None] = _print,
     stop_after_epoch: int | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
@@ -235,6 +236,8 @@ def train_and_evaluate(
         progress: show a progress bar on stderr while training.
         log: receives the tutorial's lines (``Cost after epoch N: C`` ...).
         stop_after_epoch: stop (as if interrupted) after this epoch; for tests of resume.
+        tensorboard: write TensorBoard event files into this folder (``train``,
+            ``validation``); see ``digitnet.training.tensorboard``.
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
@@ -244,6 +247,7 @@ def train_and_evaluate(
     import tensorflow as tf
 
     from digitnet.training.engine import Fitter, make_learning_rate
+    from digitnet.training.tensorboard import TensorBoardLog
 
     config = config.resolved()
     keras.utils.set_random_seed(config.seed)
@@ -280,6 +284,8 @@ def train_and_evaluate(
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
+    if tensorboard is not None:
+        board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state["epoch"] + 1, config.epochs + 1):
             started = time.perf_counter()
@@ -287,6 +293,7 @@ def train_and_evaluate(
             record = {
                 "epoch": epoch,
                 "cost": cost,
+                "accuracy": fitter.epoch_accuracy,
                 "learning_rate": float(fitter.optimizer.learning_rate.numpy()),
             }
             line = f"Cost after epoch {epoch}: {cost}"
@@ -297,6 +304,8 @@ def train_and_evaluate(
             state["seconds"] += record["seconds"]
             state["history"].append(record)
             _track_best(state, fitter, record)
+            if tensorboard is not None:
+                board.write_epoch(record, fitter)
             state["epoch"] = epoch
             log(line)
             _save_checkpoint(checkpoint_path, fitter, config, data, state)
