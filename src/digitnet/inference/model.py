@@ -278,9 +278,21 @@ class Model:
         """``forward`` on checked float32 rows (n, n_inputs), on this thread."""
         if self._dense_layers is not None:
             return _dense_forward(values, self._dense_layers)
+        return self._run_plan(values, self._plan)
+
+    def layer_output(self, X: np.ndarray, layer: int) -> np.ndarray:
+        """What layer number ``layer`` (1-based, counted over ``architecture["layers"]``)
+        outputs for ``X`` (n, n_inputs), in inference mode: (n, h, w, channels) after a
+        convolutional layer, (n, units) after a dense one."""
+        values = np.asarray(X, dtype=np.float32).reshape(-1, self._n_inputs)
+        layers = self.architecture["layers"][:layer]
+        return self._run_plan(values, self._plan[: sum(x["type"] != "dropout" for x in layers)])
+
+    def _run_plan(self, values: np.ndarray, plan: list[tuple]) -> np.ndarray:
+        """The steps of ``plan`` (from ``_compile``) on float32 rows (n, n_inputs)."""
         if len(self.architecture["input_shape"]) == 3:
             values = values.reshape(len(values), *self.architecture["input_shape"])
-        for step in self._plan:
+        for step in plan:
             kind = step[0]
             if kind == "dense":
                 _, weights, bias, activation = step
