@@ -146,7 +146,7 @@ def report_data(
     correct = predicted == labels
     bins = reliability_bins(confidence, correct)
     notes: list[str] = []
-    return {
+    data: dict[str, Any] = {
         "model": _model_summary(model),
         "history": _history(model, notes),
         "test": test,
@@ -169,6 +169,8 @@ def report_data(
         "notes": notes,
         "digitnet_version": __version__,
     }
+    data["best_epoch"] = best_epoch(data)
+    return data
 
 
 def _model_summary(model: Model) -> dict[str, Any]:
@@ -319,9 +321,11 @@ def learning_curves_figure(data: dict[str, Any]) -> Figure | None:
     ]
     panels = [p for p in panels if any(values is not None for _, values, _ in p[2])]
     figure = _new_figure("learning_curves")
-    best = best_epoch(data)
+    best = data["best_epoch"]
     kept = "best validation" if any(row.get("val_accuracy") is not None for row in rows) else "last"
-    for axes, (title, ylabel, lines) in zip(figure.subplots(1, len(panels)), panels):
+    for axes, (title, ylabel, lines) in zip(
+        figure.subplots(1, len(panels), squeeze=False)[0], panels
+    ):
         drawn = [values for _, values, _ in lines if values is not None]
         for label, values, color in lines:
             if values is not None:
@@ -742,7 +746,7 @@ table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabu
 th, td { padding: 0.2rem 0.5rem; border-bottom: 1px solid #eee; text-align: right;
          white-space: nowrap; }
 th { background: #f3f3f3; }
-td.diagonal { font-weight: 600; background: #eef4fb; }
+td.diagonal, td.best { font-weight: 600; background: #eef4fb; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 0.1rem 1rem; margin: 0; }
 dl.facts dt { color: #555; }
 dl.facts dd { margin: 0; }
@@ -889,10 +893,15 @@ def _history_section(data: dict[str, Any]) -> str:
             return f"{value:.1f}"
         return f"{value:.6g}"
 
+    best = data["best_epoch"]
     table = _table(
         ["epoch"] + [label for _, label in columns],
-        [[row["epoch"]] + [cell(row, name) for name, _ in columns] for row in rows],
-        classes=lambda r, c: "diagonal" if rows[r]["epoch"] == best_epoch(data) else "",
+        [
+            [f"{row['epoch']} (weights kept)" if row["epoch"] == best else row["epoch"]]
+            + [cell(row, name) for name, _ in columns]
+            for row in rows
+        ],
+        classes=lambda r, c: "best" if rows[r]["epoch"] == best else "",
     )
     caption = (
         "Training cost and accuracy are averaged over each epoch's batches as they were "
