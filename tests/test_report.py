@@ -19,7 +19,7 @@ from scipy.signal import correlate2d
 from conftest import fake_mnist_arrays, write_dataset
 from digitnet.inference import evaluation
 from digitnet.inference.modelfile import load_model, save_model
-from digitnet.inference.report import DPI, FIGURE_SIZES, build_report
+from digitnet.inference.report import DPI, FIGURE_WIDTH, build_report, figure_size
 from digitnet.models.architectures import BATCHNORM_EPSILON
 
 
@@ -120,13 +120,22 @@ def test_figures_decode_at_their_sizes_and_the_page_shows_each_one(request, whic
         "mistakes",
         "per_class",
         "reliability",
-        "first_layer",
-    } | ({"feature_maps"} if which == "cnn_report" else set())
+    } | ({"filters", "feature_maps"} if which == "cnn_report" else {"weights"})
     assert set(report["figures"]) == expected
+    # Grids of digits and weights grow by rows of ten (filters: sixteen), the rest are fixed.
+    tiles = {
+        "mistakes": min(len(report["mistakes"]), 60),
+        "confused_pairs": len(report["confused_pairs"]),
+        "weights": len(report["first_layer"].get("shown", [])),
+        "filters": len(report["first_layer"].get("weights", [])),
+    }
     page = parse(index)
     shown = {image["src"]: image for image in page.images}
-    for name, file in report["figures"].items():
-        width, height = (round(inches * DPI) for inches in FIGURE_SIZES[name])
+    for name, figure in report["figures"].items():
+        width, height = (round(inches * DPI) for inches in figure_size(name, tiles.get(name, 0)))
+        assert width == FIGURE_WIDTH * DPI == 1200
+        assert (figure["width"], figure["height"]) == (width, height)
+        file = figure["file"]
         with Image.open(index.parent / file) as image:
             image.load()  # decodes every pixel
             assert image.format == "PNG" and image.size == (width, height), name
@@ -139,7 +148,9 @@ def test_figures_decode_at_their_sizes_and_the_page_shows_each_one(request, whic
     for link in page.links:
         assert "://" not in link and not link.startswith("//"), link
         assert (index.parent / link).is_file(), link
-    assert sorted(p.name for p in index.parent.glob("*.png")) == sorted(report["figures"].values())
+    assert sorted(p.name for p in index.parent.glob("*.png")) == sorted(
+        figure["file"] for figure in report["figures"].values()
+    )
     assert {"name": "viewport", "content": "width=device-width, initial-scale=1"} in page.meta
 
 
@@ -340,9 +351,9 @@ def test_report_on_real_mnist_matches_evaluate(tmp_path, mnist_dir):
     assert answer["confusion_matrix"] == matrix.tolist()
     assert 0.9 < report["test"]["accuracy"] < 1.0
     assert len(report["mistakes"]) == 14000 - np.trace(matrix)
-    for name, file in report["figures"].items():
-        with Image.open(index.parent / file) as image:
-            assert image.size == tuple(round(v * DPI) for v in FIGURE_SIZES[name])
+    for figure in report["figures"].values():
+        with Image.open(index.parent / figure["file"]) as image:
+            assert image.size == (figure["width"], figure["height"]) and figure["width"] == 1200
     # The figures a learner looks at first: the training cost falls epoch by epoch.
     costs = [row["cost"] for row in report["history"]]
     assert costs == sorted(costs, reverse=True)

@@ -15,9 +15,9 @@ confused_pairs      the ten most frequent (true, predicted) mistakes, an example
 mistakes            misclassified test digits, the most confident first
 per_class           precision, recall and F1 of each class
 reliability         the reliability diagram and the expected calibration error
-first_layer         a dense model's ``W1`` rows as images, or a convolutional model's first
-                    filters
-feature_maps        (convolutional models) the first convolution's responses to one digit
+weights             (dense models) what the first layer learned: ``W1``'s rows as images
+filters             (convolutional models) the first convolution's filters
+feature_maps        (convolutional models) those filters' responses to one digit
 ==================  ========================================================================
 
 The test set is that of the split the model was trained on (as ``digitnet evaluate``). No
@@ -35,7 +35,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -50,18 +50,23 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+# Figures are FIGURE_WIDTH inches wide at DPI: 1200 px, shown at 100% zoom on a desktop,
+# where 10-point text is 14 px high.
 DPI = 100
-# Each figure's size in inches (pixels: times DPI). Fixed, so the page's layout is the same
-# for every model; at 100 dpi, 10-point text is 14 px high at 100% zoom.
-FIGURE_SIZES: dict[str, tuple[float, float]] = {
-    "learning_curves": (12.0, 4.2),
-    "confusion_matrix": (12.0, 5.6),
-    "confused_pairs": (12.0, 2.8),
-    "mistakes": (12.0, 9.6),
-    "per_class": (12.0, 4.2),
-    "reliability": (12.0, 4.6),
-    "first_layer": (12.0, 14.0),
-    "feature_maps": (12.0, 5.2),
+FIGURE_WIDTH = 12.0
+FIGURE_HEIGHTS = {
+    "learning_curves": 4.2,
+    "confusion_matrix": 5.6,
+    "per_class": 4.2,
+    "reliability": 4.6,
+    "feature_maps": 5.2,
+}
+# Grids of small images grow with their rows: columns, inches per row, inches above them.
+TILE_GRIDS: dict[str, tuple[int, float, float]] = {
+    "confused_pairs": (10, 1.7, 0.6),
+    "mistakes": (10, 1.5, 0.7),
+    "weights": (10, 1.35, 0.9),
+    "filters": (16, 0.95, 0.9),
 }
 FIGURE_TITLES = {
     "learning_curves": "Learning curves",
@@ -70,12 +75,13 @@ FIGURE_TITLES = {
     "mistakes": "Misclassified test digits",
     "per_class": "Precision, recall and F1 per class",
     "reliability": "Calibration",
-    "first_layer": "What the first layer learned",
+    "weights": "What the first layer learned",
+    "filters": "What the first layer learned",
     "feature_maps": "First convolution's responses to one digit",
 }
 CONFUSED_PAIRS = 10
-GALLERY_ROWS, GALLERY_COLUMNS = 6, 10
-WEIGHTS_SHOWN = 100  # dense units of W1 drawn (10 x 10)
+GALLERY_ROWS = 6  # at most 60 mistakes drawn; report.json lists all
+WEIGHTS_SHOWN = 100  # dense units of W1 drawn
 FILTERS_SHOWN = 32
 HTML_MISTAKE_ROWS = 200
 
@@ -240,11 +246,21 @@ def best_epoch(data: dict[str, Any]) -> int | None:
 # Figures
 
 
-def _new_figure(name: str, layout: str | None = "constrained") -> Figure:
+def figure_size(name: str, tiles: int = 0) -> tuple[float, float]:
+    """A figure's (width, height) in inches; a grid's height follows its number of tiles."""
+    if name in TILE_GRIDS:
+        columns, per_row, top = TILE_GRIDS[name]
+        return FIGURE_WIDTH, top + per_row * max(1, math.ceil(tiles / columns)) + 0.1
+    return FIGURE_WIDTH, FIGURE_HEIGHTS[name]
+
+
+def _new_figure(
+    name: str, layout: Literal["constrained"] | None = "constrained", tiles: int = 0
+) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=FIGURE_SIZES[name], dpi=DPI, layout=layout)
+    figure = Figure(figsize=figure_size(name, tiles), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -415,12 +431,11 @@ def confused_pairs_figure(data: dict[str, Any], X: np.ndarray, side: int) -> Fig
     pairs = data["confused_pairs"]
     if not pairs:
         return None
-    figure = _new_figure("confused_pairs", layout=None)
+    figure = _new_figure("confused_pairs", layout=None, tiles=len(pairs))
     _tile_grid(
         figure,
-        (0.01, 0.02, 0.98, 0.84),
+        "confused_pairs",
         [X[pair["example"]].reshape(side, side) for pair in pairs],
-        CONFUSED_PAIRS,
         [
             f"{pair['true']} taken for {pair['predicted']}\n{pair['count']} times\n"
             f"#{pair['example']}: {pair['confidence'] * 100:.1f} %"
@@ -440,15 +455,14 @@ def confused_pairs_figure(data: dict[str, Any], X: np.ndarray, side: int) -> Fig
 
 
 def mistakes_figure(data: dict[str, Any], X: np.ndarray, side: int) -> Figure | None:
-    mistakes = data["mistakes"][: GALLERY_ROWS * GALLERY_COLUMNS]
+    mistakes = data["mistakes"][: GALLERY_ROWS * TILE_GRIDS["mistakes"][0]]
     if not mistakes:
         return None
-    figure = _new_figure("mistakes", layout=None)
+    figure = _new_figure("mistakes", layout=None, tiles=len(mistakes))
     _tile_grid(
         figure,
-        (0.01, 0.01, 0.98, 0.92),
+        "mistakes",
         [X[m["index"]].reshape(side, side) for m in mistakes],
-        GALLERY_COLUMNS,
         [
             f"true {m['true']}, said {m['predicted']}\n{m['confidence'] * 100:.1f} % sure"
             for m in mistakes
@@ -457,7 +471,6 @@ def mistakes_figure(data: dict[str, Any], X: np.ndarray, side: int) -> Figure | 
         vmin=0.0,
         vmax=1.0,
         frame=True,
-        rows=GALLERY_ROWS,
     )
     total = len(data["mistakes"])
     shown = f"all {total}" if total == len(mistakes) else f"the {len(mistakes)} worst of {total}"
@@ -529,18 +542,19 @@ def reliability_figure(data: dict[str, Any]) -> Figure:
 
 def _tile_grid(
     figure: Figure,
-    rect: tuple[float, float, float, float],
+    grid: str,
     tiles: Sequence[np.ndarray],
-    columns: int,
     labels: Sequence[str],
     *,
     frame: bool = False,
-    rows: int | None = None,
+    left_margin: float = 0.01,
+    columns: int | None = None,
+    top: float | None = None,
     fontsize: float = 9,
     **imshow: Any,
 ) -> Axes:
-    """Equally sized 2-D ``tiles`` in a grid, each under its label (1-2 lines), drawn as one
-    image in one axes at ``rect`` (figure fractions: left, bottom, width, height).
+    """Equally sized 2-D ``tiles`` in rows of ``TILE_GRIDS[grid]``'s columns, each under its
+    label, drawn as one image in one axes below the top ``top`` inches of the figure.
 
     One image instead of an axes per tile: laying out a hundred axes took seconds.
     """
@@ -548,11 +562,20 @@ def _tile_grid(
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
+    if grid in TILE_GRIDS:
+        columns, _, top = TILE_GRIDS[grid]
+    assert columns is not None and top is not None
     height, width = tiles[0].shape
-    rows = rows or max(1, math.ceil(len(tiles) / columns))
-    gap = max(2, width // 6)
+    rows = max(1, math.ceil(len(tiles) / columns))
+    gap = max(1, round(width / 7))
     lines = max((label.count("\n") + 1 for label in labels), default=0)
     figure_width, figure_height = figure.get_size_inches()
+    rect = (
+        left_margin,
+        0.1 / figure_height,
+        0.99 - left_margin,
+        (figure_height - top - 0.1) / figure_height,
+    )
     box_width, box_height = rect[2] * figure_width * DPI, rect[3] * figure_height * DPI
     label_pixels = lines * fontsize * 1.25 * DPI / 72
     # Screen pixels per tile pixel: the grid fills the box's width unless it is too tall.
@@ -566,16 +589,17 @@ def _tile_grid(
     axes = figure.add_axes(rect)
     frames = []
     for k, (tile, label) in enumerate(zip(tiles, labels)):
-        top = (k // columns) * cell_height + label_space + gap // 2
+        row_top = (k // columns) * cell_height + label_space + gap // 2
         left = (k % columns) * cell_width + gap // 2
-        canvas[top : top + height, left : left + width] = tile
+        canvas[row_top : row_top + height, left : left + width] = tile
         if frame:
-            frames.append(Rectangle((left - 0.5, top - 0.5), width, height))
+            frames.append(Rectangle((left - 0.5, row_top - 0.5), width, height))
         if label:
-            axes.text(
-                left + width / 2,
-                top - 1,
+            axes.annotate(
                 label,
+                (left + width / 2, row_top - 0.5),
+                xytext=(0, 2),
+                textcoords="offset points",
                 ha="center",
                 va="bottom",
                 fontsize=fontsize,
@@ -600,8 +624,9 @@ def _each_on_its_scale(tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
 def first_layer_figures(
     model: Model, data: dict[str, Any], X: np.ndarray, labels: np.ndarray
 ) -> dict[str, Figure]:
-    """``first_layer`` (and ``feature_maps`` for a convolutional model); adds the numbers
-    behind them to ``data["first_layer"]`` and a note when the layer cannot be drawn."""
+    """``weights`` (a dense first layer) or ``filters`` and ``feature_maps`` (a convolution);
+    adds the numbers behind them to ``data["first_layer"]``, or a note when the layer cannot be
+    drawn."""
     layers = model.architecture["layers"]
     index = next(i for i, layer in enumerate(layers) if layer["type"] in ("dense", "conv"))
     weights = model.parameters["W1"]
@@ -624,9 +649,9 @@ def first_layer_figures(
         )
         # A ReLU unit that no image switches on gets no gradient: its weights stay as they
         # were initialised (noise over the whole square, border included).
-        dead = np.zeros(len(weights), dtype=bool)
+        dead: np.ndarray = np.zeros(len(weights), dtype=bool)
         if layers[index]["activation"] == "relu":
-            dead = ~(model.layer_output(X, index + 1) > 0).any(axis=0)
+            dead = ~np.any(model.layer_output(X, index + 1) > 0, axis=0)
         data["first_layer"] = {
             "type": "dense",
             "units": len(weights),
@@ -635,12 +660,11 @@ def first_layer_figures(
             "norms": [float(norms[u]) for u in units],
             "range": [float(weights.min()), float(weights.max())],
         }
-        figure = _new_figure("first_layer", layout=None)
+        figure = _new_figure("weights", layout=None, tiles=len(units))
         _tile_grid(
             figure,
-            (0.01, 0.01, 0.98, 0.93),
+            "weights",
             _each_on_its_scale([weights[u].reshape(side, side) for u in units]),
-            10,
             [f"unit {u + 1}" + (" (dead)" if dead[u] else "") for u in units],
             cmap="RdBu_r",
             vmin=-1.0,
@@ -652,7 +676,7 @@ def first_layer_figures(
             "scale.",
             fontsize=11,
         )
-        figures["first_layer"] = figure
+        figures["weights"] = figure
         return figures
 
     kernel = weights  # (k, k, channels, filters)
@@ -667,12 +691,11 @@ def first_layer_figures(
         "kernel": int(kernel.shape[0]),
         "weights": [f.round(4).tolist() for f in filters],
     }
-    figure = _new_figure("first_layer", layout=None)
+    figure = _new_figure("filters", layout=None, tiles=count)
     _tile_grid(
         figure,
-        (0.01, 0.01, 0.98, 0.9),
+        "filters",
         _each_on_its_scale(filters),
-        8,
         [f"filter {f + 1}" for f in range(count)],
         cmap="RdBu_r",
         vmin=-1.0,
@@ -685,7 +708,7 @@ def first_layer_figures(
         "(edge and stroke detectors); each filter on its own scale.",
         fontsize=11,
     )
-    figures["first_layer"] = figure
+    figures["filters"] = figure
 
     # The responses the next layer sees: after the convolution's batch normalisation and
     # ReLU when it has them.
@@ -705,10 +728,12 @@ def first_layer_figures(
     peak = float(maps.max()) or 1.0
     _tile_grid(
         figure,
-        (0.2, 0.01, 0.79, 0.86),
+        "feature_maps",
         [maps[:, :, f] for f in range(count)],
-        8,
         [f"{f + 1}" for f in range(count)],
+        left_margin=0.2,
+        columns=8,
+        top=0.7,
         cmap="magma",
         vmin=0.0,
         vmax=peak,
@@ -731,7 +756,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        color: #1b1b1b; background: #fafafa; }
-main { max-width: 1220px; margin: 0 auto; padding: 1rem; }
+main { max-width: 1300px; margin: 0 auto; padding: 1rem; }
 h1 { font-size: 1.6rem; margin: 0.5rem 0; }
 h2 { font-size: 1.3rem; margin: 2rem 0 0.5rem; border-bottom: 1px solid #ddd; }
 section { background: #fff; padding: 0.5rem 1rem 1rem; margin: 1rem 0; border-radius: 6px;
@@ -784,31 +809,34 @@ def _percent(value: float | None, digits: int = 2) -> str:
 def _figure_html(data: dict[str, Any], name: str, caption: str) -> str:
     if name not in data["figures"]:
         return ""
-    file = html.escape(data["figures"][name])
-    width, height = (round(v * DPI) for v in FIGURE_SIZES[name])
+    figure = data["figures"][name]
+    file = html.escape(figure["file"])
     return (
-        f'<figure><a href="{file}"><img src="{file}" width="{width}" height="{height}" '
+        f'<figure><a href="{file}"><img src="{file}" width="{figure["width"]}" '
+        f'height="{figure["height"]}" '
         f'alt="{html.escape(FIGURE_TITLES[name])}"></a>'
         f"<figcaption>{caption}</figcaption></figure>"
     )
 
 
 def render_html(data: dict[str, Any], title: str) -> str:
-    """The report page for ``data`` (``report_data`` plus ``figures``: name -> file)."""
+    """The report page for ``data``: ``report_data`` plus ``figures`` (name -> ``file``,
+    ``width`` and ``height`` in pixels)."""
     model, test, calibration = data["model"], data["test"], data["calibration"]
     training, metrics = model["training"], model["metrics"]
     n = test["n"]
     facts = [
         ("network", model["description"]),
-        ("parameters", f"{model['parameters']:,}"),
         ("trained", _training_summary(training, metrics, model["data"])),
         ("test set", f"{n:,} images of the {model['data'].get('split', 'official')} split"),
         ("test accuracy", f"{test['accuracy'] * 100:.2f} % ({len(data['mistakes']):,} wrong)"),
         ("macro F1", _percent(test["macro_f1"])),
         ("calibration error (ECE)", _percent(calibration["ece"])),
     ]
+    if "parameters" not in model["description"]:
+        facts.insert(1, ("parameters", f"{model['parameters']:,}"))
     if metrics.get("val_accuracy") is not None:
-        facts.insert(4, ("validation accuracy", _percent(metrics["val_accuracy"])))
+        facts.insert(-3, ("validation accuracy", _percent(metrics["val_accuracy"])))
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         '<dl class="facts">'
@@ -850,7 +878,9 @@ on this page is also in <a href="report.json">report.json</a>.</p>
 """
 
 
-def _training_summary(training: dict[str, Any], metrics: dict[str, Any], data: dict) -> str:
+def _training_summary(
+    training: dict[str, Any], metrics: dict[str, Any], data: dict[str, Any]
+) -> str:
     if not training:
         return "no training settings recorded"
     parts = [
@@ -1073,9 +1103,10 @@ def _first_layer_section(data: dict[str, Any]) -> str:
             f"What each filter responds to in test image #{layer['example']}: bright where "
             "its pattern (an edge, a stroke in one direction) is present.",
         )
+    name = "weights" if layer["type"] == "dense" else "filters"
     return (
-        f"<section><h2>{FIGURE_TITLES['first_layer']}</h2>"
-        + _figure_html(data, "first_layer", caption)
+        f"<section><h2>{FIGURE_TITLES[name]}</h2>"
+        + _figure_html(data, name, caption)
         + extra
         + "</section>"
     )
@@ -1092,7 +1123,7 @@ def build_report(
 ) -> Path:
     """Write the report of ``model`` (a ``Model`` or a model file) into ``out_dir``.
 
-    Writes one PNG per figure (``FIGURE_SIZES``), ``report.json`` and, last, ``index.html``,
+    Writes one PNG per figure (``FIGURE_TITLES``), ``report.json`` and, last, ``index.html``,
     each atomically: once ``index.html`` exists the report is complete. The test set comes
     from ``data_dir`` (else ``$DIGITNET_DATA_DIR``, the cache, or a download).
 
@@ -1101,13 +1132,16 @@ def build_report(
     """
     from digitnet.inference.modelfile import load_model
 
-    title = "digitnet report"
-    if not isinstance(model, Model):
-        title += f": {Path(model).name}"
-        model = load_model(model)
+    if isinstance(model, Model):
+        title = f"digitnet report: {model.name} model"
     else:
-        title += f": {model.name} model"
-    out = Path(out_dir)
+        title = f"digitnet report: {Path(model).name}"
+    return _build(
+        model if isinstance(model, Model) else load_model(model), Path(out_dir), data_dir, title
+    )
+
+
+def _build(model: Model, out: Path, data_dir: str | os.PathLike[str] | None, title: str) -> Path:
     X, labels = test_set_for(model, data_dir)
     probabilities = model.predict_proba(X)
     data = report_data(model, X, labels, probabilities)
@@ -1126,16 +1160,19 @@ def build_report(
             ("confused_pairs", lambda: confused_pairs_figure(data, X, side)),
             ("mistakes", lambda: mistakes_figure(data, X, side)),
         ]
-    figures: dict[str, str] = {}
-    for name, draw in drawings:
-        figure = draw()
-        if figure is not None:
-            atomic_write_bytes(out / f"{name}.png", _png(figure))
-            figures[name] = f"{name}.png"
-    for name, figure in first_layer_figures(model, data, X, labels).items():
+    drawn = {name: draw() for name, draw in drawings}
+    drawn.update(first_layer_figures(model, data, X, labels))
+    figures: dict[str, dict[str, Any]] = {}
+    for name in FIGURE_TITLES:
+        figure = drawn.get(name)
+        if figure is None:
+            # An earlier report's figure (another model's) must not be taken for this one's.
+            (out / f"{name}.png").unlink(missing_ok=True)
+            continue
         atomic_write_bytes(out / f"{name}.png", _png(figure))
-        figures[name] = f"{name}.png"
-    data["figures"] = {name: figures[name] for name in FIGURE_SIZES if name in figures}
+        width, height = (round(inches * DPI) for inches in figure.get_size_inches())
+        figures[name] = {"file": f"{name}.png", "width": width, "height": height}
+    data["figures"] = figures
     atomic_write_bytes(
         out / "report.json", json.dumps(data, indent=1, allow_nan=False).encode("utf-8")
     )
