@@ -302,6 +302,17 @@ def _cost_label(training: dict[str, Any]) -> str:
     return "cost"
 
 
+def _training_cost_extras(training: dict[str, Any]) -> str:
+    """What the training cost adds to the plain cost the validation cost is: the optimised
+    cost has the label smoothing and the L2 term, so it stays well above validation's."""
+    extras = []
+    if training.get("label_smoothing"):
+        extras.append(f"label smoothing {training['label_smoothing']:g}")
+    if training.get("l2"):
+        extras.append(f"L2 {training['l2']:g}")
+    return "\n(with " + " and ".join(extras) + ")" if extras else ""
+
+
 def learning_curves_figure(data: dict[str, Any]) -> Figure | None:
     from matplotlib.ticker import MaxNLocator
 
@@ -319,18 +330,22 @@ def learning_curves_figure(data: dict[str, Any]) -> Figure | None:
     panels: list[tuple[str, str, list[tuple[str, np.ndarray | None, str]]]] = [
         (
             "Cost per epoch",
-            _cost_label(data["model"]["training"]),
+            _cost_label({**data["model"]["training"], "label_smoothing": 0}),
             [
-                ("training (mean over the epoch's batches)", series("cost"), "C0"),
-                ("validation (after the epoch)", series("val_cost"), "C1"),
+                (
+                    "training, as optimised" + _training_cost_extras(data["model"]["training"]),
+                    series("cost"),
+                    "C0",
+                ),
+                ("validation", series("val_cost"), "C1"),
             ],
         ),
         (
             "Accuracy per epoch",
             "accuracy, %",
             [
-                ("training (running, on the batches as trained)", series("accuracy", 100), "C0"),
-                ("validation (after the epoch)", series("val_accuracy", 100), "C1"),
+                ("training, on the batches as trained", series("accuracy", 100), "C0"),
+                ("validation", series("val_accuracy", 100), "C1"),
             ],
         ),
         ("Learning rate", "learning rate (Adam step size)", [("", series("learning_rate"), "C2")]),
@@ -935,9 +950,10 @@ def _history_section(data: dict[str, Any]) -> str:
     )
     caption = (
         "Training cost and accuracy are averaged over each epoch's batches as they were "
-        "trained (with dropout and augmentation where the model uses them); validation is "
-        "measured after the epoch without them. The dashed line marks the epoch whose weights "
-        "the model file holds."
+        "trained (with dropout and augmentation where the model uses them) and the cost as it "
+        "was optimised (with label smoothing and the L2 term where set); validation is "
+        "measured after the epoch without any of them, so the two costs are not on one "
+        "footing. The dashed line marks the epoch whose weights the model file holds."
     )
     return (
         f"<section><h2>{FIGURE_TITLES['learning_curves']}</h2>"

@@ -4,10 +4,11 @@ Event files go where ``tensorboard --logdir DIR`` expects Keras's: ``DIR/train``
 ``DIR/validation``, one step per epoch, so both runs share each chart:
 
 =====================  ===================================================================
-``train``              ``cost`` (mean batch cost), ``accuracy`` (running, on the batches as
+``train``              ``cost`` (mean batch cost as optimised: with label smoothing and the
+                       L2 term where set), ``accuracy`` (running, on the batches as
                        trained), ``learning_rate``, a histogram of every parameter
                        (``W1``, ``b1``, ``gamma2``, ...), ``settings`` (text, step 0)
-``validation``         ``cost``, ``accuracy``, ``mistakes``: the most confident wrong
+``validation``         ``cost`` (plain), ``accuracy``, ``mistakes``: the most confident wrong
                        answers as images, with ``mistakes_labels`` (text) saying what each is
 =====================  ===================================================================
 
@@ -31,6 +32,12 @@ from digitnet.errors import ConfigError
 
 MISTAKES_SHOWN = 8
 MISTAKE_POOL = 5000
+TRAIN_SCALARS = {
+    "cost": "training: the mean batch cost as optimised (label smoothing and L2 included), so "
+    "above the validation cost",
+    "accuracy": "training: fraction right on the epoch's batches as trained (augmented, dropout)",
+    "learning_rate": "Adam's step size at the end of the epoch",
+}
 
 
 class TensorBoardLog:
@@ -81,14 +88,18 @@ class TensorBoardLog:
         ``learning_rate``, ``val_cost``, ``val_accuracy``); ``fitter`` holds the weights."""
         step = int(record["epoch"])
         with self.train.as_default(step=step):
-            for name in ("cost", "accuracy", "learning_rate"):
+            for name, description in TRAIN_SCALARS.items():
                 if record.get(name) is not None:
-                    tf.summary.scalar(name, record[name])
+                    tf.summary.scalar(name, record[name], description=description)
             for name, value in fitter.parameters().items():
                 tf.summary.histogram(name, value)
         if self.validation is not None:
             with self.validation.as_default(step=step):
-                tf.summary.scalar("cost", record["val_cost"])
+                tf.summary.scalar(
+                    "cost",
+                    record["val_cost"],
+                    description="validation: the plain cost, without label smoothing or L2",
+                )
                 tf.summary.scalar("accuracy", record["val_accuracy"])
         if self.side is not None:
             with self.check_writer.as_default(step=step):
