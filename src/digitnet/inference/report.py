@@ -662,8 +662,8 @@ def first_layer_figures(
             if len(units) == len(weights)
             else f"the {len(units)} of {len(weights)} units with the largest weights (L2 norm)"
         )
-        # A ReLU unit that no image switches on gets no gradient: its weights stay as they
-        # were initialised (noise over the whole square, border included).
+        # A ReLU unit that no image switches on gets no gradient: once it stops firing in
+        # training its weights stop changing, and it still looks like its random start.
         dead: np.ndarray = np.zeros(len(weights), dtype=bool)
         if layers[index]["activation"] == "relu":
             dead = ~np.any(model.layer_output(X, index + 1) > 0, axis=0)
@@ -1099,8 +1099,9 @@ def _first_layer_section(data: dict[str, Any]) -> str:
             "gives each input pixel. Weights range from "
             f"{layer['range'][0]:.3f} to {layer['range'][1]:.3f}. "
             + (
-                f"{len(dead)} of the {layer['units']} units are dead (no test image makes them "
-                "fire, so training never changed them: they still show their random start): "
+                f"{len(dead)} of the {layer['units']} units are dead: no test image makes them "
+                "fire. A ReLU unit that stops firing gets no gradient and stops learning, so "
+                "these still look like their random start: "
                 + ", ".join(str(u + 1) for u in dead)
                 + "."
                 if dead
