@@ -99,6 +99,7 @@ def test_dry_run_trains_saves_and_evaluates_each_model(tmp_path, fake_mnist_dir,
     assert len(report["confusion_matrix"]) == 10
 
 
+@pytest.mark.slow
 def test_tutorial_defaults_on_real_mnist_print_the_tutorial_lines(tmp_path, mnist_dir):
     """`digitnet train` with no flags replays the tutorial: 20 epochs, seed split."""
     model_path = tmp_path / "seed.safetensors"

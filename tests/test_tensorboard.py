@@ -96,6 +96,10 @@ def test_without_a_validation_set_the_mistakes_come_from_training_images(tmp_pat
 def test_tensorboard_is_not_a_training_setting(tmp_path, fake_mnist_dir):
     """A run resumed with or without --tensorboard is the same run."""
     config = TrainConfig(model="seed", epochs=2, precision="float32")
+
+    def interrupt(epoch, record):
+        raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(
             config,
@@ -103,7 +107,7 @@ def test_tensorboard_is_not_a_training_setting(tmp_path, fake_mnist_dir):
             data_dir=fake_mnist_dir,
             log=quiet,
             tensorboard=tmp_path / "tb",
-            stop_after_epoch=1,
+            on_epoch_end=interrupt,
         )
     result = train_and_evaluate(config, tmp_path, data_dir=fake_mnist_dir, log=quiet, resume=True)
     assert [row["epoch"] for row in result.history] == [1, 2]

@@ -33,7 +33,8 @@ import numpy as np
 
 from digitnet.atomic import atomic_write_bytes
 from digitnet.data.idx import GZIP_MAGIC, gunzip, read_idx_with_digest
-from digitnet.errors import ConfigError, DataError
+from digitnet.errors import DataError
+from digitnet.models.choices import SOURCES, SPLITS, check
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +66,6 @@ DOWNLOAD_TIMEOUT_SECONDS: float = 30.0
 MAX_DOWNLOAD_BYTES: int = 128 * 1024 * 1024
 
 DATA_DIR_ENV = "DIGITNET_DATA_DIR"
-
-SPLITS = ("seed", "official")
-SOURCES = ("idx", "openml")
 
 # The tutorial's split of the 70,000 images.
 SEED_TEST_SIZE = 0.2
@@ -396,10 +394,8 @@ def load_mnist(
     ``source="openml"`` uses scikit-learn's ``fetch_openml("mnist_784")``, cached under
     ``<cache_dir>/openml``, whose rows keep the original order (first 60,000 = train).
     """
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(map(repr, SPLITS))}, not {split!r}")
-    if source not in SOURCES:
-        raise ConfigError(f"source must be one of {', '.join(map(repr, SOURCES))}, not {source!r}")
+    check("split", split, SPLITS)
+    check("source", source, SOURCES)
 
     if source == "idx":
         arrays = load_mnist_arrays(data_dir=data_dir, cache_dir=cache_dir, download=download)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from digitnet.errors import ConfigError, TrainingError
 from digitnet.models import architectures
+from digitnet.models.choices import SCHEDULES, check
 from digitnet.training.network import calculate_cost, forward_propagation, initialize_parameters
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -25,8 +26,9 @@ Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 def make_learning_rate(
     learning_rate: float, schedule: str, total_steps: int, warmup_steps: int = 0
-):
-    """A Keras schedule over optimiser steps: ``constant``, ``cosine`` or ``onecycle``."""
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A Keras schedule over optimiser steps, one of ``SCHEDULES``."""
+    check("schedule", schedule, SCHEDULES)
     if schedule == "constant":
         return learning_rate
     if schedule == "cosine":
@@ -47,7 +49,7 @@ def make_learning_rate(
             warmup_target=learning_rate,
             warmup_steps=warmup,
         )
-    raise ConfigError(f"unknown schedule {schedule!r}: choose constant, cosine or onecycle")
+    raise AssertionError(f"SCHEDULES has {schedule!r}, make_learning_rate does not")
 
 
 class Fitter:
@@ -89,9 +91,7 @@ class Fitter:
         self.batch_size, self.seed, self.augment = int(batch_size), int(seed), augment
         self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
         self.variables = initialize_parameters(self.architecture, seed=self.seed)
-        self.trainable = [
-            v for name, v in self.variables.items() if architectures.is_trainable(name)
-        ]
+        self.trainable = [variable for variable in self.variables.values() if variable.trainable]
         self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
         self.optimizer.build(self.trainable)
         self._train_chunk = tf.function(self._train_chunk_python, reduce_retracing=True)
