@@ -112,7 +112,7 @@ class Fitter:
             autograph=False,
         )
         self._stored_inputs: tuple[tf.Tensor, tf.Tensor] | None = None
-        self.epoch_accuracy: float | None = None
+        self.epoch_accuracy = float("nan")  # set by train_epoch
 
     # ------------------------------------------------------------------ data and training
 

@@ -67,10 +67,9 @@ class TensorBoardLog:
             ) from None
         logdir = Path(logdir)
         self.train = tf.summary.create_file_writer(str(logdir / "train"))
-        self.validation = (
-            tf.summary.create_file_writer(str(logdir / "validation")) if len(X_val) else None
-        )
+        self.validation = None
         if len(X_val):
+            self.validation = tf.summary.create_file_writer(str(logdir / "validation"))
             self.X_check, self.y_check = X_val, y_val
             self.check_writer, self.check_name = self.validation, "validation"
         else:
