@@ -31,7 +31,7 @@ def digitnet(*args, cwd=None, env=None, check=True):
 
 def test_help_lists_every_command_and_flag():
     result = digitnet("--help")
-    for command in ("train", "evaluate", "predict", "serve"):
+    for command in ("train", "evaluate", "predict", "report", "serve"):
         assert command in result.stdout
     train_help = digitnet("train", "--help").stdout
     for flag in (
@@ -47,6 +47,7 @@ def test_help_lists_every_command_and_flag():
         "--model",
         "--resume",
         "--val-size",
+        "--tensorboard",
     ):
         assert flag in train_help
 
@@ -55,9 +56,9 @@ def test_commands_that_do_not_train_import_no_tensorflow():
     code = (
         "import sys\nfrom digitnet.cli.main import build_parser\n"
         "import digitnet.cli.predict, digitnet.cli.evaluate, "
-        "digitnet.cli.serve\nimport digitnet.inference.model, digitnet.inference.modelfile, "
-        "digitnet.inference.predict, digitnet.data.mnist, "
-        "digitnet.inference.evaluation\nbuild_parser()\n"
+        "digitnet.cli.serve, digitnet.cli.report\nimport digitnet.inference.model, "
+        "digitnet.inference.modelfile, digitnet.inference.predict, digitnet.data.mnist, "
+        "digitnet.inference.evaluation, digitnet.inference.report\nbuild_parser()\n"
         "print('tensorflow' in sys.modules)"
     )
     result = subprocess.run(

@@ -102,6 +102,14 @@ def add_parser(
         "--resume", action="store_true", help="continue the interrupted run in --workdir"
     )
     parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="write TensorBoard logs (per-epoch cost, accuracy, learning rate, weight "
+        "histograms, validation mistakes) into DIR/train and DIR/validation; view them with "
+        "`tensorboard --logdir DIR`",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="train on a few batches only, to check that everything runs",
@@ -151,5 +159,6 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         save_model_path=args.save_model,
         progress=progress,
+        tensorboard=args.tensorboard,
     )
     return 0

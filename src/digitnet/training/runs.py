@@ -289,6 +289,7 @@ def train_and_evaluate(
     progress: bool = False,
     log: Callable[[str], None] = _print,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
@@ -304,6 +305,8 @@ def train_and_evaluate(
             is written, with that epoch's history record (``cost``, ``learning_rate``,
             ``val_accuracy`` ...); for progress displays or TensorBoard. What it raises ends
             the run, which ``resume=True`` then continues.
+        tensorboard: write TensorBoard event files into this folder (``train``,
+            ``validation``); see ``digitnet.training.tensorboard``.
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
@@ -313,6 +316,7 @@ def train_and_evaluate(
     import tensorflow as tf
 
     from digitnet.training.engine import Fitter, make_learning_rate
+    from digitnet.training.tensorboard import TensorBoardLog
 
     config = config.resolved()
     keras.utils.set_random_seed(config.seed)
@@ -342,6 +346,8 @@ def train_and_evaluate(
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
+    if tensorboard is not None:
+        board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
@@ -349,6 +355,7 @@ def train_and_evaluate(
             record = {
                 "epoch": epoch,
                 "cost": cost,
+                "accuracy": fitter.epoch_accuracy,
                 "learning_rate": float(fitter.optimizer.learning_rate.numpy()),
             }
             line = f"Cost after epoch {epoch}: {cost}"
@@ -357,6 +364,8 @@ def train_and_evaluate(
                 line += f"  (validation accuracy {record['val_accuracy'] * 100:.2f} %)"
             record["seconds"] = time.perf_counter() - started
             state.add(record, fitter.parameters)
+            if tensorboard is not None:
+                board.write_epoch(record, fitter)
             log(line)
             _save_checkpoint(checkpoint_path, fitter, config, data, state)
             if on_epoch_end is not None:
