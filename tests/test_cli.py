@@ -32,7 +32,7 @@ def digitnet(*args, cwd=None, env=None, check=True):
 
 def test_help_lists_every_command_and_flag():
     result = digitnet("--help")
-    for command in ("train", "evaluate", "predict", "serve"):
+    for command in ("train", "evaluate", "predict", "report", "serve"):
         assert command in result.stdout
     train_help = digitnet("train", "--help").stdout
     for flag in (
@@ -48,6 +48,7 @@ def test_help_lists_every_command_and_flag():
         "--model",
         "--resume",
         "--val-size",
+        "--tensorboard",
     ):
         assert flag in train_help
 
@@ -56,9 +57,9 @@ def test_commands_that_do_not_train_import_no_tensorflow():
     code = (
         "import sys\nfrom digitnet.cli.main import build_parser\n"
         "import digitnet.cli.predict, digitnet.cli.evaluate, "
-        "digitnet.cli.serve\nimport digitnet.inference.model, digitnet.inference.modelfile, "
-        "digitnet.inference.predict, digitnet.data.mnist, "
-        "digitnet.inference.evaluation\nbuild_parser()\n"
+        "digitnet.cli.serve, digitnet.cli.report\nimport digitnet.inference.model, "
+        "digitnet.inference.modelfile, digitnet.inference.predict, digitnet.data.mnist, "
+        "digitnet.inference.evaluation, digitnet.inference.report\nbuild_parser()\n"
         "print('tensorflow' in sys.modules)"
     )
     result = subprocess.run(
@@ -99,6 +100,7 @@ def test_dry_run_trains_saves_and_evaluates_each_model(tmp_path, fake_mnist_dir,
     assert len(report["confusion_matrix"]) == 10
 
 
+@pytest.mark.slow
 def test_tutorial_defaults_on_real_mnist_print_the_tutorial_lines(tmp_path, mnist_dir):
     """`digitnet train` with no flags replays the tutorial: 20 epochs, seed split."""
     model_path = tmp_path / "seed.safetensors"
