@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from digitnet.inference.predict import ImagePrediction
 
 HELP = "predict the digit in each image (PNG, JPEG, GIF, BMP, TIFF, WebP) or folder of images"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "predict",
         help=HELP,
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(result.ok for result in results) else 1
 
 
-def save_preprocessed(results, directory: Path) -> None:
+def save_preprocessed(results: Sequence[ImagePrediction], directory: Path) -> None:
     """Write each model input as a 28x28 greyscale PNG named after its source file."""
     import io
 
