@@ -1,7 +1,8 @@
 """``create_app(model)``: the FastAPI app serving a model, assembled from its parts.
 
 Routes (``routes/``): the draw-a-digit page at ``/``, TensorFlow Serving's REST API under
-``/v1/models/digitnet``, the image API under ``/api``, the reference at ``/docs``.
+``/v1/models/digitnet``, the image API under ``/api``, the reference at ``/docs``, the model's
+report at ``/report``.
 
 Every error answers ``{"error": "<what was wrong>"}`` with a 4xx status (400 a Host the
 server does not answer to, or anything else the client sent wrong; 403 a cross-origin POST;
@@ -28,7 +29,7 @@ from digitnet import __version__
 from digitnet.serving.asgi import LimitAndLogMiddleware
 from digitnet.serving.limits import ServerLimits
 from digitnet.serving.protocol import MODEL_NAME, RequestError, dumps_json
-from digitnet.serving.routes import api, docs, pages, tf_serving
+from digitnet.serving.routes import api, docs, pages, report, tf_serving
 from digitnet.serving.trust import allowed_host_names
 from digitnet.serving.work import WorkPool
 
@@ -86,6 +87,7 @@ def create_app(
     app.mount("/static", pages.static_files(), name="static")
     app.include_router(tf_serving.router)
     app.include_router(api.router)
+    app.include_router(report.router)
     app.add_middleware(
         LimitAndLogMiddleware,
         max_body_bytes=limits.max_body_bytes,

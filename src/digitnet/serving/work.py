@@ -9,7 +9,7 @@ memory takes down one work process, not the server.
 ``WorkPool.run(function, *args)`` waits for one of ``processes`` slots (at most
 ``max_wait`` seconds, then ``ServerBusy``: 503 with Retry-After) and runs ``function`` in a
 work process, where the served model is ``worker_model()``. Each work process receives the
-model once, when it starts.
+model once, when it starts (its architecture, parameters and metadata).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
+import numpy as np
 
 from digitnet.serving.protocol import Predictor, RequestError
 
@@ -71,7 +72,8 @@ class WorkPool:
                 self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
-                initargs=(self.model,),
+                # The parts, not the Model: a compiled model holds closures pickle cannot send.
+                initargs=(self.model.architecture, self.model.parameters, self.model.metadata),
             )
         return self._executor
 
@@ -142,16 +144,20 @@ _predictor: Predictor | None = None
 _malloc_trim: Callable[[int], int] | None = None
 
 
-def _start_worker(model: Model) -> None:
+def _start_worker(
+    architecture: dict[str, Any], parameters: dict[str, np.ndarray], metadata: dict[str, Any]
+) -> None:
     global _model, _predictor
+    from digitnet.inference.model import Model
+
     # Ctrl-C reaches the whole process group; the server decides when work processes end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Heavy work yields the CPU to the event loop's short tasks when both want it.
     os.nice(WORK_NICENESS)
     import digitnet.inference.preprocess  # noqa: F401 - loaded before the first request
 
-    _model = model
-    _predictor = Predictor(model)
+    _model = Model(architecture, parameters, metadata)
+    _predictor = Predictor(_model)
     _find_malloc_trim()
 
 
