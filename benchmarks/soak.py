@@ -609,9 +609,10 @@ def report(
     load_after: tuple[float, float, float],
     server_log: str,
 ) -> dict:
+    flags = " ".join(filter(None, ["--workers", str(args.workers), args.serve_args]))
     print(
-        f"\ndigitnet serve --workers {args.workers} {args.serve_args}: {args.clients} clients "
-        f"on 127.0.0.1 for "
+        f"\ndigitnet serve {flags}: "
+        f"{args.clients} clients on 127.0.0.1 for "
         f"{elapsed:.0f} s (after {args.warmup:g} s of warm-up)"
     )
     print(f"{'kind':<13} {'requests':>9} {'req/s':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} "
