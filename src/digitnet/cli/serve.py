@@ -9,7 +9,7 @@ from digitnet.serving.limits import ServerLimits
 DEFAULTS = ServerLimits()
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve a draw-a-digit web page and a TensorFlow-Serving REST API",
@@ -130,7 +130,7 @@ def _megabytes(text: str) -> float:
     return value
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from digitnet.serving.server import serve
 
     limits = ServerLimits(
