@@ -10,18 +10,19 @@ SavedModel also answers a TensorFlow Serving ``:predict`` body as ``digitnet ser
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from starlette.testclient import TestClient
 
 from conftest import fake_mnist_arrays, write_dataset
 from digitnet.atomic import atomic_directory
@@ -272,6 +273,17 @@ def tf_serving_predict(folder: Path, payload: dict) -> dict:
     return {key: values.numpy().tolist()}
 
 
+def digitnet_serve_answers(model: Model, payloads: list[dict]) -> list[httpx.Response]:
+    """``digitnet serve``'s app answering each body at ``/v1/models/digitnet:predict``."""
+
+    async def post_all() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(model))
+        async with httpx.AsyncClient(transport=transport, base_url="http://digitnet") as client:
+            return [await client.post("/v1/models/digitnet:predict", json=p) for p in payloads]
+
+    return asyncio.run(post_all())
+
+
 @pytest.mark.parametrize("name", ["seed", "cnn"])
 def test_savedmodel_answers_digitnet_requests_as_digitnet_serve_does(
     models, fake_data, tmp_path, name
@@ -280,16 +292,15 @@ def test_savedmodel_answers_digitnet_requests_as_digitnet_serve_does(
     _, images, _ = fake_data
     target = export_model(model, "savedmodel", tmp_path / "digitnet")
     assert target == tmp_path / "digitnet" / "1"  # TensorFlow Serving's NAME/VERSION layout
-    client = TestClient(create_app(model))
     batch = images[:5].reshape(5, 28, 28).tolist()
-    for payload in (
+    payloads = [
         {"instances": batch},
         {"instances": [{INPUT_NAME: image} for image in batch]},
         {"signature_name": SIGNATURE_NAME, "instances": batch},
         {"inputs": batch},
         {"inputs": {INPUT_NAME: batch}},
-    ):
-        expected = client.post("/v1/models/digitnet:predict", json=payload)
+    ]
+    for payload, expected in zip(payloads, digitnet_serve_answers(model, payloads)):
         assert expected.status_code == 200, expected.text
         answer = tf_serving_predict(target, json.loads(json.dumps(payload)))
         ((key, values),) = answer.items()

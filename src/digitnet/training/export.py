@@ -17,14 +17,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from digitnet.atomic import atomic_directory, atomic_write_bytes
 from digitnet.errors import ConfigError, DataError
-from digitnet.inference.model import PROBABILITY_FLOOR, Model
-from digitnet.inference.onnx_export import instance_shape, is_digitnet_onnx
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from digitnet.inference.model import Model
+
+# Everything else is imported where it is used: `digitnet --help` reads this table, and every
+# command starts faster without NumPy, SciPy or TensorFlow.
 
 QUANTIZATIONS = ("int8",)
 # Training images the int8 converter runs to calibrate each tensor's range. TensorFlow's
@@ -79,6 +83,8 @@ def serving_module(model: Model) -> Any:
     ``forward_propagation``."""
     import tensorflow as tf
 
+    from digitnet.inference.model import PROBABILITY_FLOOR
+    from digitnet.inference.onnx_export import instance_shape
     from digitnet.serving.server import INPUT_NAME, OUTPUT_NAME
     from digitnet.training.network import forward_propagation
 
@@ -137,7 +143,10 @@ def write_tflite(model: Model, target: Path, options: ExportOptions) -> None:
 def representative_images(model: Model, data_dir: str | os.PathLike[str] | None) -> np.ndarray:
     """``REPRESENTATIVE_IMAGES`` images (n, *instance_shape) float32 drawn at random (fixed
     seed) from the training split the model was trained on; never test images."""
+    import numpy as np
+
     from digitnet.data.mnist import load_mnist
+    from digitnet.inference.onnx_export import instance_shape
 
     data = model.metadata.get("data", {})
     X_train, _, _, _ = load_mnist(
@@ -184,6 +193,8 @@ def _is_tflite(path: Path) -> bool:
 
 
 def _is_onnx(path: Path) -> bool:
+    from digitnet.inference.onnx_export import is_digitnet_onnx
+
     return path.is_file() and is_digitnet_onnx(path.read_bytes())
 
 
