@@ -39,7 +39,12 @@ from digitnet.serving.server import (
     model_metadata,
 )
 from digitnet.training.engine import Fitter
-from digitnet.training.export import REPRESENTATIVE_IMAGES, export_model, representative_images
+from digitnet.training.export import (
+    REPRESENTATIVE_IMAGES,
+    default_output,
+    export_model,
+    representative_images,
+)
 from digitnet.training.runs import TrainConfig, train_and_evaluate
 from export import litert_interpreter
 
@@ -371,6 +376,14 @@ def test_an_earlier_export_is_replaced_and_anything_else_refused(models, tmp_pat
         export_model(model, "savedmodel", tmp_path / "base")
     with pytest.raises(ConfigError, match="is a file"):
         export_model(model, "savedmodel", tmp_path / "m.onnx")
+
+
+def test_default_outputs_sit_beside_the_model_named_after_it(tmp_path):
+    model_path = tmp_path / "models" / "cnn.safetensors"
+    assert default_output(model_path, "onnx", None) == tmp_path / "models" / "cnn.onnx"
+    assert default_output(model_path, "tflite", None) == tmp_path / "models" / "cnn.tflite"
+    assert default_output(model_path, "tflite", "int8") == tmp_path / "models" / "cnn.int8.tflite"
+    assert default_output(model_path, "savedmodel", None) == tmp_path / "models" / "cnn"
 
 
 @pytest.mark.parametrize(
