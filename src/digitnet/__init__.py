@@ -22,6 +22,8 @@ _EXPORTS = {
     # Training with validation, early stopping and checkpoints (TensorFlow).
     "train_and_evaluate": "digitnet.training.runs",
     "TrainConfig": "digitnet.training.runs",
+    # SavedModel, TFLite (TensorFlow) and ONNX (without it) exports.
+    "export_model": "digitnet.training.export",
     # Everything below works without TensorFlow.
     "load_mnist": "digitnet.data.mnist",
     "Model": "digitnet.inference.model",

@@ -39,6 +39,10 @@ def _dense_forward(values: np.ndarray, layers: DenseLayers) -> np.ndarray:
     return values
 
 
+# predict_proba's floor under each sigmoid score before it normalises them to sum to 1 (keeps a
+# row of all-zero scores finite). Exported models apply the same.
+PROBABILITY_FLOOR = 1e-12
+
 # Large batches go in blocks of rows: dense stacks 1024 at a time (their activations stay in
 # the core's cache), convolutional models 256 (im2col windows take memory per image).
 DENSE_BLOCK_ROWS = 1024
@@ -224,7 +228,7 @@ class Model:
         outputs = self.forward(X, batch_size)
         if self.architecture["layers"][-1]["activation"] != "softmax":
             # forward's result is a fresh array: normalise it in place.
-            np.maximum(outputs, 1e-12, out=outputs)
+            np.maximum(outputs, PROBABILITY_FLOOR, out=outputs)
             outputs /= outputs.sum(axis=1, keepdims=True)
         return outputs
 
