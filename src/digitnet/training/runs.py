@@ -25,11 +25,13 @@ from digitnet.inference.modelfile import CHECKPOINT_KIND, base_header, read_bund
 from digitnet.models import architectures
 from digitnet.models.choices import (
     COSTS,
+    DEFAULT_CLUSTER_TIMEOUT,
     MODEL_NAMES,
     PRECISIONS,
     SCHEDULES,
     SOURCES,
     SPLITS,
+    STRATEGIES,
     Boolean,
     Constraint,
     Interval,
@@ -58,6 +60,8 @@ _CONSTRAINTS: dict[str, Constraint] = {
     "patience": Interval(int, 0, None, note="0: off"),
     "seed": Interval(int, 0, 2**31, "left"),
     "precision": PRECISIONS,
+    "strategy": STRATEGIES,
+    "devices": Interval(int, 1, None),
 }
 
 
@@ -83,6 +87,8 @@ class TrainConfig:
     precision: str | None = None
     seed: int = 1
     dry_run: bool = False
+    strategy: str = "default"
+    devices: int | None = None
 
     def resolved(self) -> ResolvedConfig:
         """A copy with every default filled in from the model's preset, checked."""
@@ -117,6 +123,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Settings that stay None in a resolved config: no preset fills them.
+_OPTIONAL = ("layout", "devices")
+
+
 @dataclass(kw_only=True)
 class ResolvedConfig(TrainConfig):
     """A ``TrainConfig`` with every preset setting filled in (``TrainConfig.resolved``): what
@@ -140,7 +150,7 @@ class ResolvedConfig(TrainConfig):
         unset = [
             f.name
             for f in dataclasses.fields(self)
-            if f.name != "layout" and getattr(self, f.name) is None
+            if f.name not in _OPTIONAL and getattr(self, f.name) is None
         ]
         if unset:
             raise ConfigError(f"settings {unset} are not resolved: use TrainConfig.resolved()")
@@ -274,9 +284,14 @@ def load_data(
     return (X_train, y_train, X_val, y_val, X_test, y_test), data
 
 
+# Where a run trains may change when it resumes (a bigger machine, more workers): the
+# strategy only changes how each global batch's gradient is summed.
+_NOT_COMPARED = ("dry_run", "strategy", "devices")
+
+
 def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
     # Data location is where to find the files, not what was trained; the checksum covers that.
-    return {k: v for k, v in config_json.items() if k not in ("dry_run",)}
+    return {k: v for k, v in config_json.items() if k not in _NOT_COMPARED}
 
 
 def train_and_evaluate(
@@ -289,6 +304,7 @@ def train_and_evaluate(
     progress: bool = False,
     log: Callable[[str], None] = _print,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
@@ -304,6 +320,12 @@ def train_and_evaluate(
             is written, with that epoch's history record (``cost``, ``learning_rate``,
             ``val_accuracy`` ...); for progress displays or TensorBoard. What it raises ends
             the run, which ``resume=True`` then continues.
+        cluster_timeout: ``strategy="multiworker"``: seconds to wait for every worker of
+            ``TF_CONFIG`` to join before failing with a ConfigError.
+
+    Under ``strategy="multiworker"`` every worker runs this with the same settings; only the
+    chief writes the checkpoint and the model file, and with ``resume=True`` every worker
+    reads the checkpoint from ``workdir`` (which must then be storage they all see).
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
@@ -312,9 +334,15 @@ def train_and_evaluate(
     import keras
     import tensorflow as tf
 
+    from digitnet.training.distribute import describe, is_chief, make_strategy
     from digitnet.training.engine import Fitter, make_learning_rate
 
     config = config.resolved()
+    # First: logical devices and a cluster can only be set up before TensorFlow starts.
+    strategy = make_strategy(
+        config.strategy, devices=config.devices, cluster_timeout=cluster_timeout
+    )
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     (X_train, y_train, X_val, y_val, X_test, y_test), data = load_data(config, data_dir)
@@ -332,6 +360,7 @@ def train_and_evaluate(
             config.learning_rate, config.schedule, steps_per_epoch * config.epochs
         ),
         augment=_augment(config),
+        strategy=strategy,
     )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
     state = RunState()
@@ -358,7 +387,8 @@ def train_and_evaluate(
             record["seconds"] = time.perf_counter() - started
             state.add(record, fitter.parameters)
             log(line)
-            _save_checkpoint(checkpoint_path, fitter, config, data, state)
+            if chief:
+                _save_checkpoint(checkpoint_path, fitter, config, data, state)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(record))
             if config.patience and state.stale_epochs >= config.patience:
@@ -374,6 +404,7 @@ def train_and_evaluate(
         "epochs": state.epoch,
         "best_epoch": state.best_epoch or state.epoch,
         "train_seconds": state.seconds,
+        **describe(strategy),
     }
     if len(X_val):
         metrics["val_accuracy"] = fitter.accuracy(X_val, y_val)
@@ -395,11 +426,13 @@ def train_and_evaluate(
             "data": data,
         },
     )
-    if save_model_path is not None:
+    if save_model_path is not None and chief:
         from digitnet.inference.modelfile import save_model
 
         save_model(model, save_model_path)
         log(f"Saved the model to {save_model_path}")
+    elif save_model_path is not None:
+        log("The chief saves the model")
     return TrainResult(model, state.history, metrics)
 
 
