@@ -7,127 +7,23 @@
   CPU devices (one CPU device already uses every core: that is for tests and trying it out);
 * ``multiworker``: ``MultiWorkerMirroredStrategy`` across the hosts ``TF_CONFIG`` lists.
 
-``TF_CONFIG`` is checked before TensorFlow reads it, and the cluster must assemble within
-``cluster_timeout`` seconds (TensorFlow's coordination service otherwise lets the first worker
-wait for the others forever), so a mistake ends in one ``ConfigError`` line, never a hang.
+``TF_CONFIG`` is checked before TensorFlow reads it (``digitnet.training.cluster``), and the
+cluster must assemble within ``cluster_timeout`` seconds (TensorFlow's coordination service
+otherwise lets the first worker wait for the others forever), so a mistake ends in one
+``ConfigError`` line, never a hang.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
 
 from digitnet.errors import ConfigError
-from digitnet.models.choices import (
-    CLUSTER_JOBS,
-    CLUSTER_TIMEOUT,
-    DEFAULT_CLUSTER_TIMEOUT,
-    STRATEGIES,
-    Interval,
-    check,
-)
-
-TF_CONFIG_EXAMPLE = (
-    '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-    '"task": {"type": "worker", "index": 0}}'
-)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A checked ``TF_CONFIG``: the address of every task by job, and which task this is."""
-
-    jobs: Mapping[str, tuple[str, ...]]
-    task_type: str
-    task_index: int
-
-    @property
-    def leader(self) -> tuple[str, int]:
-        """The task that runs the coordination service and writes: the chief, else worker 0."""
-        return ("chief", 0) if "chief" in self.jobs else ("worker", 0)
-
-    @property
-    def is_chief(self) -> bool:
-        return (self.task_type, self.task_index) == self.leader
-
-    def describe(self, job: str, index: int) -> str:
-        """``"worker 1 (10.0.0.2:12345)"``."""
-        return f"{job} {index} ({self.jobs[job][index]})"
-
-
-def read_cluster(text: str | None) -> Cluster:
-    """Check a ``TF_CONFIG`` value (JSON) for a multiworker run; ConfigError says what is wrong.
-
-    It must list the ``cluster`` as ``{"chief": [one address], "worker": [addresses]}`` (the
-    chief is optional) with addresses ``host:port``, and this process's ``task`` as
-    ``{"type": "worker", "index": i}``.
-    """
-    where = "TF_CONFIG"
-    if not text or not text.strip():
-        raise ConfigError(
-            f"--strategy multiworker needs TF_CONFIG, the cluster and this worker's place in it, "
-            f"e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' (see the README)"
-        )
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(
-            f"{where} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}):"
-            f" write it like '{TF_CONFIG_EXAMPLE}'"
-        ) from None
-    if not isinstance(value, dict) or not isinstance(value.get("cluster"), dict):
-        raise ConfigError(
-            f'{where} needs a "cluster" object, e.g. {{"worker": ["host1:12345", "host2:12345"]}}'
-        )
-    if not isinstance(value.get("task"), dict):
-        raise ConfigError(f'{where} needs a "task" object, e.g. {{"type": "worker", "index": 0}}')
-    jobs: dict[str, tuple[str, ...]] = {}
-    seen: set[str] = set()
-    for job, addresses in value["cluster"].items():
-        check(f'the job "{job}"', job, CLUSTER_JOBS, f"{where}: ")
-        if (
-            not isinstance(addresses, list)
-            or not addresses
-            or not all(isinstance(address, str) for address in addresses)
-        ):
-            raise ConfigError(f'{where}: the "{job}" job must be a list of "host:port" strings')
-        if job == "chief" and len(addresses) != 1:
-            raise ConfigError(f'{where}: the "chief" job has {len(addresses)} addresses, not one')
-        for address in addresses:
-            _check_address(address, where)
-            if address in seen:
-                raise ConfigError(f"{where} lists {address} twice: give every task its own port")
-            seen.add(address)
-        jobs[job] = tuple(addresses)
-    if "worker" not in jobs:
-        raise ConfigError(f'{where}: the cluster has no "worker" job')
-    task = value["task"]
-    task_type, task_index = task.get("type"), task.get("index", 0)
-    if task_type not in jobs:
-        raise ConfigError(
-            f"{where}: the task type {task_type!r} is not a job of the cluster "
-            f"({', '.join(repr(job) for job in jobs)})"
-        )
-    count = len(jobs[task_type])
-    check(
-        f'the "{task_type}" task index',
-        task_index,
-        Interval(int, 0, count - 1),
-        f"{where}: ",
-    )
-    return Cluster(jobs, task_type, task_index)
-
-
-def _check_address(address: str, where: str) -> None:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: {address!r} is not an address of the form host:port")
+from digitnet.models.choices import DEFAULT_CLUSTER_TIMEOUT
+from digitnet.training.cluster import Cluster, check_settings
 
 
 def make_strategy(
@@ -147,15 +43,12 @@ def make_strategy(
             logical devices.
         cluster_timeout: ``multiworker`` only: seconds to wait for every task of ``TF_CONFIG``.
     """
-    check("strategy", name, STRATEGIES)
-    if devices is not None and name != "mirrored":
-        raise ConfigError(f"--devices applies to --strategy mirrored, not {name}")
+    cluster = check_settings(name, devices, cluster_timeout, os.environ.get("TF_CONFIG"))
     if name == "default":
         return None
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(_local_devices(devices))
-    check("cluster_timeout", cluster_timeout, CLUSTER_TIMEOUT)
-    cluster = read_cluster(os.environ.get("TF_CONFIG"))
+    assert cluster is not None
     _configure_coordination(cluster, cluster_timeout)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -216,27 +109,34 @@ def _configure_coordination(cluster: Cluster, timeout: float) -> None:
 
 
 def _explain(error: tf.errors.OpError, cluster: Cluster, timeout: float) -> str:
-    """One line for why the cluster did not assemble."""
+    """One line for why the cluster did not assemble, from TensorFlow's many-line error."""
     message = error.message
+    this = cluster.describe(cluster.task_type, cluster.task_index)
     remedy = (
         "start every task with the same TF_CONFIG cluster and its own task, check the "
         "addresses and firewalls, or raise --cluster-timeout"
     )
-    missing = []
-    if "timed out task names" in message:
-        tail = message.split("timed out task names", 1)[1]
-        missing = [
-            cluster.describe(job, int(index))
-            for job, index in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", tail)
-            if job in cluster.jobs and int(index) < len(cluster.jobs[job])
-        ]
-    if missing:
-        return f"{', '.join(dict.fromkeys(missing))} did not join within {timeout:g} s: {remedy}"
-    if isinstance(error, (tf.errors.DeadlineExceededError, tf.errors.UnavailableError)):
-        leader = cluster.describe(*cluster.leader)
+    if "Could not start gRPC server" in message:
         return (
-            f"{cluster.describe(cluster.task_type, cluster.task_index)} could not join the "
-            f"cluster led by {leader} within {timeout:g} s: {remedy}"
+            f"{this} cannot listen on port {cluster.jobs[cluster.task_type][cluster.task_index]}"
+            f" (in use by another process?): give it a free port in TF_CONFIG"
+        )
+    # The coordination service names the tasks missing at its barrier, one per line.
+    missing = []
+    if "timed out task names:" in message:
+        for line in message.split("timed out task names:", 1)[1].strip().splitlines():
+            match = re.fullmatch(r"/job:(\w+)/replica:\d+/task:(\d+)", line.strip())
+            if match is None:
+                break
+            job, index = match[1], int(match[2])
+            if job in cluster.jobs and index < len(cluster.jobs[job]):
+                missing.append(cluster.describe(job, index))
+    if missing:
+        return f"{', '.join(missing)} did not join within {timeout:g} s: {remedy}"
+    if isinstance(error, (tf.errors.DeadlineExceededError, tf.errors.UnavailableError)):
+        return (
+            f"{this} could not join the cluster led by {cluster.describe(*cluster.leader)} "
+            f"within {timeout:g} s: {remedy}"
         )
     first_line = " ".join(message.strip().splitlines()[:1])
     return f"the multiworker cluster did not start ({first_line}): {remedy}"

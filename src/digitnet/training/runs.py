@@ -331,13 +331,18 @@ def train_and_evaluate(
         A ``TrainResult`` whose model holds the weights that did best on validation (the
         last epoch's when there is no validation set).
     """
+    from digitnet.training.cluster import check_settings
+
+    config = config.resolved()
+    # Before TensorFlow loads (seconds): a mistake in TF_CONFIG is reported at once.
+    check_settings(config.strategy, config.devices, cluster_timeout, os.environ.get("TF_CONFIG"))
+
     import keras
     import tensorflow as tf
 
     from digitnet.training.distribute import describe, is_chief, make_strategy
     from digitnet.training.engine import Fitter, make_learning_rate
 
-    config = config.resolved()
     # First: logical devices and a cluster can only be set up before TensorFlow starts.
     strategy = make_strategy(
         config.strategy, devices=config.devices, cluster_timeout=cluster_timeout
