@@ -47,6 +47,9 @@ def test_help_lists_every_command_and_flag():
         "--model",
         "--resume",
         "--val-size",
+        "--strategy",
+        "--devices",
+        "--cluster-timeout",
     ):
         assert flag in train_help
 

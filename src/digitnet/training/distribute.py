@@ -43,17 +43,36 @@ def make_strategy(
             logical devices.
         cluster_timeout: ``multiworker`` only: seconds to wait for every task of ``TF_CONFIG``.
     """
-    cluster = check_settings(name, devices, cluster_timeout, os.environ.get("TF_CONFIG"))
+    tf_config = os.environ.get("TF_CONFIG")
+    cluster = check_settings(name, devices, cluster_timeout, tf_config)
     if name == "default":
         return None
+    # One strategy per set of devices in a process, kept for later runs: TensorFlow numbers
+    # every strategy's collective operations from the same start, so a second strategy over
+    # the same devices would mix its all-reductions up with the first one's.
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(_local_devices(devices))
+        local = tuple(_local_devices(devices))
+        if local not in _strategies:
+            _strategies[local] = tf.distribute.MirroredStrategy(list(local))
+        return _strategies[local]
     assert cluster is not None
+    if "cluster" in _strategies:
+        if _strategies["cluster"][0] != cluster:
+            raise ConfigError(
+                "this process has joined a multiworker cluster already, and TensorFlow "
+                "cannot leave it: train in another cluster from a new process"
+            )
+        return _strategies["cluster"][1]
     _configure_coordination(cluster, cluster_timeout)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except tf.errors.OpError as error:
         raise ConfigError(_explain(error, cluster, cluster_timeout)) from None
+    _strategies["cluster"] = (cluster, strategy)
+    return strategy
+
+
+_strategies: dict[Any, Any] = {}
 
 
 def _local_devices(devices: int | None) -> list[str]:
