@@ -228,6 +228,67 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path, fake_dir)
     parameters_close(chief.parameters, one.model.parameters, atol=1e-5)
 
 
+def test_a_worker_lost_mid_run_ends_the_others_and_resume_finishes_the_run(tmp_path, fake_dir):
+    """Worker 1 killed mid-run: worker 0 stops with one line instead of waiting for it; both
+    started again with --resume (their --workdir shared, as on a cluster's shared volume)
+    finish the run from the chief's last checkpoint."""
+    ports = free_ports(2)
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+    args = digitnet_train(
+        *cli_args({**EXACT_RUN, "epochs": 60}),
+        "--strategy",
+        "multiworker",
+        "--cluster-timeout",
+        "120",
+        "--data-dir",
+        fake_dir,
+        "--workdir",
+        tmp_path / "run",
+        "--save-model",
+        tmp_path / "model.safetensors",
+    )
+    processes = [
+        subprocess.Popen(
+            args,
+            env=subprocess_env(TF_CONFIG=tf_config(ports, index)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in (0, 1)
+    ]
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            assert processes[1].poll() is None, processes[1].communicate()[1][-3000:]
+            time.sleep(0.05)
+        processes[1].kill()
+        _, stderr = processes[0].communicate(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    assert processes[0].returncode == 1, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("digitnet train:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert re.search(r"the cluster broke up in epoch \d+ \(worker 1 stopped answering\)", errors[0])
+    assert "--resume" in errors[0]
+
+    ports = free_ports(2)
+    results = run_all(
+        [
+            (args + ["--resume"], subprocess_env(TF_CONFIG=tf_config(ports, index)))
+            for index in (0, 1)
+        ]
+    )
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
+    chief_out = results[0][1]
+    assert "Resuming after epoch" in chief_out and "Cost after epoch 60:" in chief_out
+    assert len(load_model(tmp_path / "model.safetensors").metadata["history"]) == 60
+
+
 # ------------------------------------------------------------------ bad settings
 
 WORKERS = ["127.0.0.1:2222", "127.0.0.1:2223"]

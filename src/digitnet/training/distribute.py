@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from digitnet.errors import ConfigError
+from digitnet.errors import ConfigError, TrainingError
 from digitnet.models.choices import DEFAULT_CLUSTER_TIMEOUT
 from digitnet.training.cluster import Cluster, check_settings
 
@@ -159,6 +159,36 @@ def _explain(error: tf.errors.OpError, cluster: Cluster, timeout: float) -> str:
         )
     first_line = " ".join(message.strip().splitlines()[:1])
     return f"the multiworker cluster did not start ({first_line}): {remedy}"
+
+
+# What a collective operation raises when the cluster loses a task mid-run.
+CLUSTER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+
+
+def lost_task(error: tf.errors.OpError, epoch: int) -> TrainingError:
+    """The one-line error for a cluster that lost a task in ``epoch``. TensorFlow notices a
+    task that crashed or was stopped (a reset connection, or about 10 s without heartbeats)
+    and aborts every collective operation on the others."""
+    message = error.message
+    task = r"/job:(\w+)/replica:\d+/task:(\d+)"
+    if "stopped sending heartbeats" in message:
+        found = re.findall(task, message.split("stopped sending heartbeats", 1)[1])
+    else:
+        found = re.findall(r"remote target " + task, message)
+    tasks = dict.fromkeys(f"{job} {index}" for job, index in found)
+    if tasks:
+        reason = f"{', '.join(tasks)} stopped answering"
+    else:
+        reason = " ".join(message.split("aborted by:", 1)[-1].strip().splitlines()[:1])
+    return TrainingError(
+        f"the cluster broke up in epoch {epoch} ({reason}): start every worker again with "
+        "--resume to go on from the last checkpoint"
+    )
 
 
 def is_chief(strategy: tf.distribute.Strategy | None) -> bool:

@@ -340,7 +340,13 @@ def train_and_evaluate(
     import keras
     import tensorflow as tf
 
-    from digitnet.training.distribute import describe, is_chief, make_strategy
+    from digitnet.training.distribute import (
+        CLUSTER_ERRORS,
+        describe,
+        is_chief,
+        lost_task,
+        make_strategy,
+    )
     from digitnet.training.engine import Fitter, make_learning_rate
 
     # First: logical devices and a cluster can only be set up before TensorFlow starts.
@@ -379,7 +385,12 @@ def train_and_evaluate(
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
-            cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
+            try:
+                cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
+            except CLUSTER_ERRORS as error:
+                if strategy is None:
+                    raise
+                raise lost_task(error, epoch) from None
             record = {
                 "epoch": epoch,
                 "cost": cost,
