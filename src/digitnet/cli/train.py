@@ -111,6 +111,14 @@ def add_parser(
         "--resume", action="store_true", help="continue the interrupted run in --workdir"
     )
     parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="write TensorBoard logs (per-epoch cost, accuracy, learning rate, weight "
+        "histograms, validation mistakes) into DIR/train and DIR/validation; view them with "
+        "`tensorboard --logdir DIR`",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="train on a few batches only, to check that everything runs",
@@ -150,6 +158,17 @@ def add_parser(
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from digitnet.cli.common import check_writable_directory, check_writable_file
+    from digitnet.inference.modelfile import signing_key
+
+    workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
+    # Before TensorFlow is even imported: an unwritable target, or a key too short to sign
+    # with, must not cost a training run.
+    if args.save_model is not None:
+        check_writable_file(args.save_model, "--save-model")
+    check_writable_directory(workdir, "--workdir")
+    signing_key()
+
     from digitnet.models.architectures import parse_layout
     from digitnet.training.runs import TrainConfig, train_and_evaluate
 
@@ -175,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         devices=args.devices,
     )
-    workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     train_and_evaluate(
         config,
@@ -185,5 +203,6 @@ def run(args: argparse.Namespace) -> int:
         save_model_path=args.save_model,
         progress=progress,
         cluster_timeout=args.cluster_timeout,
+        tensorboard=args.tensorboard,
     )
     return 0

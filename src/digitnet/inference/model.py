@@ -7,6 +7,7 @@ Importing TensorFlow alone takes seconds; this path answers one image in microse
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -165,10 +166,12 @@ class Model:
         forward pass does no per-call reshaping: dense weights transposed and contiguous,
         batchnorm folded into one scale and shift. Layers that are the identity at inference
         (dropout) have no step."""
-        steps = (
+        steps = [
             layer.type.numpy(layer.spec, layer.own(self.parameters))
             for layer in architectures.bind_layers(self.architecture)
-        )
+        ]
+        # How many steps the first k + 1 layers make, for layer_output.
+        self._steps_through = list(itertools.accumulate(step is not None for step in steps))
         return [step for step in steps if step is not None]
 
     def forward(self, X: np.ndarray, block_rows: int | None = None) -> np.ndarray:
@@ -194,9 +197,20 @@ class Model:
         """``forward`` on checked float32 rows (n, n_inputs), on this thread."""
         if self._dense_layers is not None:
             return _dense_forward(values, self._dense_layers)
+        return self._run_plan(values, self._plan)
+
+    def layer_output(self, X: np.ndarray, layer: int) -> np.ndarray:
+        """What layer number ``layer`` (1-based, counted over ``architecture["layers"]``)
+        outputs for ``X`` (n, n_inputs), in inference mode: (n, h, w, channels) after a
+        convolutional layer, (n, units) after a dense one."""
+        values = np.asarray(X, dtype=np.float32).reshape(-1, self._n_inputs)
+        return self._run_plan(values, self._plan[: self._steps_through[layer - 1]])
+
+    def _run_plan(self, values: np.ndarray, plan: list[NumpyStep]) -> np.ndarray:
+        """The steps of ``plan`` (from ``_compile``) on float32 rows (n, n_inputs)."""
         if len(self.architecture["input_shape"]) == 3:
             values = values.reshape(len(values), *self.architecture["input_shape"])
-        for step in self._plan:
+        for step in plan:
             values = step.activation.numpy(step.apply(values))
         return values
 

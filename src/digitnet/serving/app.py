@@ -1,7 +1,8 @@
 """``create_app(model)``: the FastAPI app serving a model, assembled from its parts.
 
 Routes (``routes/``): the draw-a-digit page at ``/``, TensorFlow Serving's REST API under
-``/v1/models/digitnet``, the image API under ``/api``, the reference at ``/docs``.
+``/v1/models/digitnet``, the image API under ``/api``, the reference at ``/docs``, the model's
+report at ``/report``.
 
 Every error answers ``{"error": "<what was wrong>"}`` with a 4xx status (404 unknown model,
 version or route; 405 wrong method; 413 body too large; 415 wrong content type; 400 anything
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digitnet import __version__
 from digitnet.serving.asgi import LimitAndLogMiddleware
 from digitnet.serving.protocol import MAX_BODY_BYTES, MODEL_NAME, RequestError, dumps_json
-from digitnet.serving.routes import api, docs, pages, tf_serving
+from digitnet.serving.routes import api, docs, pages, report, tf_serving
 
 if TYPE_CHECKING:
     from digitnet.inference.model import Model
@@ -47,6 +48,7 @@ def create_app(model: Model, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI
     app.mount("/static", pages.static_files(), name="static")
     app.include_router(tf_serving.router)
     app.include_router(api.router)
+    app.include_router(report.router)
     app.add_middleware(LimitAndLogMiddleware, max_body_bytes=max_body_bytes)
     docs.install_openapi(app, tf_serving.predict_paths(model))
     return app

@@ -138,6 +138,7 @@ class Fitter:
         )
         self._stored_inputs: tuple[tf.Tensor, tf.Tensor] | None = None
         self._replica_inputs: tuple[tf.Tensor, Any, Any] | None = None
+        self.epoch_accuracy = float("nan")  # set by train_epoch
 
     # ------------------------------------------------------------------ data and training
 
@@ -150,9 +151,9 @@ class Fitter:
         )
 
     def _step(self, X_batch, y_batch, step_seed, cost_scale: float = 1.0):
-        """One optimiser step on a batch; returns its cost. Under a strategy each replica's
-        gradient is of ``cost * cost_scale`` (1 / replicas), so the all-reduced sum is the
-        gradient of the global batch's mean cost."""
+        """One optimiser step on a batch; returns its cost and the number of right answers.
+        Under a strategy each replica's gradient is of ``cost * cost_scale`` (1 / replicas), so
+        the all-reduced sum is the gradient of the global batch's mean cost."""
         if self.augment is not None:
             X_batch = self.augment(X_batch, step_seed)
         with tf.GradientTape() as tape:
@@ -177,32 +178,46 @@ class Fitter:
             scaled = cost if cost_scale == 1.0 else cost * cost_scale
         gradients = tape.gradient(scaled, self.trainable)
         self.optimizer.apply(gradients, self.trainable)
-        return cost
+        # Right answers in the batch as trained (augmented, with dropout), as Keras's running
+        # training accuracy counts them: free here, a second pass over the data is not.
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(A_output, axis=1), tf.argmax(y_batch, axis=1)), tf.float32)
+        )
+        return cost, correct
 
     def _train_chunk_python(self, X, y, order, first_batch, last_batch, size):
-        """Train on batches ``first_batch .. last_batch - 1`` of ``order``; sum of batch costs."""
+        """Train on batches ``first_batch .. last_batch - 1`` of ``order``; returns the sum of
+        the batch costs and the number of samples answered right."""
         total = tf.constant(0.0, tf.float32)
+        right = tf.constant(0.0, tf.float32)
         for batch in tf.range(first_batch, last_batch):
             indices = order[batch * size : (batch + 1) * size]
             step_seed = tf.stack(
                 [tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)]
             )
-            total += self._step_graph(tf.gather(X, indices), tf.gather(y, indices), step_seed)
-        return total
+            cost, correct = self._step_graph(
+                tf.gather(X, indices), tf.gather(y, indices), step_seed
+            )
+            total += cost
+            right += correct
+        return total, right
 
     def _train_chunk_distributed(self, X, y, order, first_batch, last_batch, size):
         """``_train_chunk_python`` under the strategy: ``X`` and ``y`` are per-replica copies
-        (``_distributed_inputs``) and every step runs on all replicas; returns the sum of the
-        global batches' costs (each the mean of the replicas' costs on equal slices)."""
+        (``_distributed_inputs``) and every step runs on all replicas. Returns the sum of the
+        global batches' costs (each the mean of the replicas' costs on equal slices) and the
+        number of samples answered right."""
         strategy = self.strategy
         assert strategy is not None
         replica_step = tf.autograph.experimental.do_not_convert(self._replica_step)
         total = tf.constant(0.0, tf.float32)
+        right = tf.constant(0.0, tf.float32)
         for batch in tf.range(first_batch, last_batch):
             indices = order[batch * size : (batch + 1) * size]
-            costs = strategy.run(replica_step, args=(X, y, indices))
-            total += strategy.reduce(tf.distribute.ReduceOp.MEAN, costs, axis=None)
-        return total
+            cost, correct = strategy.run(replica_step, args=(X, y, indices))
+            total += strategy.reduce(tf.distribute.ReduceOp.MEAN, cost, axis=None)
+            right += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return total, right
 
     def _replica_step(self, X, y, indices):
         """One replica's part of a step: its slice of the global batch's ``indices``.
@@ -266,6 +281,8 @@ class Fitter:
         """One pass over ``data`` in a fresh order; returns the mean batch cost.
 
         ``progress(done, total)`` is called after each chunk of batches, for progress bars.
+        Afterwards ``epoch_accuracy`` holds the fraction of the epoch's samples answered right
+        as they were trained on (augmented, with dropout).
         """
         X, y = data
         X = self._training_inputs(X)
@@ -280,17 +297,18 @@ class Fitter:
             X, y = self._distributed_inputs(X, y)
         chunk_count = chunks or (min(batch_count, 10) if callable(progress) else 1)
         bounds = np.linspace(0, batch_count, chunk_count + 1).astype(int)
-        total = 0.0
+        total = right = 0.0
         for first, last in zip(bounds[:-1], bounds[1:]):
             if last > first:
-                total += float(
-                    self._train_chunk(
-                        X, y, order, tf.constant(first, tf.int32), tf.constant(last, tf.int32), size
-                    )
+                chunk_cost, chunk_right = self._train_chunk(
+                    X, y, order, tf.constant(first, tf.int32), tf.constant(last, tf.int32), size
                 )
+                total += float(chunk_cost)
+                right += float(chunk_right)
             if callable(progress):
                 progress(int(last), batch_count)
         cost = total / batch_count
+        self.epoch_accuracy = right / (batch_count * int(size))
         if not math.isfinite(cost):
             raise TrainingError(f"the cost became {cost} in epoch {epoch}: lower the learning rate")
         return cost

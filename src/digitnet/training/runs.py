@@ -305,6 +305,7 @@ def train_and_evaluate(
     log: Callable[[str], None] = _print,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
@@ -320,12 +321,15 @@ def train_and_evaluate(
             is written, with that epoch's history record (``cost``, ``learning_rate``,
             ``val_accuracy`` ...); for progress displays or TensorBoard. What it raises ends
             the run, which ``resume=True`` then continues.
+        tensorboard: write TensorBoard event files into this folder (``train``,
+            ``validation``); see ``digitnet.training.tensorboard``.
         cluster_timeout: ``strategy="multiworker"``: seconds to wait for every worker of
             ``TF_CONFIG`` to join before failing with a ConfigError.
 
     Under ``strategy="multiworker"`` every worker runs this with the same settings; only the
-    chief writes the checkpoint and the model file, and with ``resume=True`` every worker
-    reads the checkpoint from ``workdir`` (which must then be storage they all see).
+    chief writes the checkpoint, the TensorBoard log and the model file, and with
+    ``resume=True`` every worker reads the checkpoint from ``workdir`` (which must then be
+    storage they all see).
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
@@ -348,6 +352,7 @@ def train_and_evaluate(
         make_strategy,
     )
     from digitnet.training.engine import Fitter, make_learning_rate
+    from digitnet.training.tensorboard import TensorBoardLog
 
     # First: logical devices and a cluster can only be set up before TensorFlow starts.
     strategy = make_strategy(
@@ -382,6 +387,9 @@ def train_and_evaluate(
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
+    write_board = tensorboard is not None and chief
+    if write_board:
+        board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
@@ -394,6 +402,7 @@ def train_and_evaluate(
             record = {
                 "epoch": epoch,
                 "cost": cost,
+                "accuracy": fitter.epoch_accuracy,
                 "learning_rate": float(fitter.optimizer.learning_rate.numpy()),
             }
             line = f"Cost after epoch {epoch}: {cost}"
@@ -402,6 +411,8 @@ def train_and_evaluate(
                 line += f"  (validation accuracy {record['val_accuracy'] * 100:.2f} %)"
             record["seconds"] = time.perf_counter() - started
             state.add(record, fitter.parameters)
+            if write_board:
+                board.write_epoch(record, fitter)
             log(line)
             if chief:
                 _save_checkpoint(checkpoint_path, fitter, config, data, state)
