@@ -387,8 +387,8 @@ def train_and_evaluate(
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
-    write_board = tensorboard is not None and chief
-    if write_board:
+    board = None
+    if tensorboard is not None and chief:
         board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -411,7 +411,7 @@ def train_and_evaluate(
                 line += f"  (validation accuracy {record['val_accuracy'] * 100:.2f} %)"
             record["seconds"] = time.perf_counter() - started
             state.add(record, fitter.parameters)
-            if write_board:
+            if board is not None:
                 board.write_epoch(record, fitter)
             log(line)
             if chief:
