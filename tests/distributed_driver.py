@@ -8,7 +8,8 @@ done in the test process; so these runs happen here, over two logical CPU device
 writes into OUT_DIR the model files ``exact-default``, ``exact-mirrored`` (EXACT_RUN on one
 device and on two replicas), ``recipe-whole`` and ``recipe-resumed`` (RESUMED_RUN on two replicas,
 uninterrupted, and interrupted after epoch 1 then resumed), and ``report.json`` (running
-batch-norm statistics after one step, on each replica and on one device).
+batch-norm statistics after one step, on each replica and on one device, and the error for a
+batch that does not split over the replicas).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def _interrupt(epoch: int, record: dict[str, Any]) -> None:
 
 
 def main(data_dir: str, out_dir: str) -> None:
+    from digitnet.errors import ConfigError
     from digitnet.training.runs import TrainConfig, train_and_evaluate
 
     out = Path(out_dir)
@@ -71,7 +73,12 @@ def main(data_dir: str, out_dir: str) -> None:
     except Interrupted:
         pass
     train("recipe-resumed", {**RESUMED_RUN, **mirrored}, resume=True)
-    (out / "report.json").write_text(json.dumps(_batchnorm_after_one_step(data_dir)))
+    report = _batchnorm_after_one_step(data_dir)
+    try:
+        train("odd-batch", {**EXACT_RUN, **mirrored, "batch_size": 15})
+    except ConfigError as error:
+        report["odd_batch_error"] = str(error)
+    (out / "report.json").write_text(json.dumps(report))
 
 
 def _batchnorm_after_one_step(data_dir: str) -> dict[str, Any]:

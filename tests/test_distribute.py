@@ -154,6 +154,14 @@ def test_two_replicas_take_the_single_device_steps(mirrored_runs):
     np.testing.assert_allclose(costs[1], costs[0], rtol=1e-5)
 
 
+def test_the_global_batch_must_split_evenly_over_the_replicas(mirrored_runs):
+    report = json.loads((mirrored_runs / "report.json").read_text())
+    assert report["odd_batch_error"] == (
+        "the batch size 15 does not split evenly over 2 replicas: use a multiple of 2 "
+        "(--batch-size is the global batch)"
+    )
+
+
 def test_batchnorm_running_statistics_are_averaged_across_replicas(mirrored_runs):
     """Every replica holds the same running statistics, each step moving them by the mean of
     the replicas' batch statistics. Each replica normalizes by its own half-batch statistics,

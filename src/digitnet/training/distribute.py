@@ -25,6 +25,10 @@ from digitnet.errors import ConfigError, TrainingError
 from digitnet.models.choices import DEFAULT_CLUSTER_TIMEOUT
 from digitnet.training.cluster import Cluster, check_settings
 
+# The strategies made in this process: mirrored ones by their devices, the cluster's as
+# "cluster": (its Cluster, the strategy).
+_strategies: dict[Any, Any] = {}
+
 
 def make_strategy(
     name: str,
@@ -70,9 +74,6 @@ def make_strategy(
         raise ConfigError(_explain(error, cluster, cluster_timeout)) from None
     _strategies["cluster"] = (cluster, strategy)
     return strategy
-
-
-_strategies: dict[Any, Any] = {}
 
 
 def _local_devices(devices: int | None) -> list[str]:

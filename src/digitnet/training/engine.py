@@ -104,6 +104,8 @@ class Fitter:
         self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
         self.strategy = strategy
         self.replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        if strategy is not None and jit_compile:
+            raise ConfigError("jit_compile is not available under a tf.distribute strategy")
         if self.batch_size % self.replicas:
             raise ConfigError(
                 f"the batch size {self.batch_size} does not split evenly over {self.replicas} "
