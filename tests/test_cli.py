@@ -48,6 +48,9 @@ def test_help_lists_every_command_and_flag():
         "--model",
         "--resume",
         "--val-size",
+        "--strategy",
+        "--devices",
+        "--cluster-timeout",
         "--tensorboard",
     ):
         assert flag in train_help

@@ -6,7 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from digitnet.models.choices import COSTS, MODEL_NAMES, PRECISIONS, SCHEDULES, SOURCES, SPLITS
+from digitnet.models.choices import (
+    COSTS,
+    DEFAULT_CLUSTER_TIMEOUT,
+    MODEL_NAMES,
+    PRECISIONS,
+    SCHEDULES,
+    SOURCES,
+    SPLITS,
+    STRATEGIES,
+)
 from digitnet.models.presets import preset_defaults
 
 HELP = "train a model on MNIST (defaults: the tutorial's network and settings)"
@@ -115,6 +124,28 @@ def add_parser(
         help="train on a few batches only, to check that everything runs",
     )
     parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="default",
+        help=f"where to train: {STRATEGIES.help()} (default: default). --batch-size stays the "
+        "global batch, split evenly over the replicas; the learning rate is not rescaled",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="--strategy mirrored: mirror over N local devices (default: every GPU, else the "
+        "CPU; N > 1 without GPUs splits the CPU into N logical devices, for tests)",
+    )
+    parser.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=DEFAULT_CLUSTER_TIMEOUT,
+        metavar="SECONDS",
+        help="--strategy multiworker: fail if a TF_CONFIG task has not joined after this long "
+        f"(default: {DEFAULT_CLUSTER_TIMEOUT:g})",
+    )
+    parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -160,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
         dry_run=args.dry_run,
+        strategy=args.strategy,
+        devices=args.devices,
     )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     train_and_evaluate(
@@ -169,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         save_model_path=args.save_model,
         progress=progress,
+        cluster_timeout=args.cluster_timeout,
         tensorboard=args.tensorboard,
     )
     return 0

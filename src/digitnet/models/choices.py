@@ -171,3 +171,16 @@ SPLITS = Options(
 SOURCES = Options(idx="the MNIST files", openml="scikit-learn's fetch_openml")
 ACTIVATIONS = Options("relu", "sigmoid", "softmax", "linear")
 PADDINGS = Options("same", "valid")
+STRATEGIES = Options(
+    default="one device, TensorFlow's default strategy",
+    mirrored="MirroredStrategy over every local GPU, else the CPU",
+    multiworker="MultiWorkerMirroredStrategy across the hosts TF_CONFIG lists",
+)
+CLUSTER_JOBS = Options(
+    chief="the worker that also writes checkpoints and the model (optional)",
+    worker="a training worker (the first one writes when there is no chief)",
+)
+CLUSTER_TIMEOUT = Interval(float, 0, None, "neither", note="seconds")
+DEFAULT_CLUSTER_TIMEOUT = 300.0
+"""Seconds a multiworker run waits for every TF_CONFIG task to join: long enough for pods
+scheduled and started minutes apart, short enough that a missing worker is an error."""

@@ -5,12 +5,19 @@ and a chunk of mini-batches (by default a whole epoch) runs as one compiled ``tf
 loop of gather, forward pass, gradient and Adam update. Randomness is stateless and keyed by
 (seed, epoch) for shuffling and (seed, step) for dropout and augmentation, so a run resumed
 from a checkpoint continues exactly as the uninterrupted run would have.
+
+Given a ``tf.distribute`` strategy (``digitnet.training.distribute``), the same loop runs on
+every replica: each takes its own slice of the global batch, Keras's Adam all-reduces the
+gradients, and the running batch-normalization statistics are averaged across replicas at every
+step. Without one (the default), nothing of that is traced.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from typing import Any
 
 import keras
 import numpy as np
@@ -70,6 +77,10 @@ class Fitter:
             the cnn a fifth as fast (XLA's CPU products and convolutions do not use oneDNN).
         compute_dtype: ``"bfloat16"`` to run products and convolutions in it (see
             ``forward_propagation``), or None for the parameters' float32.
+        strategy: a ``tf.distribute.Strategy`` to train under (variables and optimizer are
+            created in its scope, each step runs on every replica), or None for TensorFlow's
+            default strategy: one device, no all-reduce. ``batch_size`` is the global batch
+            and must split evenly over the replicas.
     """
 
     def __init__(
@@ -85,16 +96,32 @@ class Fitter:
         augment: Augment | None = None,
         jit_compile: bool = False,
         compute_dtype: str | None = None,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         self.architecture = architectures.validate_architecture(architecture)
         self.cost, self.l2, self.label_smoothing = cost, float(l2), float(label_smoothing)
         self.batch_size, self.seed, self.augment = int(batch_size), int(seed), augment
         self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
-        self.variables = initialize_parameters(self.architecture, seed=self.seed)
-        self.trainable = [variable for variable in self.variables.values() if variable.trainable]
-        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-        self.optimizer.build(self.trainable)
-        self._train_chunk = tf.function(self._train_chunk_python, reduce_retracing=True)
+        self.strategy = strategy
+        self.replicas = 1 if strategy is None else int(strategy.num_replicas_in_sync)
+        if strategy is not None and jit_compile:
+            raise ConfigError("jit_compile is not available under a tf.distribute strategy")
+        if self.batch_size % self.replicas:
+            raise ConfigError(
+                f"the batch size {self.batch_size} does not split evenly over {self.replicas} "
+                f"replicas: use a multiple of {self.replicas} (--batch-size is the global batch)"
+            )
+        with nullcontext() if strategy is None else strategy.scope():
+            self.variables = initialize_parameters(self.architecture, seed=self.seed)
+            self.trainable = [
+                variable for variable in self.variables.values() if variable.trainable
+            ]
+            self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+            self.optimizer.build(self.trainable)
+        self._train_chunk = tf.function(
+            self._train_chunk_python if strategy is None else self._train_chunk_distributed,
+            reduce_retracing=True,
+        )
         # The step and the forward pass have no Python control flow that depends on tensors,
         # so AutoGraph need not rewrite them, nor everything they call (architecture checks,
         # the layers, the cost, Adam, augmentation): that rewriting was most of the 2 s the
@@ -112,6 +139,7 @@ class Fitter:
             autograph=False,
         )
         self._stored_inputs: tuple[tf.Tensor, tf.Tensor] | None = None
+        self._replica_inputs: tuple[tf.Tensor, Any, Any] | None = None
         self.epoch_accuracy = float("nan")  # set by train_epoch
 
     # ------------------------------------------------------------------ data and training
@@ -124,7 +152,10 @@ class Fitter:
             tf.convert_to_tensor(np.asarray(y, dtype=np.float32)),
         )
 
-    def _step(self, X_batch, y_batch, step_seed):
+    def _step(self, X_batch, y_batch, step_seed, cost_scale: float = 1.0):
+        """One optimiser step on a batch; returns its cost and the number of right answers.
+        Under a strategy each replica's gradient is of ``cost * cost_scale`` (1 / replicas), so
+        the all-reduced sum is the gradient of the global batch's mean cost."""
         if self.augment is not None:
             X_batch = self.augment(X_batch, step_seed)
         with tf.GradientTape() as tape:
@@ -146,7 +177,8 @@ class Fitter:
                 label_smoothing=self.label_smoothing,
                 logits=logits,
             )
-        gradients = tape.gradient(cost, self.trainable)
+            scaled = cost if cost_scale == 1.0 else cost * cost_scale
+        gradients = tape.gradient(scaled, self.trainable)
         self.optimizer.apply(gradients, self.trainable)
         # Right answers in the batch as trained (augmented, with dropout), as Keras's running
         # training accuracy counts them: free here, a second pass over the data is not.
@@ -171,6 +203,56 @@ class Fitter:
             total += cost
             right += correct
         return total, right
+
+    def _train_chunk_distributed(self, X, y, order, first_batch, last_batch, size):
+        """``_train_chunk_python`` under the strategy: ``X`` and ``y`` are per-replica copies
+        (``_distributed_inputs``) and every step runs on all replicas. Returns the sum of the
+        global batches' costs (each the mean of the replicas' costs on equal slices) and the
+        number of samples answered right."""
+        strategy = self.strategy
+        assert strategy is not None
+        replica_step = tf.autograph.experimental.do_not_convert(self._replica_step)
+        total = tf.constant(0.0, tf.float32)
+        right = tf.constant(0.0, tf.float32)
+        for batch in tf.range(first_batch, last_batch):
+            indices = order[batch * size : (batch + 1) * size]
+            cost, correct = strategy.run(replica_step, args=(X, y, indices))
+            total += strategy.reduce(tf.distribute.ReduceOp.MEAN, cost, axis=None)
+            right += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return total, right
+
+    def _replica_step(self, X, y, indices):
+        """One replica's part of a step: its slice of the global batch's ``indices``.
+
+        Its random numbers are keyed by (seed, step * replicas + replica), so every slice is
+        augmented and dropped out differently; with one replica that is the default's
+        (seed, step).
+        """
+        context = tf.distribute.get_replica_context()
+        replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+        local = tf.shape(indices)[0] // self.replicas
+        own = indices[replica * local : (replica + 1) * local]
+        step_seed = tf.stack(
+            [
+                tf.constant(self.seed, tf.int64),
+                tf.cast(self.optimizer.iterations, tf.int64) * self.replicas
+                + tf.cast(replica, tf.int64),
+            ]
+        )
+        return self._step_graph(
+            tf.gather(X, own), tf.gather(y, own), step_seed, 1.0 / self.replicas
+        )
+
+    def _distributed_inputs(self, X: tf.Tensor, y: tf.Tensor) -> tuple[Any, Any]:
+        """``X`` and ``y`` copied once per run to every replica's device, where its batches
+        are gathered (on GPUs the data then crosses the bus once, not every step)."""
+        assert self.strategy is not None
+        if self._replica_inputs is None or self._replica_inputs[0] is not X:
+            X_copies, y_copies = self.strategy.experimental_distribute_values_from_function(
+                lambda context: (tf.identity(X), tf.identity(y))
+            )
+            self._replica_inputs = (X, X_copies, y_copies)
+        return self._replica_inputs[1], self._replica_inputs[2]
 
     def _training_inputs(self, X: tf.Tensor) -> tf.Tensor:
         """``X`` (n, features) as the training graph gathers it: in the compute dtype when
@@ -208,11 +290,13 @@ class Fitter:
         X = self._training_inputs(X)
         n = int(X.shape[0])
         batch_count = self.batches_per_epoch(n)
-        # Small data (dry runs, tests): one batch of everything.
-        size = tf.constant(min(self.batch_size, n), tf.int32)
+        # Small data (dry runs, tests): one batch of everything (that splits over the replicas).
+        size = tf.constant(min(self.batch_size, n // self.replicas * self.replicas), tf.int32)
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n), seed=tf.constant([self.seed, epoch], tf.int64)
         )
+        if self.strategy is not None:
+            X, y = self._distributed_inputs(X, y)
         chunk_count = chunks or (min(batch_count, 10) if callable(progress) else 1)
         bounds = np.linspace(0, batch_count, chunk_count + 1).astype(int)
         total = right = 0.0

@@ -51,7 +51,15 @@ def initialize_parameters(layout: Any, seed: int = 1) -> dict[str, tf.Variable]:
                 value = tf.ones(spec.shape, tf.float32)
             else:
                 value = tf.zeros(spec.shape, tf.float32)
-            parameters[name] = tf.Variable(value, name=name, trainable=spec.trainable)
+            # Under a tf.distribute strategy, state the forward pass assigns on each replica
+            # (running batch-norm statistics) is averaged across replicas by that assignment;
+            # without one the aggregation is unused.
+            aggregation = (
+                tf.VariableAggregation.NONE if spec.trainable else tf.VariableAggregation.MEAN
+            )
+            parameters[name] = tf.Variable(
+                value, name=name, trainable=spec.trainable, aggregation=aggregation
+            )
     return parameters
 
 

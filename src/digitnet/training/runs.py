@@ -25,11 +25,13 @@ from digitnet.inference.modelfile import CHECKPOINT_KIND, base_header, read_bund
 from digitnet.models import architectures
 from digitnet.models.choices import (
     COSTS,
+    DEFAULT_CLUSTER_TIMEOUT,
     MODEL_NAMES,
     PRECISIONS,
     SCHEDULES,
     SOURCES,
     SPLITS,
+    STRATEGIES,
     Boolean,
     Constraint,
     Interval,
@@ -58,6 +60,8 @@ _CONSTRAINTS: dict[str, Constraint] = {
     "patience": Interval(int, 0, None, note="0: off"),
     "seed": Interval(int, 0, 2**31, "left"),
     "precision": PRECISIONS,
+    "strategy": STRATEGIES,
+    "devices": Interval(int, 1, None),
 }
 
 
@@ -83,6 +87,8 @@ class TrainConfig:
     precision: str | None = None
     seed: int = 1
     dry_run: bool = False
+    strategy: str = "default"
+    devices: int | None = None
 
     def resolved(self) -> ResolvedConfig:
         """A copy with every default filled in from the model's preset, checked."""
@@ -117,6 +123,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Settings that stay None in a resolved config: no preset fills them.
+_OPTIONAL = ("layout", "devices")
+
+
 @dataclass(kw_only=True)
 class ResolvedConfig(TrainConfig):
     """A ``TrainConfig`` with every preset setting filled in (``TrainConfig.resolved``): what
@@ -140,7 +150,7 @@ class ResolvedConfig(TrainConfig):
         unset = [
             f.name
             for f in dataclasses.fields(self)
-            if f.name != "layout" and getattr(self, f.name) is None
+            if f.name not in _OPTIONAL and getattr(self, f.name) is None
         ]
         if unset:
             raise ConfigError(f"settings {unset} are not resolved: use TrainConfig.resolved()")
@@ -274,9 +284,14 @@ def load_data(
     return (X_train, y_train, X_val, y_val, X_test, y_test), data
 
 
+# Where a run trains may change when it resumes (a bigger machine, more workers): the
+# strategy only changes how each global batch's gradient is summed.
+_NOT_COMPARED = ("dry_run", "strategy", "devices")
+
+
 def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
     # Data location is where to find the files, not what was trained; the checksum covers that.
-    return {k: v for k, v in config_json.items() if k not in ("dry_run",)}
+    return {k: v for k, v in config_json.items() if k not in _NOT_COMPARED}
 
 
 def train_and_evaluate(
@@ -289,6 +304,7 @@ def train_and_evaluate(
     progress: bool = False,
     log: Callable[[str], None] = _print,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    cluster_timeout: float = DEFAULT_CLUSTER_TIMEOUT,
     tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
@@ -307,18 +323,42 @@ def train_and_evaluate(
             the run, which ``resume=True`` then continues.
         tensorboard: write TensorBoard event files into this folder (``train``,
             ``validation``); see ``digitnet.training.tensorboard``.
+        cluster_timeout: ``strategy="multiworker"``: seconds to wait for every worker of
+            ``TF_CONFIG`` to join before failing with a ConfigError.
+
+    Under ``strategy="multiworker"`` every worker runs this with the same settings; only the
+    chief writes the checkpoint, the TensorBoard log and the model file, and with
+    ``resume=True`` every worker reads the checkpoint from ``workdir`` (which must then be
+    storage they all see).
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
         last epoch's when there is no validation set).
     """
+    from digitnet.training.cluster import check_settings
+
+    config = config.resolved()
+    # Before TensorFlow loads (seconds): a mistake in TF_CONFIG is reported at once.
+    check_settings(config.strategy, config.devices, cluster_timeout, os.environ.get("TF_CONFIG"))
+
     import keras
     import tensorflow as tf
 
+    from digitnet.training.distribute import (
+        CLUSTER_ERRORS,
+        describe,
+        is_chief,
+        lost_task,
+        make_strategy,
+    )
     from digitnet.training.engine import Fitter, make_learning_rate
     from digitnet.training.tensorboard import TensorBoardLog
 
-    config = config.resolved()
+    # First: logical devices and a cluster can only be set up before TensorFlow starts.
+    strategy = make_strategy(
+        config.strategy, devices=config.devices, cluster_timeout=cluster_timeout
+    )
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     (X_train, y_train, X_val, y_val, X_test, y_test), data = load_data(config, data_dir)
@@ -336,6 +376,7 @@ def train_and_evaluate(
             config.learning_rate, config.schedule, steps_per_epoch * config.epochs
         ),
         augment=_augment(config),
+        strategy=strategy,
     )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
     state = RunState()
@@ -346,12 +387,18 @@ def train_and_evaluate(
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
-    if tensorboard is not None:
+    board = None
+    if tensorboard is not None and chief:
         board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
-            cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
+            try:
+                cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
+            except CLUSTER_ERRORS as error:
+                if strategy is None:
+                    raise
+                raise lost_task(error, epoch) from None
             record = {
                 "epoch": epoch,
                 "cost": cost,
@@ -364,10 +411,11 @@ def train_and_evaluate(
                 line += f"  (validation accuracy {record['val_accuracy'] * 100:.2f} %)"
             record["seconds"] = time.perf_counter() - started
             state.add(record, fitter.parameters)
-            if tensorboard is not None:
+            if board is not None:
                 board.write_epoch(record, fitter)
             log(line)
-            _save_checkpoint(checkpoint_path, fitter, config, data, state)
+            if chief:
+                _save_checkpoint(checkpoint_path, fitter, config, data, state)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(record))
             if config.patience and state.stale_epochs >= config.patience:
@@ -383,6 +431,7 @@ def train_and_evaluate(
         "epochs": state.epoch,
         "best_epoch": state.best_epoch or state.epoch,
         "train_seconds": state.seconds,
+        **describe(strategy),
     }
     if len(X_val):
         metrics["val_accuracy"] = fitter.accuracy(X_val, y_val)
@@ -404,11 +453,13 @@ def train_and_evaluate(
             "data": data,
         },
     )
-    if save_model_path is not None:
+    if save_model_path is not None and chief:
         from digitnet.inference.modelfile import save_model
 
         save_model(model, save_model_path)
         log(f"Saved the model to {save_model_path}")
+    elif save_model_path is not None:
+        log("The chief saves the model")
     return TrainResult(model, state.history, metrics)
 
 
