@@ -31,13 +31,9 @@ from digitnet.inference.model import Model
 from digitnet.inference.modelfile import save_model
 from digitnet.inference.onnx_export import build_onnx
 from digitnet.models import architectures
-from digitnet.serving.server import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    SIGNATURE_NAME,
-    create_app,
-    model_metadata,
-)
+from digitnet.models.signature import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
+from digitnet.serving.app import create_app
+from digitnet.serving.schemas import ModelMetadata
 from digitnet.training.engine import Fitter
 from digitnet.training.export import (
     REPRESENTATIVE_IMAGES,
@@ -283,7 +279,7 @@ def digitnet_serve_answers(model: Model, payloads: list[dict]) -> list[httpx.Res
 
     async def post_all() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(model))
-        async with httpx.AsyncClient(transport=transport, base_url="http://digitnet") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return [await client.post("/v1/models/digitnet:predict", json=p) for p in payloads]
 
     return asyncio.run(post_all())
@@ -321,7 +317,9 @@ def test_savedmodel_signature_is_the_one_digitnet_serve_describes(models, tmp_pa
     saved = saved_model_pb2.SavedModel.FromString((target / "saved_model.pb").read_bytes())
     (graph,) = saved.meta_graphs
     signature = graph.signature_def[SIGNATURE_NAME]
-    described = model_metadata(model)["metadata"]["signature_def"]["signature_def"]
+    described = ModelMetadata.of(model).model_dump(by_alias=True)["metadata"]["signature_def"][
+        "signature_def"
+    ]
     expected = described[SIGNATURE_NAME]
     assert signature.method_name == expected["method_name"]
     for group in ("inputs", "outputs"):

@@ -22,6 +22,23 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from digitnet.errors import DigitnetError, ImageError, NoDigitFound
+
+# The protocol's names, defined with the model description (exports use them too).
+from digitnet.models.signature import (
+    INPUT_NAME as INPUT_NAME,
+)
+from digitnet.models.signature import (
+    MODEL_NAME as MODEL_NAME,
+)
+from digitnet.models.signature import (
+    MODEL_VERSION as MODEL_VERSION,
+)
+from digitnet.models.signature import (
+    OUTPUT_NAME as OUTPUT_NAME,
+)
+from digitnet.models.signature import (
+    SIGNATURE_NAME as SIGNATURE_NAME,
+)
 from digitnet.serving.limits import MAX_BODY_BYTES as MAX_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -32,11 +49,6 @@ try:  # orjson parses a 784-float request about 5x faster than json and refuses 
 except ImportError:  # pragma: no cover - exercised only where orjson is missing
     orjson = None  # type: ignore[assignment]
 
-MODEL_NAME = "digitnet"
-MODEL_VERSION = "1"
-SIGNATURE_NAME = "serving_default"
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 # A client batching the whole MNIST test set should split it. 1,000 instances predict in a few
 # milliseconds; written with 4 decimals they are about 4 MB of JSON, within the body limit.
 MAX_INSTANCES = 1000

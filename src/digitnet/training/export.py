@@ -85,7 +85,7 @@ def serving_module(model: Model) -> Any:
 
     from digitnet.inference.model import PROBABILITY_FLOOR
     from digitnet.inference.onnx_export import instance_shape
-    from digitnet.serving.server import INPUT_NAME, OUTPUT_NAME
+    from digitnet.models.signature import INPUT_NAME, OUTPUT_NAME
     from digitnet.training.network import forward_propagation
 
     architecture = model.architecture
@@ -98,7 +98,7 @@ def serving_module(model: Model) -> Any:
 
     signature = [tf.TensorSpec([None, *instance_shape(architecture)], tf.float32, name=INPUT_NAME)]
 
-    @tf.function(input_signature=signature)  # type: ignore[untyped-decorator]
+    @tf.function(input_signature=signature)
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         flat = tf.reshape(images, [-1, model.n_inputs])
         outputs = forward_propagation(flat, module.parameters, architecture)
@@ -115,7 +115,7 @@ def write_savedmodel(model: Model, target: Path, options: ExportOptions) -> None
     """A SavedModel with a ``serving_default`` signature into the folder ``target``."""
     import tensorflow as tf
 
-    from digitnet.serving.server import SIGNATURE_NAME
+    from digitnet.models.signature import SIGNATURE_NAME
 
     module = serving_module(model)
     with atomic_directory(target) as staging:
@@ -169,7 +169,7 @@ def representative_images(model: Model, data_dir: str | os.PathLike[str] | None)
 def write_onnx(model: Model, target: Path, options: ExportOptions) -> None:
     """An ONNX model built from the architecture (``digitnet.inference.onnx_export``)."""
     from digitnet.inference.onnx_export import build_onnx
-    from digitnet.serving.server import INPUT_NAME, OUTPUT_NAME
+    from digitnet.models.signature import INPUT_NAME, OUTPUT_NAME
 
     atomic_write_bytes(target, build_onnx(model, INPUT_NAME, OUTPUT_NAME).SerializeToString())
 
@@ -257,7 +257,7 @@ def export_model(
     replaced only if it is an earlier export in the same format; anything else there is
     refused with a ``ConfigError``, as are unknown formats and unsupported quantizations.
     """
-    from digitnet.serving.server import MODEL_VERSION
+    from digitnet.models.signature import MODEL_VERSION
 
     chosen = get_format(format)
     if quantize is not None:
