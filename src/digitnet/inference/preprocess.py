@@ -86,6 +86,30 @@ _MIN_DIGIT_PIXELS = 3
 _MIN_DIGIT_FRACTION = 0.015
 # Components below this fraction of the largest one's ink mass are specks.
 _SPECK_FRACTION = 0.05
+# A border band (page edge, table) reaches at most this fraction into the image and touches
+# the side it lies along over at least _EDGE_CONTACT of the image's length or width.
+_EDGE_DEPTH = 0.3
+_EDGE_CONTACT = 0.5
+# Images smaller than MNIST's 28 px on the long side are enlarged (bilinear, by a whole factor)
+# to at least this before the ink search, so that smoothing and the one-pixel fringe stay small
+# beside the strokes of a 12-px scan. (MNIST's own digits keep their 28 px: enlarged, they
+# would come out blurred.)
+_SMALL_SIDE = 48
+# Ruling of notebook paper (see _erase_ruling): a band of rows or columns at least _RULING_COVER
+# ink, at most _RULING_THICKNESS of the image and _RULING_STROKE of the digit's stroke width
+# thick. Pixels over _RULING_INK times the line's own contrast are ink lying along it.
+_RULING_COVER = 0.8
+_RULING_THICKNESS = 0.03
+_RULING_MIN_LIMIT = 3.0
+_RULING_STROKE = 0.6
+_RULING_INK = 1.6
+# Ink with more than this share of pinholes (see _graininess) is read as grainy pencil.
+_GRAINY = 0.09
+# Grain shows only where strokes are many pixels wide: in smaller images the gaps between
+# strokes are as narrow as pinholes (MNIST's own digits measure up to 0.2).
+_GRAIN_MIN_SIDE = 100
+# Pinholes up to this size (pixels) are filled in grainy ink.
+_GRAIN_CLOSING = 5
 # Larger crops are reduced to this long side before stroke-width normalisation and the final
 # resampling to 20 px: fine enough for smooth anti-aliasing, small enough to be fast.
 _CROP_MAX_SIDE = 128
@@ -441,6 +465,14 @@ def _reduce(grey: np.ndarray) -> np.ndarray:
 def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke
     cores."""
+    if max(grey.shape) < MNIST_SIDE:
+        factor = math.ceil(_SMALL_SIDE / max(grey.shape))
+        grey = np.asarray(
+            Image.fromarray(grey).resize(
+                (grey.shape[1] * factor, grey.shape[0] * factor), Image.Resampling.BILINEAR
+            ),
+            np.float32,
+        )
     background = _fit_background(grey)
     residual = grey - background
     # Smoothing lets noise average out before any pixel is judged, so a JPEG block or a fibre of
@@ -470,6 +502,9 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
         floor = max(_FLOOR_SIGMAS * noise, _NOISE_FLOOR)
 
     candidates = smooth > floor
+    if candidates.any() and _erase_ruling(residual, candidates):
+        smooth = ndimage.gaussian_filter(residual, sigma=1.0, mode="nearest")
+        candidates = smooth > floor
     if not candidates.any():
         raise NoDigitFound(
             f"no digit found in {name}: the image is blank (no ink stands out from the background)"
@@ -480,6 +515,13 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
             f"no digit found in {name}: the image is blank or too faint "
             f"(ink contrast {level:.2f} against noise {noise:.3f})"
         )
+    if min(grey.shape) >= _GRAIN_MIN_SIDE and _graininess(residual, candidates, level) > _GRAINY:
+        # Pencil on paper with tooth: graphite only on the fibres' peaks, so a stroke is a
+        # spray of dots. Judged pixel by pixel it comes out faint and, to the stroke-width step,
+        # hairline; a closing fills the pinholes and keeps the stroke's outline where it was
+        # (smoothing would dim its edges and narrow it instead).
+        residual = ndimage.grey_closing(residual, size=(_GRAIN_CLOSING, _GRAIN_CLOSING))
+        level = float(np.percentile(residual[candidates], 90))
     ink = np.clip((residual - floor) / (level - floor), 0.0, 1.0)
     keep = _digit_components(candidates, ink, name)
     rows, cols = np.nonzero(keep)
@@ -497,6 +539,81 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     return _crop_to_ink(ink, name)
 
 
+def _erase_ruling(residual: np.ndarray, candidates: np.ndarray) -> bool:
+    """Erase the ruling of lined or squared paper from ``residual`` (H, W), ink positive, in
+    place; True if there was any. ``candidates`` marks the pixels that may be ink.
+
+    A ruling line is straight, runs across the whole image (its band of rows, or columns, is at
+    least _RULING_COVER ink), and is thin: at most _RULING_THICKNESS of the image (or 3 px) and
+    well under the digit's own strokes, so that the bar of a 7 cropped tight, or the stem of a
+    small 4, is never taken for one. Where
+    a stroke crosses a line, the line's pixels take the weaker of the values just beyond it
+    on either side (a stroke going on through stays, the line goes), except pixels far darker
+    than the line itself, which are ink lying along it.
+    """
+    bands = [(axis, *band) for axis in (0, 1) for band in _line_bands(candidates, axis)]
+    if not bands:
+        return False
+    in_bands = np.zeros(candidates.shape, bool)
+    for axis, start, stop in bands:
+        (in_bands[start:stop] if axis == 0 else in_bands[:, start:stop])[...] = True
+    rest = candidates & ~in_bands
+    # The digit's boldest stroke (twice the deepest point inside the rest of the ink): a line
+    # the search missed is thin and must not make the digit look thin.
+    width = 2.0 * float(ndimage.distance_transform_edt(rest).max()) if rest.any() else math.inf
+    erased = False
+    for axis, start, stop in bands:
+        across = candidates.shape[axis]
+        mask = candidates if axis == 0 else candidates.T
+        # How many pixels thick the line is (its smoothed fringe included), typically along it.
+        thickness = float(np.median(mask[max(start - 3, 0) : stop + 3].sum(axis=0)))
+        limit = min(max(_RULING_MIN_LIMIT, _RULING_THICKNESS * across), _RULING_STROKE * width)
+        if thickness > limit:
+            continue
+        view = residual if axis == 0 else residual.T
+        before = view[start - 1] if start > 0 else None
+        after = view[stop] if stop < across else None
+        if before is None and after is None:
+            continue
+        beyond = (
+            np.minimum(before, after)
+            if before is not None and after is not None
+            else (before if before is not None else after)
+        )
+        band = view[start:stop]
+        # The line's own contrast: its peak across the band, typical along its length (strokes
+        # cross it in only a few places).
+        line_level = float(np.median(band.max(axis=0)))
+        ink_along = band > _RULING_INK * line_level
+        view[start:stop] = np.where(ink_along, band, np.broadcast_to(beyond, band.shape))
+        erased = True
+    return erased
+
+
+def _line_bands(candidates: np.ndarray, axis: int) -> list[tuple[int, int]]:
+    """Bands of rows (axis 0) or columns (axis 1), [start, stop), whose candidates widened by
+    one pixel across cover at least _RULING_COVER of their length: ruling lines, or a stroke."""
+    mask = candidates if axis == 0 else candidates.T
+    widened = mask.copy()
+    widened[1:] |= mask[:-1]
+    widened[:-1] |= mask[1:]
+    full = widened.mean(axis=1) >= _RULING_COVER
+    if not full.any():
+        return []
+    labels, count = ndimage.label(full)
+    return [(s.start, s.stop) for (s,) in ndimage.find_objects(labels)]
+
+
+def _graininess(residual: np.ndarray, candidates: np.ndarray, level: float) -> float:
+    """Share of the ink's area that is holes one or two pixels wide: about 0.02 for pen
+    strokes (only concave corners; at most 0.06 on every other kind of rendering), 0.12-0.36
+    for the pencil renderings."""
+    core = (residual > 0.5 * level) & candidates
+    closed = ndimage.binary_closing(core, structure=np.ones((3, 3), bool))
+    area = int(closed.sum())
+    return float((closed & ~core).sum() / area) if area else 0.0
+
+
 def _fit_background(grey: np.ndarray) -> np.ndarray:
     """Quadratic surface fitted to the background, ignoring ink by iterated outlier rejection.
 
@@ -512,14 +629,19 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     y, x = np.meshgrid(ys, xs, indexing="ij")
     design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
     values = sample.reshape(-1)
-    # Start from the median level, not a least-squares fit of everything: ink pulls such a fit
-    # into a bowl whose residuals no longer single out the background.
+    # Start from the level of the image's outer ring, not a least-squares fit of everything:
+    # ink pulls such a fit into a bowl whose residuals no longer single out the background. Nor
+    # the median of the whole image: a bold digit cropped to its strokes can be more than half
+    # ink, while along the border it only touches the frame here and there.
     coefficients = np.zeros(6)
-    coefficients[0] = np.median(values)
+    coefficients[0] = np.median(
+        np.concatenate([sample[0], sample[-1], sample[1:-1, 0], sample[1:-1, -1]])
+    )
     keep = np.ones(values.shape, bool)
     for iteration in range(6):
         residual = values - design @ coefficients
-        spread = 1.4826 * np.median(np.abs(residual)) + 1e-3
+        # The spread of the background's own side: ink lies on one side of it, noise on both.
+        spread = 1.4826 * _one_sided_median(residual) + 1e-3
         new_keep = np.abs(residual) < 2.5 * spread
         # The first pass always fits: a strong gradient can keep every pixel at first.
         if new_keep.sum() < 12 or (iteration > 0 and np.array_equal(new_keep, keep)):
@@ -544,6 +666,16 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     return np.clip(surface, values.min(), values.max()).astype(np.float32)
 
 
+def _one_sided_median(residual: np.ndarray) -> float:
+    """The smaller of the medians of |x| over the positive and the negative side of zero.
+
+    An empty side counts as zero: in a narrow crop filled with ink, smoothing can pull every
+    paper pixel below the background, and the ink's side alone says nothing about the noise.
+    """
+    sides = (residual[residual >= 0], -residual[residual <= 0])
+    return float(min(np.median(side) if side.size else 0.0 for side in sides))
+
+
 def _background_noise(residual: np.ndarray) -> float:
     """Standard deviation of the background's noise in a residual centred on the background.
 
@@ -553,10 +685,8 @@ def _background_noise(residual: np.ndarray) -> float:
     """
     # A strided sample is plenty for a median and keeps this cheap.
     step = max(1, int(math.sqrt(residual.size / 65536)))
-    sample = residual[::step, ::step]
-    sides = [side for side in (sample[sample >= 0], -sample[sample <= 0]) if side.size]
     # The median of |x| over one side of a normal distribution is 0.6745 sigma.
-    return float(min(np.median(side) for side in sides) / 0.6745)
+    return _one_sided_median(residual[::step, ::step]) / 0.6745
 
 
 def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.ndarray:
@@ -570,14 +700,25 @@ def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.
     rows, cols = candidates.shape
 
     def is_edge(index: int) -> bool:
-        # A page edge, a table or a finger along the border: it runs almost the whole length
-        # of the side it touches. A digit drawn to the edge of a canvas does not.
+        # A page edge, a table or a finger along the border: a band that runs almost the whole
+        # length of the side it lies along, touching it most of the way, and reaches less than
+        # a third into the image. A digit cropped to its strokes spans the image both ways and
+        # touches each side only where a stroke meets it.
         box = boxes[index]
-        top, bottom = box[0].start == 0, box[0].stop == rows
-        left, right = box[1].start == 0, box[1].stop == cols
-        spans_width = box[1].stop - box[1].start >= 0.9 * cols
-        spans_height = box[0].stop - box[0].start >= 0.9 * rows
-        return ((top or bottom) and spans_width) or ((left or right) and spans_height)
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        mine = labels[box] == index + 1
+        contacts = []
+        if width >= 0.9 * cols and height <= _EDGE_DEPTH * rows:
+            if box[0].start == 0:
+                contacts.append(mine[0].sum() / cols)
+            if box[0].stop == rows:
+                contacts.append(mine[-1].sum() / cols)
+        if height >= 0.9 * rows and width <= _EDGE_DEPTH * cols:
+            if box[1].start == 0:
+                contacts.append(mine[:, 0].sum() / rows)
+            if box[1].stop == cols:
+                contacts.append(mine[:, -1].sum() / rows)
+        return any(contact >= _EDGE_CONTACT for contact in contacts)
 
     order = [int(i) for i in np.argsort(-masses)]
     edges = {i for i in order if is_edge(i)}
