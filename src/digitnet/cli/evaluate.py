@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "report test accuracy, per-class precision/recall and the confusion matrix"
+HELP = (
+    "report test accuracy, calibration error, per-class precision/recall and the confusion matrix"
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="folder with the four MNIST files (else $DIGITNET_DATA_DIR, the cache, or a download)",
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON object (accuracy is a fraction)"
+        "--json", action="store_true", help="print one JSON object (accuracy and ece are fractions)"
     )
     parser.set_defaults(run=run)
     return parser

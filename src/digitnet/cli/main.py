@@ -15,7 +15,7 @@ import sys
 from digitnet import __version__
 from digitnet.errors import DigitnetError
 
-COMMANDS = ("train", "evaluate", "predict", "serve")
+COMMANDS = ("train", "evaluate", "calibrate", "predict", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--val-size", type=int, help="training images held out for validation (mlp/cnn: 5000)"
     )
     parser.add_argument(
+        "--calibration-size",
+        type=int,
+        help="training images held out to calibrate the confidence when there is no validation "
+        "set (seed: 2000); the validation set serves otherwise",
+    )
+    parser.add_argument(
         "--patience",
         type=int,
         help="stop after this many epochs without validation improvement (0: never)",
@@ -146,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         source=args.source,
         val_size=args.val_size,
+        calibration_size=args.calibration_size,
         patience=args.patience,
         seed=args.seed,
         dry_run=args.dry_run,

@@ -25,7 +25,7 @@ def test_set_for(model, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Accuracy (a fraction), per-class precision and recall, and the confusion matrix.
+    """Accuracy and ECE (fractions), per-class precision and recall, and the confusion matrix.
 
     Args:
         model: a ``digitnet.Model``.
@@ -34,7 +34,10 @@ def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    predicted = model.predict(X)
+    from digitnet.inference.calibration import expected_calibration_error
+
+    probabilities = model.predict_proba(X)
+    predicted = probabilities.argmax(axis=1)
     classes = np.arange(model.n_classes)
     precision, recall, _, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0
@@ -42,6 +45,10 @@ def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return {
         "accuracy": float(np.mean(predicted == labels)),
         "n": int(len(labels)),
+        # Expected calibration error, 15 bins, of the confidences the model reports (calibrated
+        # when its file holds a calibration).
+        "ece": expected_calibration_error(probabilities.max(axis=1), predicted == labels),
+        "calibrated": model.calibration is not None,
         "per_class": [
             {"class": int(c), "precision": float(p), "recall": float(r), "support": int(s)}
             for c, p, r, s in zip(classes, precision, recall, support)
@@ -51,9 +58,12 @@ def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A plain-text report: accuracy, a per-class table and the confusion matrix."""
+    """A plain-text report: accuracy, calibration error, a per-class table and the confusion
+    matrix."""
     lines = [
         f"Test accuracy: {report['accuracy'] * 100:.2f} % of {report['n']} images",
+        f"Expected calibration error (15 bins): {report['ece'] * 100:.2f} %"
+        + ("" if report.get("calibrated") else " (the model is not calibrated)"),
         "",
         "class  precision  recall  support",
     ]

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from digitnet.errors import ImageError, NoDigitFound
+from digitnet.inference.calibration import DEFAULT_LOW_CONFIDENCE
 
-# Below this probability of the top class an answer is flagged as a guess. Chosen as where the
-# seed model's accuracy on MNIST test digits falls under one half.
-LOW_CONFIDENCE = 0.5
+# Below this probability of the top class an answer is flagged as a guess, for model files
+# without a calibration; calibrated files carry a threshold chosen on held-out data.
+LOW_CONFIDENCE = DEFAULT_LOW_CONFIDENCE
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -64,6 +65,12 @@ def predict_arrays(model, images: np.ndarray) -> list[tuple[int, float, list[flo
     return [(int(row.argmax()), float(row.max()), [float(p) for p in row]) for row in probabilities]
 
 
+def low_confidence_threshold(model: Any) -> float:
+    """The top-class probability below which ``model``'s answers are marked low confidence."""
+    calibration = getattr(model, "calibration", None)
+    return LOW_CONFIDENCE if calibration is None else float(calibration.low_confidence)
+
+
 def predict_image(model, image, name: str | None = None) -> ImagePrediction:
     """Preprocess and predict one image: a path, encoded bytes, a PIL image or an array."""
     from digitnet.inference.preprocess import preprocess_image
@@ -85,7 +92,7 @@ def predict_image(model, image, name: str | None = None) -> ImagePrediction:
         digit,
         confidence,
         probabilities,
-        low_confidence=confidence < LOW_CONFIDENCE,
+        low_confidence=confidence < low_confidence_threshold(model),
         image=seen,
     )
 
