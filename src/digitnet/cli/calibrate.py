@@ -8,8 +8,10 @@ from pathlib import Path
 HELP = "calibrate a model's confidences on images it did not train on (never the test set)"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "calibrate",
         help=HELP,
         description=HELP + ". Finds the model's validation (or calibration) images again from "

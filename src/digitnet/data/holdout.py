@@ -101,7 +101,7 @@ def make_splits(
 
 
 def splits_of_model(
-    metadata: Mapping[str, Any], data_dir: str | os.PathLike | None = None
+    metadata: Mapping[str, Any], data_dir: str | os.PathLike[str] | None = None
 ) -> Splits:
     """A trained model's splits, found again from the settings its file records.
 

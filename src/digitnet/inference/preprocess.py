@@ -578,15 +578,11 @@ def _erase_ruling(residual: np.ndarray, candidates: np.ndarray, faint: np.ndarra
         if thickness > limit:
             continue
         view = residual if axis == 0 else residual.T
-        before = view[start - 1] if start > 0 else None
-        after = view[stop] if stop < across else None
-        if before is None and after is None:
+        # Beyond the band on either side; at the image's edge, the one side there is.
+        sides = [view[i] for i in (start - 1, stop) if 0 <= i < across]
+        if not sides:
             continue
-        beyond = (
-            np.minimum(before, after)
-            if before is not None and after is not None
-            else (before if before is not None else after)
-        )
+        beyond = np.minimum.reduce(sides)
         band = view[start:stop]
         # The line's own contrast: its peak across the band, where no stroke lies on it.
         line_level = float(np.percentile(band.max(axis=0), 25))
@@ -604,7 +600,7 @@ def _boldest_stroke(mask: np.ndarray) -> float:
         return math.inf
     box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     step = max(1, math.ceil(max(box.shape) / 160))
-    depth = ndimage.distance_transform_edt(np.pad(box[::step, ::step], 1))
+    depth = np.asarray(ndimage.distance_transform_edt(np.pad(box[::step, ::step], 1)))
     return 2.0 * step * float(depth.max())
 
 
