@@ -599,7 +599,7 @@ def _boldest_stroke(mask: np.ndarray) -> float:
     if rows.size == 0:
         return math.inf
     box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    step = max(1, math.ceil(max(box.shape) / 160))
+    step: int = max(1, math.ceil(max(box.shape) / 160))
     depth = np.asarray(ndimage.distance_transform_edt(np.pad(box[::step, ::step], 1)))
     return 2.0 * step * float(depth.max())
 
