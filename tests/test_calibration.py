@@ -244,3 +244,49 @@ def test_training_and_the_calibrate_command_fit_on_held_out_images_only(
     assert stored.temperature > 0 and 0 < stored.low_confidence <= 1
     test_labels = load_mnist(split=config.resolved().split, data_dir=data_dir)[3].argmax(axis=1)
     assert stored.data["sha256"] != dataset_fingerprint(X_test, test_labels)
+
+
+def test_evaluate_reports_the_ece_of_the_calibrated_confidences(tmp_path, make_fake_mnist, capsys):
+    import json
+
+    from digitnet.cli.main import main
+    from digitnet.data.mnist import load_mnist
+    from digitnet.inference.modelfile import load_model
+    from digitnet.training.runs import TrainConfig, train_and_evaluate
+
+    data_dir = make_fake_mnist(n_train=200, n_test=60)
+    path = tmp_path / "mlp.safetensors"
+    config = TrainConfig(
+        model="mlp", layout=[784, 16, 10], epochs=2, batch_size=32, val_size=30, precision="float32"
+    )
+    train_and_evaluate(
+        config, tmp_path / "run", data_dir=data_dir, log=lambda line: None, save_model_path=path
+    )
+    capsys.readouterr()
+    assert main(["evaluate", str(path), "--json", "--data-dir", str(data_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    _, X_test, _, y_test = load_mnist(split="official", data_dir=data_dir)
+    p = load_model(path).predict_proba(X_test)
+    right = p.argmax(axis=1) == y_test.argmax(axis=1)
+    assert report["ece"] == pytest.approx(expected_calibration_error(p.max(axis=1), right))
+    assert report["calibrated"] is True
+    assert main(["evaluate", str(path), "--data-dir", str(data_dir)]) == 0
+    assert "Expected calibration error (15 bins): " in capsys.readouterr().out
+
+
+def test_a_model_that_held_nothing_out_is_not_calibrated_on_the_test_set(tmp_path, capsys):
+    from digitnet.cli.main import main
+    from digitnet.inference.modelfile import save_model
+
+    model, _ = tiny_model(
+        {
+            "training": {"split": "official", "val_size": 0, "seed": 1},
+            "data": {"sha256": "0" * 64, "n_train": 60000},
+        }
+    )
+    save_model(model, tmp_path / "old.safetensors")
+    before = (tmp_path / "old.safetensors").read_bytes()
+    assert main(["calibrate", str(tmp_path / "old.safetensors")]) == 1
+    error = capsys.readouterr().err
+    assert "held none out" in error and len(error.strip().splitlines()) == 1
+    assert (tmp_path / "old.safetensors").read_bytes() == before
