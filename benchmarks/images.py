@@ -21,7 +21,8 @@ Rows:
 Renderings are seeded per (seed, kind, digit), so a run is reproducible, does not depend on
 the number of workers, and a kind's images do not change when other kinds are added. Rendering
 and preprocessing, the slow part, run once for all models in a pool of worker processes (one
-per core); 10,000 digits of all kinds take about 15 minutes on two idle cores.
+per core): about 18 ms of CPU per image, so 10,000 digits of all kinds take about 30 minutes on
+two idle cores (measured on a shared machine, from CPU time).
 """
 
 from __future__ import annotations

@@ -13,14 +13,19 @@ The pipeline, for what people really photograph, scan and draw:
    their declared size before decoding; EXIF orientation applied; transparency composited onto
    a backdrop that makes the transparent part background (see ``_composite``);
 2. to grey (ITU-R 601 luma), 16-bit and float modes scaled to [0, 1];
-3. lighting removed: a quadratic surface fitted robustly to the background and subtracted, so
-   gradients, vignetting and soft shadows do not become ink;
+3. images under 28 px enlarged; lighting removed: a quadratic surface fitted robustly to the
+   background (starting from the level along the border, so a digit cropped to its strokes
+   keeps its paper) and subtracted, so gradients, vignetting and soft shadows do not become
+   ink;
 4. polarity decided from which side of the background the strong deviations lie (dark ink on
    light paper is inverted; light ink on a dark board is kept);
 5. noise thresholded at a multiple of the robust noise level, grey levels kept above it so
-   anti-aliased edges stay anti-aliased; stroke cores saturate at 1.0;
+   anti-aliased edges stay anti-aliased; stroke cores saturate at 1.0; the ruling of lined and
+   squared paper erased (straight thin lines across the whole image); the pinholes of grainy
+   pencil strokes closed;
 6. specks (components tiny relative to the largest), far-away blobs and page/table edges
-   running along the image border dropped; crop to the ink's bounding box;
+   (bands along the image border, not strokes touching it) dropped; crop to the ink's bounding
+   box;
 7. strokes too thin for the target size (a 2-px pen line on a 1000-px photo) dilated so that
    they come out about as wide as MNIST's, strokes far thicker than MNIST's thinned;
 8. resampled (Lanczos, anti-aliased) into a box whose longer side is 20 pixels, placed on whole
@@ -551,10 +556,9 @@ def _erase_ruling(residual: np.ndarray, candidates: np.ndarray, faint: np.ndarra
     A ruling line is straight, runs across the whole image (its band of rows, or columns, is at
     least _RULING_COVER ink), and is thin: at most _RULING_THICKNESS of the image (or 3 px) and
     well under the digit's own strokes, so that the bar of a 7 cropped tight, or the stem of a
-    small 4, is never taken for one. Where
-    a stroke crosses a line, the line's pixels take the weaker of the values just beyond it
-    on either side (a stroke going on through stays, the line goes), except pixels far darker
-    than the line itself, which are ink lying along it.
+    small 4, is never taken for one. Where a stroke crosses a line, the line's pixels take the
+    weaker of the values just beyond it on either side (a stroke going on through stays, the
+    line goes), except pixels far darker than the line itself, which are ink lying along it.
     """
     bands = [(axis, *band) for axis in (0, 1) for band in _line_bands(faint, axis)]
     if not bands:
