@@ -117,6 +117,9 @@ _GRAIN_MIN_SIDE = 100
 # px (a 5-px closing left pencil strokes 13 % less like pen strokes). Gaps between strokes are
 # wider than that in the images of 100 px and more where grain is looked for.
 _GRAIN_CLOSING = 9
+# Ink fainter than half a stroke's core counts only this many pixels (of the image as read)
+# from a core: anti-aliasing, blur and JPEG spread a stroke's edge over 1-3 px.
+_FRINGE = 3
 # Larger crops are reduced to this long side before stroke-width normalisation and the final
 # resampling to 20 px: fine enough for smooth anti-aliasing, small enough to be fast.
 _CROP_MAX_SIDE = 128
@@ -472,11 +475,12 @@ def _reduce(grey: np.ndarray) -> np.ndarray:
 def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke
     cores."""
+    upscale = 1
     if max(grey.shape) < MNIST_SIDE:
-        factor = math.ceil(_SMALL_SIDE / max(grey.shape))
+        upscale = math.ceil(_SMALL_SIDE / max(grey.shape))
         grey = np.asarray(
             Image.fromarray(grey).resize(
-                (grey.shape[1] * factor, grey.shape[0] * factor), Image.Resampling.BILINEAR
+                (grey.shape[1] * upscale, grey.shape[0] * upscale), Image.Resampling.BILINEAR
             ),
             np.float32,
         )
@@ -532,7 +536,12 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
         residual = ndimage.grey_closing(residual, size=(_GRAIN_CLOSING, _GRAIN_CLOSING))
         level = float(np.percentile(residual[candidates], 90))
     ink = np.clip((residual - floor) / (level - floor), 0.0, 1.0)
-    keep = _digit_components(candidates, ink, name)
+    # Faint pixels belong to the ink only as the soft edge of a stroke, within a few pixels of
+    # its core. Farther out they are lighting the background fit could not follow: the burnt-out
+    # plateau of an over-exposed photo falling off into a grey corner. Kept, that haze joins
+    # the digit and shrinks it in the frame.
+    strokes = ndimage.binary_dilation(ink > 0.5, iterations=_FRINGE * upscale)
+    keep = _digit_components(candidates & strokes, ink, name)
     rows, cols = np.nonzero(keep)
     extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
     if extent < max(_MIN_DIGIT_PIXELS, _MIN_DIGIT_FRACTION * max(grey.shape)):
