@@ -148,13 +148,14 @@ def prepare(
     seed: int = 0,
     kinds: Sequence[str] | None = None,
     workers: int = 1,
+    chunk: int = CHUNK,
 ) -> list[Prepared]:
     """Render and preprocess ``digits`` uint8 (n, 28, 28) as every kind (the re-centred 28x28
-    digits first), on ``workers`` processes (1: in this process)."""
+    digits first), on ``workers`` processes (1: in this process) in tasks of ``chunk`` digits."""
     from renderings import RENDERINGS
 
     kinds = [RECENTRED] + (list(RENDERINGS) if kinds is None else list(kinds))
-    if workers <= 1 or len(digits) <= CHUNK:
+    if workers <= 1 or len(digits) <= chunk:
         prepared = []
         for kind in kinds:
             images, errors, no_digit, seconds = _preprocess(
@@ -164,11 +165,11 @@ def prepare(
         return prepared
     # Forked workers inherit the imported modules and sys.path (where `renderings` lives).
     context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
-    starts = range(0, len(digits), CHUNK)
+    starts = range(0, len(digits), chunk)
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = {
             kind: [
-                pool.submit(_chunk_task, kind, seed, digits[start : start + CHUNK], start)
+                pool.submit(_chunk_task, kind, seed, digits[start : start + chunk], start)
                 for start in starts
             ]
             for kind in kinds

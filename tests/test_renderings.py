@@ -377,6 +377,34 @@ def test_evaluate_scores_refused_images_as_wrong(bench, fake_data, monkeypatch):
     assert rows[0].accuracy == 1.0
 
 
+def test_worker_processes_give_the_same_images_as_one(bench, fake_data):
+    digits, _ = fake_data
+    kinds = ["fax", "lined_paper"]
+    alone = bench.prepare(digits, seed=3, kinds=kinds, workers=1)
+    pooled = bench.prepare(digits, seed=3, kinds=kinds, workers=2, chunk=3)
+    assert [p.kind for p in pooled] == [bench.RECENTRED, *kinds]
+    for a, b in zip(alone, pooled):
+        np.testing.assert_array_equal(a.images, b.images)
+        assert a.errors == b.errors
+
+
+def test_refusals_are_told_apart_and_ece_is_reported(bench, fake_data, monkeypatch):
+    import renderings
+
+    def broken(digit, rng):
+        return renderings.Rendering("broken", "broken.png", b"not an image")
+
+    monkeypatch.setitem(renderings.RENDERINGS, "broken", broken)
+    digits, labels = fake_data
+    model = TemplateModel(np.stack([preprocess_image(synthetic_digit(shape)) for shape in SHAPES]))
+    rows = bench.evaluate(model, digits, labels, kinds=["broken", "canvas_png"])
+    broken_row, canvas_row = rows[-2], rows[-1]
+    assert broken_row.refused == len(digits) and broken_row.no_digit == 0
+    assert np.isnan(broken_row.ece)
+    assert canvas_row.refused == 0 and 0.0 <= canvas_row.ece <= 1.0
+    assert bench.miscalibrated([bench.Row("x", 0.9, 10, ece=0.02)]) == ["x"]
+
+
 def test_rendering_seeds_are_independent_per_kind_and_digit(bench):
     a = bench.rendering_seed(0, 1, 5).integers(1 << 30)
     assert a == bench.rendering_seed(0, 1, 5).integers(1 << 30)
