@@ -213,6 +213,8 @@ def _keras_layers(architecture: dict, output_bias):
     digitnet fuses them); the output activation is computed in float32."""
     import keras
 
+    from digitnet.models import architectures
+
     layers = [keras.Input(tuple(architecture["input_shape"]))]
     for layer in architecture["layers"][:-1]:
         kind = layer["type"]
@@ -234,7 +236,11 @@ def _keras_layers(architecture: dict, output_bias):
                 )
             )
         elif kind == "batchnorm":
-            layers.append(keras.layers.BatchNormalization(momentum=layer["momentum"], epsilon=1e-3))
+            layers.append(
+                keras.layers.BatchNormalization(
+                    momentum=layer["momentum"], epsilon=architectures.BATCHNORM_EPSILON
+                )
+            )
             if layer["activation"] != "linear":
                 layers.append(keras.layers.Activation(layer["activation"]))
         elif kind == "dropout":
@@ -342,13 +348,19 @@ def _torch_model(torch, architecture: dict, output_bias):
             if layer["activation"] == "relu":
                 modules.append(nn.ReLU())
         elif kind == "batchnorm":
-            modules.append(nn.BatchNorm2d(shape[-1], eps=1e-3, momentum=1 - layer["momentum"]))
+            modules.append(
+                nn.BatchNorm2d(
+                    shape[-1], eps=architectures.BATCHNORM_EPSILON, momentum=1 - layer["momentum"]
+                )
+            )
             if layer["activation"] == "relu":
                 modules.append(nn.ReLU())
         elif kind == "dropout":
             modules.append(nn.Dropout(layer["rate"]))
         elif kind == "flatten":
             modules.append(nn.Flatten())
+        else:
+            raise ValueError(f"no PyTorch translation for {kind}")
         shape = output
     model = nn.Sequential(*modules)
     with torch.no_grad():

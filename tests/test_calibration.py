@@ -103,11 +103,11 @@ def tiny_model(metadata=None, activation="sigmoid"):
 
     rng = np.random.default_rng(3)
     architecture = {
-        "input_shape": [6],
+        "input_shape": [784],
         "layers": [{"type": "dense", "units": 4, "activation": activation}],
     }
     parameters = {
-        "W1": rng.normal(0.0, 3.0, (4, 6)).astype(np.float32),
+        "W1": rng.normal(0.0, 0.3, (4, 784)).astype(np.float32),
         "b1": rng.normal(0.0, 1.0, (4, 1)).astype(np.float32),
     }
     return Model(architecture, parameters, dict(metadata or {})), parameters
@@ -124,7 +124,7 @@ def test_a_calibrated_model_answers_the_softmax_of_its_logits_over_the_temperatu
 
     plain, parameters = tiny_model()
     calibrated, _ = tiny_model({"calibration": calibration_record(2.5)})
-    X = np.random.default_rng(4).uniform(0.0, 1.0, (50, 6)).astype(np.float32)
+    X = np.random.default_rng(4).uniform(0.0, 1.0, (50, 784)).astype(np.float32)
     logits = X.astype(np.float64) @ parameters["W1"].T.astype(np.float64) + parameters["b1"].T
     expected = np.exp(logits / 2.5 - (logits / 2.5).max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -14,6 +15,7 @@ import tempfile
 import threading
 import types
 import urllib.error
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +219,64 @@ def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not found") as caught:
         read_idx(tmp_path / "nope.gz")
     assert "nope.gz" in str(caught.value)
+
+
+def _gzip_bomb(header: bytes, megabytes: int) -> bytes:
+    """A gzip stream of ``header`` and then ``megabytes`` MB of zeros (about 1 KB per MB)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(header)]
+    parts += [compressor.compress(bytes(1 << 20)) for _ in range(megabytes)]
+    return b"".join(parts) + compressor.flush()
+
+
+def test_gzip_bomb_stops_inflating_past_the_declared_size(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 10, 28, 28)
+    bomb = _gzip_bomb(header, 256)
+    assert len(bomb) < 512 * 1024  # 256 MB inflated from a quarter of a megabyte
+    path = _write(tmp_path, bomb, "bomb.gz")
+    with pytest.raises(DataError, match="inflates past the 7,856 bytes its IDX header declares"):
+        read_idx(path)
+
+
+def test_header_declaring_more_than_the_cap_is_refused_while_inflating(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 100_000, 200, 200)  # 4 GB
+    path = _write(tmp_path, _gzip_bomb(header, 4), "huge.gz")
+    with pytest.raises(DataError, match="more than the 1,073,741,824 digitnet reads"):
+        read_idx(path)
+
+
+def test_concatenated_gzip_members_still_read(tmp_path):
+    content = encode_idx(np.arange(100, dtype=np.uint8))
+    path = _write(tmp_path, gzip.compress(content[:37]) + gzip.compress(content[37:]), "two.gz")
+    np.testing.assert_array_equal(read_idx(path), np.arange(100))
+
+
+def test_bytes_after_the_gzip_stream_are_corrupt_data(tmp_path):
+    content = gzip.compress(encode_idx(np.arange(10, dtype=np.uint8))) + b"junk"
+    with pytest.raises(DataError, match="corrupt gzip data"):
+        read_idx(_write(tmp_path, content, "junk.gz"))
+
+
+def test_fifo_and_devices_are_refused_at_once(tmp_path):
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def read(path) -> None:
+        try:
+            read_idx(path)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    for path in (fifo, Path("/dev/zero")):
+        if not path.exists():
+            continue
+        thread = threading.Thread(target=read, args=(path,), daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), f"reading {path} hangs"
+        assert isinstance(outcome[-1], DataError)
+        assert "not a regular file" in str(outcome[-1])
 
 
 # --------------------------------------------------------------------------------------------

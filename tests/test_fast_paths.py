@@ -25,6 +25,7 @@ from digitnet.inference.modelfile import save_model
 from digitnet.inference.preprocess import preprocess_image
 from digitnet.models import architectures
 from digitnet.training.engine import Fitter
+from digitnet.training.runs import onednn_allows_bfloat16
 
 MODEL_NAMES = ("seed", "mlp", "cnn")
 
@@ -76,7 +77,8 @@ def mnist_like():
 @pytest.fixture(scope="module")
 def bfloat16_models(mnist_like):
     """Each named model trained for a few steps in bfloat16 (as ``precision=auto`` does on
-    AMX CPUs), with running batchnorm statistics that differ from their start."""
+    AMX CPUs), with running batchnorm statistics that differ from their start. With oneDNN
+    held to AVX2 (CI's plain-CPU pass) they train in float32, the path such CPUs take."""
     labels = np.eye(10, dtype=np.float32)[np.arange(len(mnist_like)) % 10]
     models = {}
     for name in MODEL_NAMES:
@@ -88,7 +90,7 @@ def bfloat16_models(mnist_like):
             learning_rate=0.003,
             batch_size=100,
             seed=3,
-            compute_dtype="bfloat16",
+            compute_dtype="bfloat16" if onednn_allows_bfloat16() else None,
         )
         fitter.set_output_bias_from_labels(labels)
         data = fitter.dataset(mnist_like[:300], labels[:300])
@@ -204,6 +206,9 @@ def test_wrong_input_sizes_are_refused(bfloat16_models):
 # Training inputs stored in bfloat16
 
 
+@pytest.mark.skipif(
+    not onednn_allows_bfloat16(), reason="oneDNN is held below its bfloat16 kernels"
+)
 def test_bfloat16_inputs_cast_once_train_exactly_as_casting_each_batch(mnist_like):
     labels = np.eye(10, dtype=np.float32)[np.arange(300) % 10]
 

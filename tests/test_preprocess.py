@@ -505,7 +505,7 @@ def _truncated(image_format: str) -> bytes:
 
 
 BAD_INPUTS = {
-    "text": (lambda: b"just some text, certainly not an image\n" * 3, "is not an image"),
+    "text": (lambda: b"just some text, certainly not an image\n" * 3, "is not a supported image"),
     "empty": (lambda: b"", "is empty"),
     "truncated-png": (lambda: _truncated("PNG"), "truncated"),
     "truncated-jpeg": (lambda: _truncated("JPEG"), "truncated"),

@@ -28,14 +28,10 @@ from digitnet.inference.model import Model
 from digitnet.inference.modelfile import save_model
 from digitnet.inference.predict import predict_image
 from digitnet.models import architectures
-from digitnet.serving.server import (
-    MAX_BODY_BYTES,
-    MAX_INSTANCES,
-    STATIC_DIR,
-    bind_socket,
-    build_server,
-    create_app,
-)
+from digitnet.serving.app import create_app
+from digitnet.serving.protocol import MAX_BODY_BYTES, MAX_INSTANCES
+from digitnet.serving.routes.pages import STATIC_DIR
+from digitnet.serving.server import bind_socket, build_server
 
 PREDICT = "/v1/models/digitnet:predict"
 
@@ -627,17 +623,51 @@ def test_docs_are_self_hosted_and_openapi_lists_every_route(client):
     assert client.get("/redoc").status_code == 404
 
 
-def test_json_without_orjson_is_as_strict(monkeypatch):
-    from digitnet.serving import server as server_module
+def test_openapi_describes_the_answers_the_routes_give(client):
+    """The non-hot routes' schemas come from their Pydantic models, and name every key the
+    answers hold."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
 
-    monkeypatch.setattr(server_module, "orjson", None)
-    assert server_module.loads_json(b'{"instances": [[0.5, 1]]}') == {"instances": [[0.5, 1]]}
-    for body in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"{", b"\xff"):
-        with pytest.raises(server_module.RequestError):
-            server_module.loads_json(body)
-    encoded = server_module.dumps_json(
-        {"p": np.array([[0.25, 0.75]], np.float32), "n": np.int64(3)}
+    def answer_schema(path: str, method: str = "get", status: str = "200") -> dict:
+        content = spec["paths"][path][method]["responses"][status]["content"]
+        return content["application/json"]["schema"]
+
+    def keys_of(reference: dict) -> set[str]:
+        schema = schemas[reference["$ref"].rsplit("/", 1)[1]]
+        assert set(schema["required"]) == set(schema["properties"])
+        return set(schema["required"])
+
+    for path, url in (
+        ("/api/health", "/api/health"),
+        ("/v1/models/{model_name}", "/v1/models/digitnet"),
+        ("/v1/models/{model_name}/versions/{version}", "/v1/models/digitnet/versions/1"),
+        ("/v1/models/{model_name}/metadata", "/v1/models/digitnet/metadata"),
+    ):
+        assert set(client.get(url).json()) == keys_of(answer_schema(path)), path
+        if path.startswith("/v1/"):
+            not_found = client.get(url.replace("digitnet", "other"))
+            assert set(not_found.json()) == keys_of(answer_schema(path, status="404"))
+    digit, no_digit = answer_schema("/api/predict", "post")["anyOf"]
+    for image, reference in ((digit_png(), digit), (blank_png(), no_digit)):
+        answer = client.post("/api/predict", files={"file": ("d.png", image, "image/png")})
+        assert answer.status_code == 200 and set(answer.json()) == keys_of(reference)
+    bad = client.post("/api/predict", files={"file": ("d.png", b"not an image", "image/png")})
+    assert set(bad.json()) == keys_of(answer_schema("/api/predict", "post", "400"))
+    assert set(client.post(PREDICT, json={}).json()) == keys_of(
+        answer_schema(PREDICT.replace("digitnet", "{model_name}"), "post", "400")
     )
+
+
+def test_json_without_orjson_is_as_strict(monkeypatch):
+    from digitnet.serving import protocol
+
+    monkeypatch.setattr(protocol, "orjson", None)
+    assert protocol.loads_json(b'{"instances": [[0.5, 1]]}') == {"instances": [[0.5, 1]]}
+    for body in (b"[NaN]", b"[Infinity]", b"[-Infinity]", b"{", b"\xff"):
+        with pytest.raises(protocol.RequestError):
+            protocol.loads_json(body)
+    encoded = protocol.dumps_json({"p": np.array([[0.25, 0.75]], np.float32), "n": np.int64(3)})
     assert json.loads(encoded) == {"p": [[0.25, 0.75]], "n": 3}
 
 
@@ -720,7 +750,7 @@ def test_serving_never_imports_tensorflow(tmp_path, model):
     code = (
         "import sys\n"
         "from digitnet.inference.modelfile import load_model\n"
-        "from digitnet.serving.server import create_app\n"
+        "from digitnet.serving.app import create_app\n"
         "from digitnet.cli.main import build_parser\n"
         f"create_app(load_model({str(model_path)!r}))\n"
         "build_parser().parse_args(['serve', 'x'])\n"

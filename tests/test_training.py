@@ -11,12 +11,29 @@ import time
 import numpy as np
 import pytest
 
-from digitnet.errors import DigitnetError
+import digitnet
+from digitnet.errors import ConfigError, DigitnetError
+from digitnet.inference import evaluation
+from digitnet.inference.modelfile import load_model
 from digitnet.training.runs import TrainConfig, train_and_evaluate
 
 
 def quiet(_line):
     pass
+
+
+class Interrupted(Exception):
+    """Stands for Ctrl+C or a crash between two epochs."""
+
+
+def interrupt_after(last_epoch):
+    """An ``on_epoch_end`` that ends the run once ``last_epoch`` is checkpointed."""
+
+    def on_epoch_end(epoch, record):
+        if epoch >= last_epoch:
+            raise Interrupted
+
+    return on_epoch_end
 
 
 def small_config(**changes):
@@ -40,7 +57,14 @@ def test_config_checks_every_setting_in_one_place():
 
 
 def test_validation_set_is_held_out_and_best_weights_are_kept(tmp_path, fake_mnist_dir):
-    result = train_and_evaluate(small_config(), tmp_path, data_dir=fake_mnist_dir, log=quiet)
+    seen = []
+    result = train_and_evaluate(
+        small_config(),
+        tmp_path,
+        data_dir=fake_mnist_dir,
+        log=quiet,
+        on_epoch_end=lambda epoch, record: seen.append((epoch, dict(record))),
+    )
     data = result.model.metadata["data"]
     assert (data["n_train"], data["n_validation"], data["n_test"]) == (40, 20, 20)
     history = result.history
@@ -48,14 +72,19 @@ def test_validation_set_is_held_out_and_best_weights_are_kept(tmp_path, fake_mni
     best = max(history, key=lambda row: (row["val_accuracy"], -row["val_cost"]))
     assert result.metrics["best_epoch"] == best["epoch"]
     assert result.metrics["val_accuracy"] == pytest.approx(best["val_accuracy"])
+    assert seen == [(row["epoch"], row) for row in history]  # the callback saw every epoch
 
 
 def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_path, fake_mnist_dir):
     config = small_config(epochs=5, dropout=0.2, augment=True)
     whole = train_and_evaluate(config, tmp_path / "whole", data_dir=fake_mnist_dir, log=quiet)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train_and_evaluate(
-            config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet, stop_after_epoch=2
+            config,
+            tmp_path / "split",
+            data_dir=fake_mnist_dir,
+            log=quiet,
+            on_epoch_end=interrupt_after(2),
         )
     resumed = train_and_evaluate(
         config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet, resume=True
@@ -67,9 +96,13 @@ def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(tmp_pa
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, fake_mnist_dir):
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train_and_evaluate(
-            small_config(), tmp_path, data_dir=fake_mnist_dir, log=quiet, stop_after_epoch=1
+            small_config(),
+            tmp_path,
+            data_dir=fake_mnist_dir,
+            log=quiet,
+            on_epoch_end=interrupt_after(1),
         )
     with pytest.raises(DigitnetError, match="learning_rate"):
         train_and_evaluate(
@@ -82,6 +115,46 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, fake_mn
     with pytest.raises(DigitnetError, match="no checkpoint"):
         train_and_evaluate(
             small_config(), tmp_path / "empty", data_dir=fake_mnist_dir, log=quiet, resume=True
+        )
+
+
+@pytest.mark.parametrize("model_name", ["seed", "cnn"])
+def test_a_dataset_with_three_classes_trains_predicts_and_evaluates(
+    tmp_path, make_fake_mnist, model_name
+):
+    """The output layer takes its size from the labels: 3 classes, not MNIST's 10."""
+    directory = make_fake_mnist(n_classes=3, n_train=90, n_test=30)
+    path = tmp_path / "three.safetensors"
+    config = TrainConfig(model=model_name, dry_run=True, epochs=2, val_size=15, precision="float32")
+    result = train_and_evaluate(
+        config, tmp_path / "run", data_dir=directory, log=quiet, save_model_path=path
+    )
+    model = load_model(path)
+    assert model.n_classes == 3 and model.architecture["layers"][-1]["units"] == 3
+    X_test, labels = evaluation.test_set_for(model, directory)
+    probabilities = model.predict_proba(X_test)
+    assert probabilities.shape == (len(X_test), 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # TensorFlow's predict on the same parameters agrees with the NumPy model.
+    assert np.array_equal(
+        digitnet.predict(X_test, model.parameters, model.architecture), model.predict(X_test)
+    )
+    report = evaluation.evaluate_model(model, X_test, labels)
+    assert np.array(report["confusion_matrix"]).shape == (3, 3)
+    assert report["accuracy"] == pytest.approx(result.metrics["test_accuracy"])
+    # The tutorial's function sizes a named model from the labels too.
+    X_train, _, y_train, _ = digitnet.load_mnist(split="official", data_dir=directory)
+    parameters = digitnet.train_parameters(
+        X_train, y_train, X_test, y_train[: len(X_test)], "seed", epochs=1, verbose=False
+    )
+    assert parameters["W4"].shape == (3, 60) and parameters["b4"].shape == (3, 1)
+
+
+def test_a_layout_whose_output_disagrees_with_the_data_is_refused(tmp_path, make_fake_mnist):
+    directory = make_fake_mnist(n_classes=3)
+    with pytest.raises(ConfigError, match="ends in 10 outputs but the data has 3 classes"):
+        train_and_evaluate(
+            small_config(layout=[784, 32, 10]), tmp_path, data_dir=directory, log=quiet
         )
 
 
@@ -141,3 +214,17 @@ def test_mlp_reaches_a_floor_on_real_mnist_quickly(tmp_path, mnist_dir):
     assert 0.975 <= accuracy < 0.999, accuracy
     assert result.metrics["val_accuracy"] >= 0.97
     print(f"mlp, 3 epochs: {accuracy:.4f} test in {time.perf_counter() - started:.0f} s")
+
+
+def test_auto_precision_follows_a_onednn_isa_cap(monkeypatch):
+    from digitnet.training.runs import compute_dtype
+
+    # Held to AVX2 (what most users' CPUs have), bfloat16 would be emulated: train in float32.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert compute_dtype("auto") is None
+    assert compute_dtype("float32") is None
+    # oneDNN would abort the process on a bfloat16 product: a clear error instead.
+    with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA=AVX2"):
+        compute_dtype("bfloat16")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert compute_dtype("bfloat16") == "bfloat16"

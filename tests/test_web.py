@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitnet.serving.server import bind_socket, build_server, create_app
+from digitnet.serving.app import create_app
+from digitnet.serving.server import bind_socket, build_server
 
 pytestmark = pytest.mark.browser
 
@@ -411,6 +412,10 @@ def test_dark_mode_and_docs_render(browser, server_url, artifacts):
     page.goto(server_url + "/docs")
     page.wait_for_selector(".op")
     assert page.locator(".op").count() >= 8
+    # Schemas generated from Pydantic models are "$ref"s in /openapi.json; the page inlines them.
+    health = page.locator(".op", has=page.locator("code", has_text="/api/health"))
+    schemas = health.locator("details pre").first.text_content()
+    assert "digitnet_version" in schemas and "$ref" not in schemas
     predict = page.locator(".op").first  # its example holds a 7 drawn on a canvas, as b64
     predict.locator("summary", has_text="Try it").click()
     predict.locator("button", has_text="Send").click()

@@ -15,7 +15,7 @@ import sys
 from digitnet import __version__
 from digitnet.errors import DigitnetError
 
-COMMANDS = ("train", "evaluate", "calibrate", "predict", "serve")
+COMMANDS = ("train", "evaluate", "calibrate", "predict", "report", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
+    from digitnet.cli.common import printable
+
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
-        return f"{error.filename}: {error.strerror}"
-    return " ".join(str(error).split()) or type(error).__name__
+        return printable(f"{error.filename}: {error.strerror}")
+    return printable(" ".join(str(error).split())) or type(error).__name__

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from digitnet.inference.predict import ImagePrediction
 
 HELP = "predict the digit in each image (PNG, JPEG, GIF, BMP, TIFF, WebP) or folder of images"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "predict",
         help=HELP,
@@ -44,10 +51,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from digitnet.cli.common import check_writable_directory, printable
     from digitnet.errors import ImageError
     from digitnet.inference.modelfile import load_model
     from digitnet.inference.predict import predict_images
 
+    if args.save_preprocessed:
+        check_writable_directory(args.save_preprocessed, "--save-preprocessed")
     model = load_model(args.model)
     results = predict_images(model, args.images)
     if not results:
@@ -61,15 +71,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([result.to_json() for result in results]))
     else:
         for result in results:
+            # File names are escaped: a tab or newline in one must not forge a column or a line.
             if result.ok:
                 mark = "\tlow confidence" if result.low_confidence else ""
-                print(f"{result.file}\t{result.digit}\t{result.confidence:.4f}{mark}")
+                print(f"{printable(result.file)}\t{result.digit}\t{result.confidence:.4f}{mark}")
             else:
-                print(f"digitnet predict: {result.error}", file=sys.stderr)
+                print(f"digitnet predict: {printable(str(result.error))}", file=sys.stderr)
     return 0 if all(result.ok for result in results) else 1
 
 
-def save_preprocessed(results, directory: Path) -> None:
+def save_preprocessed(results: Sequence[ImagePrediction], directory: Path) -> None:
     """Write each model input as a 28x28 greyscale PNG named after its source file."""
     import io
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from digitnet.models.choices import COSTS, MODEL_NAMES, PRECISIONS, SCHEDULES, SOURCES, SPLITS
+from digitnet.models.presets import preset_defaults
 
 HELP = "train a model on MNIST (defaults: the tutorial's network and settings)"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help=HELP,
@@ -17,51 +23,47 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model",
-        choices=("seed", "mlp", "cnn"),
+        choices=MODEL_NAMES,
         default="seed",
-        help="seed: the tutorial's 784-100-100-60-10 network; mlp: a wide "
-        "dropout MLP; cnn: a batch-normalised CNN (default: seed)",
+        help=f"{MODEL_NAMES.help()} (default: seed)",
     )
     parser.add_argument(
         "--layout",
         metavar="SIZES",
-        help="dense layer sizes, input first, e.g. 784,100,100,60,10 (seed and mlp only)",
+        help="dense layer sizes, input first, e.g. 784,100,100,60,10 (seed and mlp only; the "
+        "last is the data's number of classes)",
     )
-    parser.add_argument("--epochs", type=int, help="passes over the training data")
+
+    def preset(setting: str, text: str, **options: Any) -> None:
+        """A flag whose default is the chosen model's preset, shown in its help."""
+        flag = "--" + setting.replace("_", "-")
+        help_text = f"{text} (default: {preset_defaults(setting)})"
+        parser.add_argument(flag, help=help_text, **options)
+
+    preset("epochs", "passes over the training data", type=int)
     parser.add_argument(
         "--lr",
         "--learning-rate",
         dest="learning_rate",
         type=float,
-        help="Adam's (peak) learning rate",
+        help=f"Adam's (peak) learning rate (default: {preset_defaults('learning_rate')})",
     )
-    parser.add_argument("--batch-size", type=int, help="samples per optimiser step")
-    parser.add_argument(
-        "--schedule",
-        choices=("constant", "cosine", "onecycle"),
-        help="learning-rate schedule over the run",
-    )
-    parser.add_argument(
-        "--cost",
-        choices=("mse", "cross_entropy"),
-        help="mse: squared error on sigmoid outputs (the tutorial's); "
-        "cross_entropy: softmax with cross-entropy",
-    )
-    parser.add_argument("--l2", type=float, help="L2 penalty on the weights, e.g. 1e-5")
-    parser.add_argument("--dropout", type=float, help="dropout rate between layers, e.g. 0.3")
-    parser.add_argument("--label-smoothing", type=float, help="e.g. 0.1")
-    parser.add_argument(
-        "--augment",
+    preset("batch_size", "samples per optimiser step", type=int)
+    preset("schedule", f"learning-rate schedule: {SCHEDULES.help()}", choices=SCHEDULES)
+    preset("cost", COSTS.help(), choices=COSTS)
+    preset("l2", "L2 penalty on the weights, e.g. 1e-5", type=float)
+    preset("dropout", "dropout rate between layers, e.g. 0.3", type=float)
+    preset("label_smoothing", "fraction of the target spread over all classes", type=float)
+    preset(
+        "augment",
+        "random shifts, rotations and elastic distortion while training",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="random shifts, rotations and elastic distortion while training",
     )
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "float32", "bfloat16"),
-        help="arithmetic for training: bfloat16 is several times faster on CPUs "
-        "with AMX; auto picks it there (weights and the "
-        "saved model stay float32)",
+    preset(
+        "precision",
+        f"arithmetic for training: {PRECISIONS.help()}; weights and the saved model stay float32",
+        choices=PRECISIONS,
     )
     parser.add_argument(
         "--seed",
@@ -69,31 +71,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=1,
         help="seeds initialisation, shuffling, dropout and augmentation (default: 1)",
     )
-    parser.add_argument(
-        "--split",
-        choices=("seed", "official"),
-        help="seed: the tutorial's 56,000/14,000 split of all 70,000 images; "
-        "official: MNIST's 60,000/10,000",
-    )
-    parser.add_argument(
-        "--val-size", type=int, help="training images held out for validation (mlp/cnn: 5000)"
-    )
-    parser.add_argument(
-        "--calibration-size",
+    preset("split", SPLITS.help(), choices=SPLITS)
+    preset("val_size", "training images held out for validation", type=int)
+    preset(
+        "calibration_size",
+        "training images held out to calibrate the confidence when there is no validation set "
+        "(the validation set serves otherwise)",
         type=int,
-        help="training images held out to calibrate the confidence when there is no validation "
-        "set (seed: 2000); the validation set serves otherwise",
     )
-    parser.add_argument(
-        "--patience",
+    preset(
+        "patience",
+        "stop after this many epochs without validation improvement (0: never)",
         type=int,
-        help="stop after this many epochs without validation improvement (0: never)",
     )
     parser.add_argument(
-        "--source",
-        choices=("idx", "openml"),
-        default="idx",
-        help="idx: the MNIST files; openml: scikit-learn's fetch_openml",
+        "--source", choices=SOURCES, default="idx", help=f"{SOURCES.help()} (default: idx)"
     )
     parser.add_argument(
         "--data-dir",
@@ -116,6 +108,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the interrupted run in --workdir"
     )
     parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="write TensorBoard logs (per-epoch cost, accuracy, learning rate, weight "
+        "histograms, validation mistakes) into DIR/train and DIR/validation; view them with "
+        "`tensorboard --logdir DIR`",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="train on a few batches only, to check that everything runs",
@@ -132,6 +132,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+
+    from digitnet.cli.common import check_writable_directory, check_writable_file
+    from digitnet.inference.modelfile import signing_key
+
+    workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
+    # Before TensorFlow is even imported: an unwritable target, or a key too short to sign
+    # with, must not cost a training run.
+    if args.save_model is not None:
+        check_writable_file(args.save_model, "--save-model")
+    check_writable_directory(workdir, "--workdir")
+    signing_key()
 
     from digitnet.models.architectures import parse_layout
     from digitnet.training.runs import TrainConfig, train_and_evaluate
@@ -157,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         dry_run=args.dry_run,
     )
-    workdir = args.workdir or Path("runs") / f"{args.model}-seed{args.seed}"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     train_and_evaluate(
         config,
@@ -166,5 +176,6 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         save_model_path=args.save_model,
         progress=progress,
+        tensorboard=args.tensorboard,
     )
     return 0

@@ -2,12 +2,12 @@
 
 An IDX file is two zero bytes, a type byte, a dimension count, big-endian uint32 sizes, then
 exactly prod(sizes) elements. Every way a file can be wrong (truncated, corrupt gzip, another
-format, trailing bytes) is a ``DataError`` that names the file and what to do.
+format, trailing bytes, not a regular file, a gzip stream inflating past what its header
+declares) is a ``DataError`` that names the file and what to do.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
 import os
@@ -18,8 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from digitnet.errors import DataError
+from digitnet.files import NotARegularFile, open_regular_file
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Largest IDX file read, compressed or not: EMNIST's largest is 0.55 GB, MNIST's 47 MB.
+MAX_IDX_BYTES = 1 << 30
+# Gzip streams are inflated this much at a time, and never past what the IDX header declares.
+_INFLATE_CHUNK = 1 << 20
 
 # IDX type byte -> element dtype. IDX stores multi-byte numbers big-endian.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -32,7 +37,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one IDX file, gzipped or raw, into an array of the shape stored in its header.
 
     Gzip is recognised by its magic bytes, not by the file name. The array is writable and in
@@ -46,32 +51,107 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_decompressed(path: Path) -> bytes:
-    """The file's bytes, gunzipped if they start with the gzip magic."""
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; check the path") from None
-    except OSError as error:
-        raise DataError(
-            f"{path}: cannot read it ({error.strerror or error}); check the path and its "
-            "permissions"
-        ) from None
+    """The file's bytes, gunzipped if they start with the gzip magic.
+
+    Only regular files are read (a FIFO or a device is refused at once), up to MAX_IDX_BYTES.
+    """
+    content = _read_regular_file(path)
     if content[:2] != GZIP_MAGIC:
         return content
     return gunzip(content, path)
 
 
-def gunzip(content: bytes, path: Path | str) -> bytes:
+def _read_regular_file(path: Path) -> bytes:
+    advice = "check the path and its permissions"
     try:
-        return gzip.decompress(content)
-    except EOFError:
+        handle, size = open_regular_file(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not an IDX file; check the path") from None
+    except NotARegularFile:
         raise DataError(
-            f"{path}: the gzip stream is truncated; replace it with a complete copy"
+            f"{path}: not a regular file (a pipe, device or socket); IDX files are read only "
+            "from regular files"
         ) from None
-    except (OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error}); {advice}") from None
+    with handle:
+        if size > MAX_IDX_BYTES:
+            raise DataError(
+                f"{path}: {size:,} bytes, more than the {MAX_IDX_BYTES:,} digitnet reads from an "
+                "IDX file; check the path"
+            )
+        try:
+            return handle.read(MAX_IDX_BYTES + 1)
+        except OSError as error:
+            raise DataError(
+                f"{path}: cannot read it ({error.strerror or error}); {advice}"
+            ) from None
+
+
+def gunzip(content: bytes, path: Path | str) -> bytes:
+    """Inflate gzip ``content`` (one or more members) in chunks, stopping as soon as the output
+    passes the size its IDX header declares, or MAX_IDX_BYTES: a small file cannot inflate to
+    gigabytes."""
+    out = bytearray()
+    limit = MAX_IDX_BYTES
+    declared = False
+    pending = content
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        while True:
+            chunk = decompressor.decompress(pending, _INFLATE_CHUNK)
+            pending = decompressor.unconsumed_tail
+            out += chunk
+            if not declared:
+                size = declared_size(out, path)
+                if size is not None:
+                    limit, declared = size, True
+            if len(out) > limit:
+                what = "its IDX header declares" if declared else "digitnet reads"
+                raise DataError(
+                    f"{path}: the gzip stream inflates past the {limit:,} bytes {what} "
+                    "(stopped there); replace it with a good copy"
+                )
+            if decompressor.eof:
+                pending = decompressor.unused_data
+                if not pending:
+                    break
+                if pending[:2] != GZIP_MAGIC:
+                    raise DataError(
+                        f"{path}: corrupt gzip data (unexpected bytes after the stream); replace "
+                        "it with a good copy"
+                    )
+                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next member
+            elif not chunk and not pending:
+                raise DataError(
+                    f"{path}: the gzip stream is truncated; replace it with a complete copy"
+                )
+    except zlib.error as error:
         raise DataError(
             f"{path}: corrupt gzip data ({error}); replace it with a good copy"
         ) from None
+    return bytes(out)
+
+
+def declared_size(raw: bytes | bytearray, path: Path | str) -> int | None:
+    """Total bytes (header and payload) an IDX header at the start of ``raw`` declares; None
+    until ``raw`` holds the whole header, or if it is not an IDX header (``parse_idx`` then
+    says what is wrong). DataError if it declares more than MAX_IDX_BYTES."""
+    if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        return None
+    header_length = 4 + 4 * raw[3]
+    if len(raw) < header_length:
+        return None
+    shape = struct.unpack(f">{raw[3]}I", bytes(raw[4:header_length]))
+    total: int = header_length + math.prod(shape) * _IDX_DTYPES[raw[2]].itemsize
+    if total > MAX_IDX_BYTES:
+        raise DataError(
+            f"{path}: its IDX header declares shape {shape}, {total:,} bytes, more than the "
+            f"{MAX_IDX_BYTES:,} digitnet reads from an IDX file; replace it with an IDX file"
+        )
+    return total
 
 
 def parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
@@ -107,6 +187,12 @@ def parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
             "replace it with a complete copy"
         )
     shape = struct.unpack(f">{dimension_count}I", raw[4:header_length])
+    # Empty arrays too: NumPy refuses a shape such as (0, 2**32 - 1, 2**32 - 1) as too big.
+    if math.prod(size for size in shape if size) * dtype.itemsize > MAX_IDX_BYTES:
+        raise DataError(
+            f"{path}: its IDX header declares shape {shape}, more than the {MAX_IDX_BYTES:,} "
+            "bytes digitnet reads from an IDX file; replace it with an IDX file"
+        )
     expected = math.prod(shape) * dtype.itemsize
     actual = len(raw) - header_length
     if actual < expected:

@@ -28,12 +28,14 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from digitnet.atomic import atomic_write_bytes
 from digitnet.data.idx import GZIP_MAGIC, gunzip, read_idx_with_digest
-from digitnet.errors import ConfigError, DataError
+from digitnet.errors import DataError
+from digitnet.models.choices import SOURCES, SPLITS, check
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +67,6 @@ DOWNLOAD_TIMEOUT_SECONDS: float = 30.0
 MAX_DOWNLOAD_BYTES: int = 128 * 1024 * 1024
 
 DATA_DIR_ENV = "DIGITNET_DATA_DIR"
-
-SPLITS = ("seed", "official")
-SOURCES = ("idx", "openml")
 
 # The tutorial's split of the 70,000 images.
 SEED_TEST_SIZE = 0.2
@@ -134,8 +133,8 @@ def _find_files(directory: Path) -> dict[str, Path]:
 
 
 def load_mnist_arrays(
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
 ) -> MnistArrays:
     """Find, validate and read the four MNIST IDX files; see the module docstring for the order.
@@ -143,23 +142,19 @@ def load_mnist_arrays(
     Raises DataError if a named directory lacks a file, a file is malformed, image and label
     counts disagree, or the files are neither present nor downloadable.
     """
-    directory, explicit = _chosen_directory(data_dir)
-    if explicit:
-        loaded = _load_explicit(directory)
-    else:
-        directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        loaded = _load_cache(directory, download)
-    return _assemble(loaded, directory)
+    named = _named_directory(data_dir)
+    if named is not None:
+        return _assemble(_load_explicit(named), named)
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return _assemble(_load_cache(directory, download), directory)
 
 
-def _chosen_directory(data_dir: str | os.PathLike | None) -> tuple[Path | None, bool]:
-    """The directory the user named (argument, then environment), and whether one was named."""
+def _named_directory(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The directory the user named (argument, then environment), or None."""
     if data_dir is not None:
-        return Path(data_dir).expanduser(), True
+        return Path(data_dir).expanduser()
     from_environment = os.environ.get(DATA_DIR_ENV, "")
-    if from_environment:
-        return Path(from_environment).expanduser(), True
-    return None, False
+    return Path(from_environment).expanduser() if from_environment else None
 
 
 def _load_explicit(directory: Path) -> dict[str, tuple[Path, np.ndarray, str]]:
@@ -264,7 +259,7 @@ class _MirrorFailure(Exception):
 
 
 def download_mnist(
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     kinds: Iterable[str] | None = None,
     mirrors: Iterable[str] | None = None,
     timeout: float | None = None,
@@ -317,7 +312,7 @@ def _fetch_verified(mirror: str, name: str, timeout: float, expected_sha256: str
     print(f"digitnet: downloading {name} from {mirror}", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            content = response.read(MAX_DOWNLOAD_BYTES + 1)
+            content: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
     except urllib.error.HTTPError as error:
         raise _MirrorFailure(f"HTTP {error.code}") from None
     except urllib.error.URLError as error:
@@ -364,7 +359,7 @@ def _raise_not_available(
 # Model-ready arrays
 
 
-def fetch_openml(*args, **kwargs):
+def fetch_openml(*args: Any, **kwargs: Any) -> Any:
     """``sklearn.datasets.fetch_openml``, imported on first use (importing it costs ~0.6 s).
 
     A module-level name so tests can replace it with an offline fake.
@@ -376,9 +371,9 @@ def fetch_openml(*args, **kwargs):
 
 def load_mnist(
     split: str = "seed",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     source: str = "idx",
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST as the tutorial's model consumes it: ``(X_train, X_test, y_train, y_test)``.
@@ -396,10 +391,8 @@ def load_mnist(
     ``source="openml"`` uses scikit-learn's ``fetch_openml("mnist_784")``, cached under
     ``<cache_dir>/openml``, whose rows keep the original order (first 60,000 = train).
     """
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(map(repr, SPLITS))}, not {split!r}")
-    if source not in SOURCES:
-        raise ConfigError(f"source must be one of {', '.join(map(repr, SOURCES))}, not {source!r}")
+    check("split", split, SPLITS)
+    check("source", source, SOURCES)
 
     if source == "idx":
         arrays = load_mnist_arrays(data_dir=data_dir, cache_dir=cache_dir, download=download)
@@ -442,9 +435,10 @@ def _seed_split_indices(count: int) -> tuple[np.ndarray, np.ndarray]:
     """
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(
+    train, test = train_test_split(
         np.arange(count), test_size=SEED_TEST_SIZE, random_state=SEED_RANDOM_STATE
     )
+    return np.asarray(train), np.asarray(test)
 
 
 def _scale(pixels: np.ndarray) -> np.ndarray:
@@ -454,11 +448,12 @@ def _scale(pixels: np.ndarray) -> np.ndarray:
 
 
 def _one_hot(labels: np.ndarray, class_count: int) -> np.ndarray:
-    return np.eye(class_count, dtype=np.float32)[labels]
+    one_hot: np.ndarray = np.eye(class_count, dtype=np.float32)[labels]
+    return one_hot
 
 
 def _load_openml(
-    cache_dir: str | os.PathLike | None, download: bool
+    cache_dir: str | os.PathLike[str] | None, download: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """OpenML's mnist_784 as (pixels (70000, 784) 0-255, integer labels (70000,))."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

@@ -24,20 +24,31 @@ def test_set_for(model, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
     return X_test, y_test.argmax(axis=1)
 
 
-def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def evaluate_model(
+    model,
+    X: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Accuracy and ECE (fractions), per-class precision and recall, and the confusion matrix.
 
     Args:
         model: a ``digitnet.Model``.
         X: images (n, 784) float32 in [0, 1].
         labels: true classes (n,) int.
+        predicted: the model's classes for ``X`` (n,) int when already computed (a forward
+            pass of the cnn over the 10,000 test images takes seconds), else computed here.
+        probabilities: ``model.predict_proba(X)`` (n, n_classes) when already computed.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from digitnet.inference.calibration import expected_calibration_error
 
-    probabilities = model.predict_proba(X)
-    predicted = probabilities.argmax(axis=1)
+    if probabilities is None:
+        probabilities = model.predict_proba(X)
+    if predicted is None:
+        predicted = probabilities.argmax(axis=1)
     classes = np.arange(model.n_classes)
     precision, recall, _, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0
@@ -47,7 +58,9 @@ def evaluate_model(model, X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         "n": int(len(labels)),
         # Expected calibration error, 15 bins, of the confidences the model reports (calibrated
         # when its file holds a calibration).
-        "ece": expected_calibration_error(probabilities.max(axis=1), predicted == labels),
+        "ece": expected_calibration_error(
+            probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+        ),
         "calibrated": model.calibration is not None,
         "per_class": [
             {"class": int(c), "precision": float(p), "recall": float(r), "support": int(s)}

@@ -1,13 +1,14 @@
 """A trained model: architecture, NumPy parameters, metadata, and a NumPy forward pass.
 
 Prediction never needs TensorFlow: ``digitnet predict``, ``evaluate`` and ``serve`` run this
-forward pass, which tests check against ``digitnet.core.forward_propagation``. Importing
-TensorFlow alone takes seconds; this path answers one image in microseconds.
+forward pass, which tests check against TensorFlow's (``digitnet.training.network``).
+Importing TensorFlow alone takes seconds; this path answers one image in microseconds.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -16,53 +17,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from digitnet.errors import ConfigError
 from digitnet.models import architectures
-from digitnet.models.architectures import BATCHNORM_EPSILON
+from digitnet.models.layers import DenseStep, NumpyStep
+
+# (weights (inputs, units), bias (1, units) or None, in-place activation) per layer.
+DenseLayers = list[tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], None]]]
 
 
-def _activate(values: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "relu":
-        return np.maximum(values, 0.0, out=values)
-    if activation == "sigmoid":
-        # Written as 0.5 * (1 + tanh(x / 2)): equal to 1 / (1 + exp(-x)) but never overflows.
-        return 0.5 * (1.0 + np.tanh(0.5 * values))
-    if activation == "softmax":
-        shifted = values - values.max(axis=-1, keepdims=True)
-        np.exp(shifted, out=shifted)
-        return shifted / shifted.sum(axis=-1, keepdims=True)
-    return values
-
-
-def _activate_in_place(values: np.ndarray, activation: str) -> None:
-    """``_activate`` writing into ``values`` (float32, owned by the caller): the same
-    arithmetic, bit for bit, without temporaries."""
-    if activation == "relu":
-        np.maximum(values, 0.0, out=values)
-    elif activation == "sigmoid":
-        values *= 0.5
-        np.tanh(values, out=values)
-        values += 1.0
-        values *= 0.5
-    elif activation == "softmax":
-        values -= values.max(axis=-1, keepdims=True)
-        np.exp(values, out=values)
-        values /= values.sum(axis=-1, keepdims=True)
-
-
-def _dense_forward(values: np.ndarray, layers: list[tuple]) -> np.ndarray:
+def _dense_forward(values: np.ndarray, layers: DenseLayers) -> np.ndarray:
     """A stack of dense layers on ``values`` (n, inputs) float32 -> (n, units of the last).
 
     Each product makes a new array, so the caller's ``values`` is never written to; the bias
     and activation then work in place in it.
     """
-    for weights, bias, activation in layers:
+    for weights, bias, activate_in_place in layers:
         values = values @ weights
         if bias is not None:
             values += bias
-        _activate_in_place(values, activation)
+        activate_in_place(values)
     return values
 
 
@@ -131,28 +105,6 @@ def _in_row_blocks(
     return out
 
 
-def _conv2d(images: np.ndarray, kernel: np.ndarray, stride: int, padding: str) -> np.ndarray:
-    """``images`` (n, h, w, c) conv ``kernel`` (k, k, c, f) -> (n, h', w', f), as tf.nn.conv2d."""
-    size = kernel.shape[0]
-    if padding == "same":
-        height, width = images.shape[1:3]
-        out_h, out_w = -(-height // stride), -(-width // stride)
-        pad_h = max((out_h - 1) * stride + size - height, 0)
-        pad_w = max((out_w - 1) * stride + size - width, 0)
-        # TensorFlow puts the odd pixel of padding at the bottom/right.
-        images = np.pad(
-            images,
-            ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
-        )
-    windows = sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
-    # windows: (n, h', w', c, k, k). Copying them into one (n*h'*w', c*k*k) matrix (im2col)
-    # turns the convolution into a single BLAS matrix product, far faster than einsum here.
-    n, out_h, out_w = windows.shape[:3]
-    columns = windows.reshape(n * out_h * out_w, -1)
-    weights = kernel.transpose(2, 0, 1, 3).reshape(-1, kernel.shape[3])
-    return (columns @ weights).reshape(n, out_h, out_w, kernel.shape[3])
-
-
 @dataclass
 class Model:
     """A trained network ready to predict.
@@ -163,7 +115,7 @@ class Model:
         metadata: training settings, metrics, history, data fingerprint, versions.
     """
 
-    architecture: dict
+    architecture: dict[str, Any]
     parameters: dict[str, np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -190,9 +142,10 @@ class Model:
         self._n_inputs = architectures.n_inputs(self.architecture)
         # The seed and mlp models are dense stacks: they take a path without per-layer
         # dispatch or temporaries (one image about 1 us sooner, 13 us instead of 14).
-        self._dense_layers = (
-            [step[1:] for step in self._plan]
-            if all(step[0] == "dense" for step in self._plan)
+        dense = [step for step in self._plan if isinstance(step, DenseStep)]
+        self._dense_layers: DenseLayers | None = (
+            [(step.weights, step.bias, step.activation.numpy_in_place) for step in dense]
+            if len(dense) == len(self._plan)
             else None
         )
         self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None else CONV_BLOCK_ROWS
@@ -209,52 +162,18 @@ class Model:
     def name(self) -> str:
         return str(self.metadata.get("training", {}).get("model", "custom"))
 
-    def _compile(self) -> list[tuple]:
-        """Precompute per-layer operands so the forward pass does no per-call reshaping.
-
-        Dense weights are stored transposed and contiguous (X @ W^T is the hot path); batchnorm
-        is folded into one scale and shift.
-        """
-        plan = []
-        for layer, k in zip(
-            self.architecture["layers"], architectures.layer_numbers(self.architecture)
-        ):
-            kind, p = layer["type"], self.parameters
-            if kind == "dense":
-                bias = p[f"b{k}"].reshape(1, -1) if f"b{k}" in p else None
-                plan.append(
-                    ("dense", np.ascontiguousarray(p[f"W{k}"].T), bias, layer["activation"])
-                )
-            elif kind == "conv":
-                plan.append(
-                    (
-                        "conv",
-                        p[f"W{k}"],
-                        p.get(f"b{k}"),
-                        layer["stride"],
-                        layer["padding"],
-                        layer["activation"],
-                    )
-                )
-            elif kind == "batchnorm":
-                scale = p[f"gamma{k}"] / np.sqrt(p[f"variance{k}"] + BATCHNORM_EPSILON)
-                shift = p[f"beta{k}"] - p[f"mean{k}"] * scale
-                plan.append(
-                    (
-                        "affine",
-                        scale.astype(np.float32),
-                        shift.astype(np.float32),
-                        layer["activation"],
-                    )
-                )
-            elif kind == "maxpool":
-                plan.append(("maxpool", layer["size"]))
-            elif kind == "global_avgpool":
-                plan.append(("global_avgpool",))
-            elif kind == "flatten":
-                plan.append(("flatten",))
-            # Dropout is the identity at inference.
-        return plan
+    def _compile(self) -> list[NumpyStep]:
+        """Each layer's NumPy step (its layer type's ``numpy``), operands precomputed so the
+        forward pass does no per-call reshaping: dense weights transposed and contiguous,
+        batchnorm folded into one scale and shift. Layers that are the identity at inference
+        (dropout) have no step."""
+        steps = [
+            layer.type.numpy(layer.spec, layer.own(self.parameters))
+            for layer in architectures.bind_layers(self.architecture)
+        ]
+        # How many steps the first k + 1 layers make, for layer_output.
+        self._steps_through = list(itertools.accumulate(step is not None for step in steps))
+        return [step for step in steps if step is not None]
 
     def forward(self, X: np.ndarray, block_rows: int | None = None) -> np.ndarray:
         """Output activations for ``X`` (n, n_inputs) float32 in [0, 1] -> (n, n_classes),
@@ -279,38 +198,21 @@ class Model:
         """``forward`` on checked float32 rows (n, n_inputs), on this thread."""
         if self._dense_layers is not None:
             return _dense_forward(values, self._dense_layers)
+        return self._run_plan(values, self._plan)
+
+    def layer_output(self, X: np.ndarray, layer: int) -> np.ndarray:
+        """What layer number ``layer`` (1-based, counted over ``architecture["layers"]``)
+        outputs for ``X`` (n, n_inputs), in inference mode: (n, h, w, channels) after a
+        convolutional layer, (n, units) after a dense one."""
+        values = np.asarray(X, dtype=np.float32).reshape(-1, self._n_inputs)
+        return self._run_plan(values, self._plan[: self._steps_through[layer - 1]])
+
+    def _run_plan(self, values: np.ndarray, plan: list[NumpyStep]) -> np.ndarray:
+        """The steps of ``plan`` (from ``_compile``) on float32 rows (n, n_inputs)."""
         if len(self.architecture["input_shape"]) == 3:
             values = values.reshape(len(values), *self.architecture["input_shape"])
-        for step in self._plan:
-            kind = step[0]
-            if kind == "dense":
-                _, weights, bias, activation = step
-                values = values @ weights
-                if bias is not None:
-                    values += bias
-                values = _activate(values, activation)
-            elif kind == "conv":
-                _, kernel, bias, stride, padding, activation = step
-                values = _conv2d(values, kernel, stride, padding)
-                if bias is not None:
-                    values += bias
-                values = _activate(values, activation)
-            elif kind == "affine":
-                _, scale, shift, activation = step
-                values = _activate(values * scale + shift, activation)
-            elif kind == "maxpool":
-                size = step[1]
-                n, height, width, channels = values.shape
-                height, width = height // size * size, width // size * size
-                values = (
-                    values[:, :height, :width]
-                    .reshape(n, height // size, size, width // size, size, channels)
-                    .max(axis=(2, 4))
-                )
-            elif kind == "global_avgpool":
-                values = values.mean(axis=(1, 2))
-            elif kind == "flatten":
-                values = values.reshape(len(values), -1)
+        for step in plan:
+            values = step.activation.numpy(step.apply(values))
         return values
 
     def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -355,7 +257,8 @@ class Model:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted labels, int64 (n,)."""
-        return np.argmax(self.forward(X), axis=1).astype(np.int64)
+        labels: np.ndarray = np.argmax(self.forward(X), axis=1).astype(np.int64)
+        return labels
 
     def with_metadata(self, **updates: Any) -> Model:
         merged = dict(self.metadata)
@@ -364,7 +267,7 @@ class Model:
 
 
 def model_from_parameters(
-    parameters: Mapping[str, Any], layout: Any = None, metadata: Mapping | None = None
+    parameters: Mapping[str, Any], layout: Any = None, metadata: Mapping[str, Any] | None = None
 ) -> Model:
     """Wrap the five functions' parameter dict (NumPy or tensors) into a ``Model``."""
     arrays = {name: np.asarray(value, dtype=np.float32) for name, value in parameters.items()}

@@ -114,6 +114,16 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def predict_images(model, paths: Iterable[str | os.PathLike]) -> list[ImagePrediction]:
-    """Predict every image in ``paths`` (files or directories); bad files get their own error
-    and never stop the rest."""
-    return [predict_image(model, path, str(path)) for path in expand_inputs(paths)]
+    """Predict every image in ``paths`` (files or directories); bad files, and folders that
+    cannot be listed, get their own error and never stop the rest."""
+    results = []
+    for item in paths:
+        try:
+            files = expand_inputs([item])
+        except OSError as error:
+            results.append(
+                ImagePrediction(str(item), error=f"cannot list {item}: {error.strerror or error}")
+            )
+            continue
+        results.extend(predict_image(model, path, str(path)) for path in files)
+    return results

@@ -9,8 +9,9 @@ nonzero pixels is 20 pixels on its longer side.
 
 The pipeline, for what people really photograph, scan and draw:
 
-1. read: any image Pillow reads (first frame of an animation), refusing decompression bombs by
-   their declared size before decoding; EXIF orientation applied; transparency composited onto
+1. read: PNG, JPEG, GIF, BMP, TIFF or WebP (first frame of an animation), recognised by
+   signature; decompression bombs refused by their declared size and decoding cost before
+   decoding (see "Reading"); EXIF orientation applied; transparency composited onto
    a backdrop that makes the transparent part background (see ``_composite``);
 2. to grey (ITU-R 601 luma), 16-bit and float modes scaled to [0, 1];
 3. images under 28 px enlarged; lighting removed: a quadratic surface fitted robustly to the
@@ -39,21 +40,26 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
+import struct
+from collections.abc import Callable, Iterator
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageMode
 from scipy import ndimage
 
 from digitnet.errors import ImageError, NoDigitFound
+from digitnet.files import NotARegularFile, open_regular_file
 
 __all__ = [
     "BOX_SIDE",
     "CENTRE",
+    "DECODE_BUDGET",
+    "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "MIN_SIDE",
     "MNIST_SIDE",
+    "SUPPORTED_FORMATS",
     "ImageInput",
     "preprocess_image",
     "read_grey",
@@ -63,8 +69,8 @@ MNIST_SIDE = 28
 BOX_SIDE = 20
 # Index coordinates as scipy.ndimage.center_of_mass reports them (pixel i spans [i - 0.5, i + 0.5]).
 CENTRE = 14.0
-# Refused by declared size before decoding: 40 MP is more than any phone camera produces and
-# decodes to at most 160 MB of RGBA, whereas a crafted 50000x50000 PNG would need 10 GB.
+# Refused by declared size before decoding: 40 MP is more than any phone camera produces, whereas
+# a crafted 50000x50000 PNG would need 10 GB. DECODE_BUDGET bounds the bytes per format and mode.
 MAX_PIXELS = 40_000_000
 MIN_SIDE = 8
 
@@ -161,24 +167,79 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
 
 # ---------------------------------------------------------------------------------------------
 # Reading
+#
+# What one image may cost, whatever its bytes claim. Only regular files up to MAX_FILE_BYTES
+# are read; only SUPPORTED_FORMATS are decoded, chosen by their signature (never by Pillow's
+# guess among its forty-odd plugins, some of which decode while opening); structures that
+# Pillow would expand in memory while opening (TIFF value arrays, PNG compressed text) are
+# counted first; the full-size buffers a decoder needs are checked against DECODE_BUDGET before
+# any pixel is decoded. After decoding, everything works on tiles of a quarter megapixel and keeps
+# only the image reduced to _WORK_SIDE, so no full-size copy in another mode (premultiplied
+# RGBA, float) ever exists. tests/test_limits.py measures the peak of the worst cases.
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WebP")
+# Larger files are refused unread: a phone photo is 2-12 MB, a 40-MP PNG scan about 30 MB.
+MAX_FILE_BYTES = 50 * 2**20
+# Full-size pixel buffers a decoder may hold at once (Pillow's image and the library's own).
+DECODE_BUDGET = 96 * 2**20
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"BM", "BMP"),
+)
+# Full-size pixel buffers each decoder holds at once, in units of Pillow's image of that size,
+# as measured (tests/test_limits.py): libwebp keeps its canvas and hands over a copy of the
+# frame; Pillow's RLE reader for BMP assembles the pixels in a bytearray and copies it once
+# more. TIFF measured about 1; 2 leaves a margin for libtiff's many layouts.
+_DECODER_COPIES = {"PNG": 1, "JPEG": 1, "GIF": 1, "BMP": 1, "TIFF": 2, "WebP": 4}
+_BMP_RLE_COPIES = 3
+# Pillow decodes RLE-compressed BMP in Python, about a second per megabyte of one-pixel runs.
+_MAX_BMP_RLE_BYTES = 1 << 20
+# Pillow unpacks TIFF tags of these numeric types into tuples of Python objects, 5-50 times the
+# bytes they take in the file; a 5 MB TIFF declaring 600,000 one-row strips cost 200 MB and 4 s
+# to open. Real files have one entry per strip or tile: 65,536 is a 40-MP image in 16x16 tiles.
+_TIFF_NUMERIC_TYPES = frozenset({3, 4, 5, 8, 9, 10, 11, 12, 13, 16, 17, 18})
+_MAX_TIFF_VALUES = 65_536
+_MAX_TIFF_ENTRIES = 65_535
+# Pillow inflates each compressed PNG text chunk to up to 1 MB and keeps up to 64 MB of them.
+_MAX_PNG_TEXT_CHUNKS = 16
+_MAX_PNG_CHUNKS = 65_536
+# A progressive (or non-interleaved) JPEG is decoded scan by scan into a buffer holding every
+# DCT coefficient of the image, each scan a pass over all of it: bound the passes too.
+_MAX_JPEG_SCAN_PIXELS = 1_000_000_000
+# Decoded pixels are converted and reduced in tiles of about this many source pixels.
+_TILE_PIXELS = 1 << 18
 
 
 def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
     """Read any supported input as grey float32 (H, W) in [0, 1], 0 black, transparency composited.
 
-    Images larger than 640 px on the long side come back reduced by area-averaging to at most that.
-    Raises ``ImageError`` with a one-line message naming the image for unreadable input.
+    Images larger than 640 px on the long side come back reduced by area-averaging to at most
+    that (blocks cut by the right and bottom edges averaged over the pixels they hold).
+    Raises ``ImageError`` with a one-line message naming the image for unreadable input, and
+    for nothing else: every exception a decoder raises becomes one.
     """
     label = _describe(image, name)
     if isinstance(image, np.ndarray):
         grey, alpha = _array_to_grey(image, label)
     elif isinstance(image, Image.Image):
         _check_size(image.size, label)
-        grey, alpha = _pil_to_grey(_upright(image), label)
+        if isinstance(image, ImageFile.ImageFile) and image.tile:
+            # Opened but not decoded yet: decoding it here is ours to bound.
+            _check_decoding_cost(image, image.format or "", label)
+            _load(image, label)
+        grey, alpha = _pil_to_grey(image, label)
+        grey, alpha = _upright(grey, alpha, _orientation(image))
     else:
         grey, alpha = _read_encoded(image, label)
-    grey = _composite(grey, alpha)
-    return _reduce(grey)
+    return _composite(grey, alpha)
 
 
 def _describe(image: object, name: str | None) -> str:
@@ -198,87 +259,97 @@ def _describe(image: object, name: str | None) -> str:
 
 def _read_encoded(image: object, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.exists(path):
-            raise ImageError(f"{name} does not exist")
-        if os.path.isdir(path):
-            raise ImageError(f"{name} is a directory, not an image")
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as error:
-            raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
-    elif isinstance(image, (bytes, bytearray, memoryview)):
+        with _open_regular_file(os.fspath(image), name) as stream:
+            return _decode(stream, name)
+    if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif hasattr(image, "read"):
-        data = image.read()
-        if not isinstance(data, bytes):
+        try:
+            data = image.read(MAX_FILE_BYTES + 1)
+        except OSError as error:
+            raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
+        if isinstance(data, str):
             raise ImageError(f"{name} was opened in text mode; open it with 'rb'")
+        if not isinstance(data, (bytes, bytearray)):
+            raise ImageError(f"{name}.read() returned a {type(data).__name__}, not bytes")
+        data = bytes(data)
     else:
         raise ImageError(
             f"{name} is a {type(image).__name__}; expected a path, bytes, a file, a PIL image or "
             "a numpy array"
         )
-    if not data:
-        raise ImageError(f"{name} is empty (0 bytes)")
-    return _decode(data, name)
+    _check_file_size(len(data), name)
+    return _decode(io.BytesIO(data), name)
 
 
-def _decode(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _open_regular_file(path: str, name: str) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file of an acceptable size."""
     try:
-        # A size above Pillow's own limit warns (or raises beyond twice it) inside Image.open,
-        # before any pixel is decoded; both mean a bomb here. Our own, lower limit follows.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        stream, size = open_regular_file(path)
+    except FileNotFoundError:
+        raise ImageError(f"{name} does not exist") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name} is a directory, not an image") from None
+    except NotARegularFile:
         raise ImageError(
-            f"{name} is too large: it declares more than {MAX_PIXELS // 1_000_000} megapixels "
-            "(refused before decoding)"
+            f"{name} is not a regular file (a pipe, device or socket); images are read only "
+            "from regular files"
         ) from None
-    except UnidentifiedImageError:
-        image_format = _format_from_signature(data)
-        if image_format:
-            raise ImageError(
-                f"{name} starts like a {image_format} file but cannot be read: it is truncated "
-                "or corrupt"
-            ) from None
+    except OSError as error:
+        raise ImageError(f"cannot read {name}: {error.strerror or error}") from None
+    try:
+        _check_file_size(size, name)
+    except ImageError:
+        stream.close()
+        raise
+    return stream
+
+
+def _check_file_size(size: int, name: str) -> None:
+    if size == 0:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    if size > MAX_FILE_BYTES:
         raise ImageError(
-            f"{name} is not an image (or not in a format that can be read: PNG, JPEG, GIF, BMP, "
-            "TIFF, WebP, ...)"
+            f"{name} is too large: {size / 2**20:.0f} MB, the limit is "
+            f"{MAX_FILE_BYTES // 2**20} MB (refused unread)"
+        )
+
+
+def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable)."""
+    image_format = _format_from_signature(stream.read(16))
+    if image_format is None:
+        raise ImageError(
+            f"{name} is not a supported image (not an image, or not in one of the formats "
+            f"digitnet reads: {', '.join(SUPPORTED_FORMATS)})"
+        )
+    _check_structure(stream, image_format, name)
+    file_bytes = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    try:
+        opened = _open_as(image_format, stream)
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(name) from None
+    except MemoryError:
+        raise ImageError(f"{name} is too large to decode") from None
+    except Exception as error:  # noqa: BLE001 - a decoder's own failure, whatever its type
+        raise ImageError(
+            f"{name} starts like a {image_format} file but cannot be read: it is truncated or "
+            f"corrupt ({_one_line(error)})"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageError(f"{name} is corrupt: {_one_line(error)}") from None
     with opened:
         _check_size(opened.size, name)
-        _draft_large_jpeg(opened)
-        try:
-            opened.seek(0)
-            opened.load()
-        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
-            message = _one_line(error)
-            if "truncated" in message or isinstance(error, EOFError):
-                raise ImageError(f"{name} is truncated: {message}") from None
-            raise ImageError(f"{name} is corrupt or truncated: {message}") from None
-        except MemoryError:
-            raise ImageError(f"{name} is too large to decode") from None
-        return _pil_to_grey(_upright(opened), name)
-
-
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
+        if image_format == "JPEG":
+            _check_jpeg(opened, stream, name)
+            _draft_large_jpeg(opened)
+        _check_decoding_cost(opened, image_format, name, file_bytes)
+        _load(opened, name)
+        grey, alpha = _pil_to_grey(opened, name)
+        return _upright(grey, alpha, _orientation(opened))
 
 
 def _format_from_signature(data: bytes) -> str | None:
-    """The format whose magic bytes ``data`` starts with, to tell a cut-off file from a
-    non-image."""
+    """The supported format whose magic bytes ``data`` starts with, else None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     for signature, image_format in _SIGNATURES:
@@ -287,9 +358,57 @@ def _format_from_signature(data: bytes) -> str | None:
     return None
 
 
+def _open_as(image_format: str, stream: IO[bytes]) -> Image.Image:
+    """Open ``stream`` with the plugin of ``image_format`` only.
+
+    Calling the plugin directly, rather than ``Image.open``, skips Pillow's decompression-bomb
+    check, which signals through the process-wide warnings filters (not thread-safe to
+    change); ``_check_size`` and ``_check_decoding_cost`` apply stricter limits instead.
+    """
+    from PIL import (
+        BmpImagePlugin,
+        GifImagePlugin,
+        JpegImagePlugin,
+        PngImagePlugin,
+        TiffImagePlugin,
+        WebPImagePlugin,
+    )
+
+    openers: dict[str, Callable[[IO[bytes]], Image.Image]] = {
+        "PNG": PngImagePlugin.PngImageFile,
+        "JPEG": JpegImagePlugin.jpeg_factory,
+        "GIF": GifImagePlugin.GifImageFile,
+        "BMP": BmpImagePlugin.BmpImageFile,
+        "TIFF": TiffImagePlugin.TiffImageFile,
+        "WebP": WebPImagePlugin.WebPImageFile,
+    }
+    return openers[image_format](stream)
+
+
+def _load(image: Image.Image, name: str) -> None:
+    try:
+        image.load()
+    except MemoryError:
+        raise ImageError(f"{name} is too large to decode") from None
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(name) from None
+    except Exception as error:  # noqa: BLE001 - a decoder's own failure, whatever its type
+        message = _one_line(error)
+        if "truncated" in message or isinstance(error, EOFError):
+            raise ImageError(f"{name} is truncated: {message}") from None
+        raise ImageError(f"{name} is corrupt or truncated: {message}") from None
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return text or type(error).__name__
+
+
+def _too_many_pixels(name: str) -> ImageError:
+    return ImageError(
+        f"{name} is too large: it declares more than {MAX_PIXELS // 1_000_000} megapixels "
+        "(refused before decoding)"
+    )
 
 
 def _check_size(size: tuple[int, int], name: str) -> None:
@@ -306,81 +425,364 @@ def _check_size(size: tuple[int, int], name: str) -> None:
         )
 
 
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel of a Pillow image in ``mode``: several bands always take 4."""
+    try:
+        descriptor = ImageMode.getmode(mode)
+    except KeyError:
+        return 4
+    return 4 if len(descriptor.bands) > 1 else max(np.dtype(descriptor.typestr).itemsize, 1)
+
+
+def _check_decoding_cost(
+    image: Image.Image, image_format: str, name: str, file_bytes: int = 0
+) -> None:
+    """Refuse an image whose decoder would hold more than DECODE_BUDGET bytes of pixels, or
+    take seconds on a file of ``file_bytes``."""
+    width, height = image.size
+    copies = _DECODER_COPIES.get(image_format, 1)
+    tile = getattr(image, "tile", None)
+    if image_format == "BMP" and tile and tile[0][0] == "bmp_rle":
+        copies = _BMP_RLE_COPIES
+        if file_bytes > _MAX_BMP_RLE_BYTES:
+            raise ImageError(
+                f"{name} is a run-length compressed BMP larger than "
+                f"{_MAX_BMP_RLE_BYTES // 2**20} MB; refused (save it as PNG)"
+            )
+    cost = width * height * _bytes_per_pixel(image.mode) * copies
+    if cost > DECODE_BUDGET:
+        raise ImageError(
+            f"{name} is too large to decode: {width}x{height} pixels of mode {image.mode} in "
+            f"{image_format or 'this format'} need {cost / 2**20:.0f} MB, the limit is "
+            f"{DECODE_BUDGET // 2**20} MB (refused before decoding)"
+        )
+
+
+def _check_structure(stream: IO[bytes], image_format: str, name: str) -> None:
+    """Refuse files whose structure Pillow would expand in memory or time while opening."""
+    stream.seek(0)
+    if image_format == "TIFF":
+        _check_tiff(stream, name)
+    elif image_format == "PNG":
+        _check_png(stream, name)
+
+
+def _check_tiff(stream: IO[bytes], name: str) -> None:
+    """Count the values of the first IFD's numeric tags, as Pillow will unpack them."""
+    head = stream.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    if len(head) < (16 if big else 8):
+        return  # Pillow reports the truncation
+    if big:
+        (offset,) = struct.unpack(order + "Q", head[8:16])
+        count_format, entry_size = order + "Q", 20
+    else:
+        (offset,) = struct.unpack(order + "I", head[4:8])
+        count_format, entry_size = order + "H", 12
+    if offset >= stream.seek(0, os.SEEK_END):
+        return  # Pillow reports the directory missing
+    stream.seek(offset)
+    raw_count = stream.read(struct.calcsize(count_format))
+    if len(raw_count) < struct.calcsize(count_format):
+        return
+    (entries,) = struct.unpack(count_format, raw_count)
+    if entries > _MAX_TIFF_ENTRIES:
+        raise ImageError(f"{name} is a TIFF file with {entries} tags in one directory; refused")
+    table = stream.read(entries * entry_size)
+    value_format = order + ("HHQ" if big else "HHI")
+    for start in range(0, len(table) - entry_size + 1, entry_size):
+        tag, kind, count = struct.unpack_from(value_format, table, start)
+        if kind in _TIFF_NUMERIC_TYPES and count > _MAX_TIFF_VALUES:
+            raise ImageError(
+                f"{name} is a TIFF file whose tag {tag} holds {count} values, more than "
+                f"{_MAX_TIFF_VALUES} (too many strips or tiles); refused"
+            )
+
+
+def _check_png(stream: IO[bytes], name: str) -> None:
+    """Count the chunks, and the compressed text chunks Pillow inflates while opening."""
+    stream.seek(8)
+    chunks = text_chunks = 0
+    while True:
+        header = stream.read(8)
+        if len(header) < 8:
+            return
+        length, kind = struct.unpack(">I4s", header)
+        chunks += 1
+        text_chunks += kind in (b"zTXt", b"iTXt")
+        if chunks > _MAX_PNG_CHUNKS or text_chunks > _MAX_PNG_TEXT_CHUNKS:
+            what = "text chunks" if text_chunks > _MAX_PNG_TEXT_CHUNKS else "chunks"
+            raise ImageError(f"{name} is a PNG file with too many {what}; refused")
+        if kind == b"IEND":
+            return
+        stream.seek(length + 4, os.SEEK_CUR)
+
+
+def _check_jpeg(image: Image.Image, stream: IO[bytes], name: str) -> None:
+    """Bound what libjpeg needs for a JPEG decoded scan by scan (progressive or not
+    interleaved): a buffer of every DCT coefficient (2 bytes each), and one pass per scan."""
+    layers = getattr(image, "layers", 0)
+    components = _jpeg_first_scan_components(stream)
+    if "progressive" not in image.info and (components is None or components >= layers):
+        return
+    width, height = image.size
+    sampling = [(h, v) for _, h, v, _ in getattr(image, "layer", [])]
+    if not sampling or any(not (1 <= h <= 4 and 1 <= v <= 4) for h, v in sampling):
+        sampling = [(1, 1)] * max(layers, 1)
+    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+    coefficients = 0
+    for h, v in sampling:
+        # libjpeg's jdcoefct: blocks per component, rounded up to whole MCUs.
+        blocks_wide = -(-width * h // (8 * h_max))
+        blocks_high = -(-height * v // (8 * v_max))
+        coefficients += (-(-blocks_wide // h) * h) * (-(-blocks_high // v) * v) * 64
+    if 2 * coefficients > DECODE_BUDGET:
+        raise ImageError(
+            f"{name} is a progressive JPEG of {width}x{height} pixels whose decoding needs "
+            f"{2 * coefficients / 2**20:.0f} MB, the limit is {DECODE_BUDGET // 2**20} MB "
+            "(refused before decoding)"
+        )
+    scans = _count(stream, b"\xff\xda")
+    if scans * width * height > _MAX_JPEG_SCAN_PIXELS:
+        raise ImageError(
+            f"{name} is a JPEG of {width}x{height} pixels in {scans} scans, too many to decode "
+            "in reasonable time; refused"
+        )
+
+
+def _jpeg_first_scan_components(stream: IO[bytes]) -> int | None:
+    """The number of components in a JPEG's first scan (SOS), or None if there is none."""
+    stream.seek(2)
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            return None
+        if byte != b"\xff":
+            continue  # junk between segments, which libjpeg skips too
+        marker = stream.read(1)
+        while marker == b"\xff":
+            marker = stream.read(1)
+        if not marker:
+            return None
+        code = marker[0]
+        if code == 0xD9:
+            return None
+        if code in (0x00, 0x01, 0xD8) or 0xD0 <= code <= 0xD7:
+            continue  # markers without a length
+        length = stream.read(2)
+        if len(length) < 2:
+            return None
+        if code == 0xDA:
+            count = stream.read(1)
+            return count[0] if count else None
+        stream.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+
+
+def _count(stream: IO[bytes], needle: bytes) -> int:
+    """Occurrences of a two-byte ``needle`` in the whole stream, read in 1 MB blocks."""
+    stream.seek(0)
+    total, tail = 0, b""
+    while block := stream.read(1 << 20):
+        total += (tail + block).count(needle)
+        tail = block[-1:]
+    return total
+
+
 def _draft_large_jpeg(image: Image.Image) -> None:
     # JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing; a 12-MP phone photo then
     # costs a few ms instead of 100. Requesting 3/4 of the working side keeps a margin above it.
     width, height = image.size
-    if image.format == "JPEG" and max(width, height) > 2 * _WORK_SIDE:
+    if max(width, height) > 2 * _WORK_SIDE:
         factor = 0.75 * _WORK_SIDE / max(width, height)
         image.draft(image.mode, (math.ceil(width * factor), math.ceil(height * factor)))
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8), 1 when absent or unreadable."""
     # EXIF is optional metadata that Pillow parses leniently and fails on in many ways; a photo
     # with broken EXIF is still a photo, shown as stored.
     try:
         orientation = image.getexif().get(_ORIENTATION_TAG, 1)
     except Exception:  # noqa: BLE001
-        return image
-    if orientation not in range(2, 9):
-        return image  # exif_transpose would copy the whole image for nothing
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001
-        return image
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
 _ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the turn that shows the stored pixels upright, as ImageOps.exif_transpose
+# applies it (Pillow's ROTATE_90 is counter-clockwise, np.rot90's k=1 too).
+_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _upright(
+    grey: np.ndarray, alpha: np.ndarray | None, orientation: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    # Turned after reduction: the same pixels, without a full-size copy.
+    turn = _UPRIGHT[orientation]
+    return (
+        np.ascontiguousarray(turn(grey)),
+        None if alpha is None else np.ascontiguousarray(turn(alpha)),
+    )
+
+
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
+def _reduction_factor(size: tuple[int, ...]) -> int:
+    return max(1, math.ceil(max(size) / _WORK_SIDE))
+
+
+def _tiles(height: int, width: int, factor: int) -> Iterator[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of tiles covering an image, about _TILE_PIXELS each; their
+    sides are multiples of ``factor`` except at the bottom and right edges."""
+    side = factor * max(1, math.isqrt(_TILE_PIXELS) // factor)
+    for top in range(0, height, side):
+        for left in range(0, width, side):
+            yield top, min(top + side, height), left, min(left + side, width)
+
+
+def _reduce_in_tiles(
+    height: int,
+    width: int,
+    factor: int,
+    reduced_tile: Callable[[int, int, int, int], np.ndarray],
+    dtype: type[np.generic],
+) -> np.ndarray:
+    """Assemble ``reduced_tile(top, bottom, left, right)`` (the tile reduced by ``factor``,
+    (ceil(h/f), ceil(w/f)[, c])) into the reduced image (ceil(H/f), ceil(W/f)[, c])."""
+    out: np.ndarray | None = None
+    rows, cols = -(-height // factor), -(-width // factor)
+    for top, bottom, left, right in _tiles(height, width, factor):
+        block = reduced_tile(top, bottom, left, right)
+        if out is None:
+            out = np.empty((rows, cols) + block.shape[2:], dtype)
+        out[top // factor : -(-bottom // factor), left // factor : -(-right // factor)] = block
+    assert out is not None  # _check_size guarantees at least one tile
+    return out
+
+
+def _block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``factor`` x ``factor`` blocks over the first two axes of numeric (h, w[, c]) ->
+    float64 (ceil(h/f), ceil(w/f)[, c]); blocks cut by the bottom and right edges are averaged
+    over the pixels they hold, as Pillow's ``reduce`` does."""
+    if factor == 1:
+        return values.astype(np.float64, copy=False)
+    rows, cols = values.shape[:2]
+    out_rows, out_cols = -(-rows // factor), -(-cols // factor)
+    if rows % factor or cols % factor:
+        padded = np.zeros((out_rows * factor, out_cols * factor) + values.shape[2:], np.float64)
+        padded[:rows, :cols] = values
+        values = padded
+    sums = values.reshape(out_rows, factor, out_cols, factor, *values.shape[2:]).sum(
+        axis=(1, 3), dtype=np.float64
+    )
+    counts = np.multiply.outer(
+        np.minimum(factor, rows - factor * np.arange(out_rows)),
+        np.minimum(factor, cols - factor * np.arange(out_cols)),
+    )
+    means: np.ndarray = sums / counts.reshape(counts.shape + (1,) * (values.ndim - 2))
+    return means
+
+
 def _pil_to_grey(image: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Grey float32 (H, W) in [0, 1] and alpha float32 (H, W) in [0, 1] or None.
+    """Grey float32 (h, w) in [0, 1] and alpha float32 (h, w) in [0, 1] or None, reduced to at
+    most _WORK_SIDE on the long side.
 
     Conversion to grey (ITU-R 601 luma, as Pillow's 'L') and the reduction of large images
     happen in Pillow, on one byte per pixel: several times faster than float arrays in NumPy.
     """
-    mode = image.mode
-    if mode in _WIDE_MODES:
-        return _scale_wide(np.asarray(image, dtype=np.float64)), None
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        # convert() knows P/L/RGB transparency keys and premultiplied modes.
-        grey_alpha = image.convert("RGBA").convert("LA")
-        factor = _reduction_factor(grey_alpha.size)
-        if factor > 1:
-            # Premultiplied, so that the hidden colour of transparent pixels does not bleed
-            # into the strokes they are averaged with.
-            grey_alpha = grey_alpha.convert("La").reduce(factor).convert("LA")
-        values = np.asarray(grey_alpha, dtype=np.float32) / 255.0
-        return values[..., 0], values[..., 1]
-    if mode in ("L", "1", "RGB"):
-        grey = image.convert("L")
-    else:
+    width, height = image.size
+    factor = _reduction_factor(image.size)
+    if image.mode in _WIDE_MODES:
+        return _wide_to_grey(image, factor, name), None
+    with_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+
+    def reduced_tile(top: int, bottom: int, left: int, right: int) -> np.ndarray:
         try:
-            grey = image.convert("RGB").convert("L")
-        except ValueError:
-            # LAB and other exotic modes: the first band is lightness or close enough.
-            if mode != "LAB":
-                raise ImageError(f"{name} has an unsupported pixel mode {mode!r}") from None
-            grey = image.getchannel(0)
-    factor = _reduction_factor(grey.size)
-    if factor > 1:
-        grey = grey.reduce(factor)
-    return np.asarray(grey, dtype=np.float32) / 255.0, None
+            tile = image.crop((left, top, right, bottom))
+            if with_alpha:
+                # convert() knows P/L/RGB transparency keys and premultiplied modes; reducing
+                # premultiplied keeps the hidden colour of transparent pixels out of the
+                # strokes they are averaged with.
+                grey_alpha = tile.convert("RGBA").convert("LA")
+                if factor > 1:
+                    grey_alpha = grey_alpha.convert("La").reduce(factor).convert("LA")
+                return np.asarray(grey_alpha)
+            grey = _to_l(tile, name)
+            return np.asarray(grey.reduce(factor) if factor > 1 else grey)
+        except ImageError:
+            raise
+        except Exception as error:  # noqa: BLE001 - Pillow's own failure on this mode or data
+            raise ImageError(
+                f"{name} cannot be converted to grey (mode {image.mode}): {_one_line(error)}"
+            ) from None
+
+    values = _reduce_in_tiles(height, width, factor, reduced_tile, np.uint8)
+    values = values.astype(np.float32) / np.float32(255.0)
+    if with_alpha:
+        return values[..., 0], values[..., 1]
+    return values, None
 
 
-def _scale_wide(values: np.ndarray) -> np.ndarray:
+def _to_l(image: Image.Image, name: str) -> Image.Image:
+    mode = image.mode
+    if mode in ("L", "1", "RGB"):
+        return image.convert("L")
+    try:
+        return image.convert("RGB").convert("L")
+    except ValueError:
+        # LAB and other exotic modes: the first band is lightness or close enough.
+        if mode != "LAB":
+            raise ImageError(f"{name} has an unsupported pixel mode {mode!r}") from None
+        return image.getchannel(0)
+
+
+def _wide_to_grey(image: Image.Image, factor: int, name: str) -> np.ndarray:
+    """16-bit, 32-bit integer and float images: float32 (h, w) in [0, 1], reduced."""
+    width, height = image.size
+    low, high = math.inf, -math.inf
+
+    def reduced_tile(top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        nonlocal low, high
+        try:
+            tile = np.asarray(image.crop((left, top, right, bottom)))
+        except Exception as error:  # noqa: BLE001 - Pillow's own failure on this mode or data
+            raise ImageError(
+                f"{name} cannot be read (mode {image.mode}): {_one_line(error)}"
+            ) from None
+        if tile.dtype.kind == "f":
+            tile = np.nan_to_num(tile.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = min(low, float(tile.min())), max(high, float(tile.max()))
+        return _block_mean(tile, factor)
+
+    means = _reduce_in_tiles(height, width, factor, reduced_tile, np.float64)
+    return _scale_wide(means, low, high)
+
+
+def _scale_wide(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``values`` (float64) of a wide mode scaled to float32 [0, 1], given the range ``low`` ..
+    ``high`` of the pixels they were averaged from."""
     # 16-bit and 32-bit modes carry no reliable white level: 16-bit scans fill 0..65535, some
     # writers store 8-bit data in 'I', float TIFFs use 0..1. Pick the range the values fit.
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(values.min()), float(values.max())
     if low >= 0 and high <= 1:
         return values.astype(np.float32)
     if low >= 0 and high <= 255:
         return (values / 255.0).astype(np.float32)
     if low >= 0 and high <= 65535:
         return (values / 65535.0).astype(np.float32)
+    if high <= low:
+        return np.zeros(values.shape, np.float32)
     return ((values - low) / (high - low)).astype(np.float32)
 
 
@@ -388,31 +790,30 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)
 
 
-def _array_values(array: np.ndarray, name: str) -> np.ndarray:
-    """Pixel values of an array as float32 in [0, 1]; ImageError for dtypes and ranges not
-    understood."""
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if array.dtype == np.uint16:
-        return (array / 65535.0).astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        if array.size and (array.min() < 0 or array.max() > 255):
+def _array_values(tile: np.ndarray, array: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values of a ``tile`` of ``array`` as float32 in [0, 1]; ImageError for ranges not
+    understood (messages quote the whole array's range)."""
+    if tile.dtype == np.bool_:
+        return tile.astype(np.float32)
+    if tile.dtype.kind == "u" and tile.dtype.itemsize == 2:
+        return (tile / 65535.0).astype(np.float32)
+    if tile.dtype.kind in "iu":
+        if tile.size and (tile.min() < 0 or tile.max() > 255):
             raise ImageError(
                 f"{name} has integer values outside 0..255 ({array.min()}..{array.max()}); "
                 "use uint8 0..255, uint16, or float in [0, 1]"
             )
-        return (array / 255.0).astype(np.float32)
-    if np.issubdtype(array.dtype, np.floating):
-        values = array.astype(np.float32)
-        if not np.all(np.isfinite(values)):
-            raise ImageError(f"{name} contains NaN or infinite values")
-        if values.size and (values.min() < 0 or values.max() > 1):
-            raise ImageError(
-                f"{name} has float values outside [0, 1] ({values.min():g}..{values.max():g}); "
-                "scale them to [0, 1] (divide 0..255 values by 255)"
-            )
-        return values
-    raise ImageError(f"{name} has dtype {array.dtype}; use uint8, uint16, bool or float in [0, 1]")
+        return (tile / 255.0).astype(np.float32)
+    values = tile.astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ImageError(f"{name} contains NaN or infinite values")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        raise ImageError(
+            f"{name} has float values outside [0, 1] ({low:g}..{high:g}); "
+            "scale them to [0, 1] (divide 0..255 values by 255)"
+        )
+    return values
 
 
 def _array_to_grey(array: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -424,15 +825,38 @@ def _array_to_grey(array: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray
             "+ alpha), "
             "3 (RGB) or 4 (RGBA)"
         )
-    _check_size((array.shape[1], array.shape[0]), name)
-    values = _array_values(array, name)
+    if array.dtype.kind not in "biuf":
+        raise ImageError(
+            f"{name} has dtype {array.dtype}; use uint8, uint16, bool or float in [0, 1]"
+        )
+    height, width = array.shape[:2]
+    _check_size((width, height), name)
+    factor = _reduction_factor((width, height))
+    channels = 1 if array.ndim == 2 else array.shape[2]
+
+    def reduced_tile(top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        values = _array_values(array[top:bottom, left:right], array, name)
+        if channels in (1, 2):
+            grey = values if channels == 1 else values[..., 0]
+        else:
+            grey = _luma(values[..., :3])
+        if channels in (1, 3):
+            return _block_mean(grey, factor)
+        alpha = values[..., -1]
+        if factor == 1:
+            return np.stack([grey, alpha], axis=-1)
+        # Premultiplied, as for PIL images: transparent pixels' hidden grey must not count.
+        premultiplied = _block_mean(grey * alpha, factor)
+        coverage = _block_mean(alpha, factor)
+        unpremultiplied = np.divide(
+            premultiplied, coverage, out=np.zeros_like(premultiplied), where=coverage > 0
+        )
+        return np.stack([unpremultiplied, coverage], axis=-1)
+
+    values = _reduce_in_tiles(height, width, factor, reduced_tile, np.float32)
     if values.ndim == 2:
         return values, None
-    channels = values.shape[2]
-    if channels == 2:
-        return values[..., 0], values[..., 1]
-    grey = _luma(values[..., :3])
-    return grey, (values[..., 3] if channels == 4 else None)
+    return np.ascontiguousarray(values[..., 0]), np.ascontiguousarray(values[..., 1])
 
 
 def _composite(grey: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
@@ -451,21 +875,6 @@ def _composite(grey: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     if 0 < opaque.mean() < 0.5 and float(np.median(grey[opaque])) > 0.5:
         backdrop = 0.0
     return (alpha * grey + (1.0 - alpha) * backdrop).astype(np.float32)
-
-
-def _reduction_factor(size: tuple[int, ...]) -> int:
-    return max(1, math.ceil(max(size) / _WORK_SIDE))
-
-
-def _reduce(grey: np.ndarray) -> np.ndarray:
-    factor = _reduction_factor(grey.shape)
-    if factor <= 1:
-        return np.ascontiguousarray(grey, dtype=np.float32)
-    # Area-averaging keeps a thin stroke as a fainter stroke; the ink threshold is relative to
-    # the noise, which averaging lowers by more than the stroke.
-    rows, cols = (grey.shape[0] // factor) * factor, (grey.shape[1] // factor) * factor
-    blocks = grey[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

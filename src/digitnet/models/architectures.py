@@ -9,12 +9,13 @@ Inputs always arrive flat, ``(n, 784)`` float32 in [0, 1] (MNIST form); an ``inp
 ``{"l0": 784, "l1": 100, ..., "l4": 10}`` is shorthand for a stack of ReLU dense layers with a
 sigmoid output, so the tutorial's code and the larger models go through one mechanism.
 
-Parameters are named by the position ``k`` (1-based) of their layer among the layers that have
-parameters: dense and conv layers own ``W{k}`` and ``b{k}``; batchnorm layers own ``gamma{k}``,
-``beta{k}`` (trained) and ``mean{k}``, ``variance{k}`` (running statistics). Dense weights keep
-the tutorial's orientation ``W{k}: [units, inputs]``, ``b{k}: [units, 1]``; conv kernels are
-``[height, width, in_channels, filters]`` as in ``tf.nn.conv2d``, with ``b{k}: [filters]``.
-This module imports no TensorFlow.
+What each layer type accepts, its shapes, parameters and forward passes are in
+``digitnet.models.layers``. Parameters are named by the position ``k`` (1-based) of their layer
+among the layers that have parameters: dense and conv layers own ``W{k}`` and ``b{k}``;
+batchnorm layers own ``gamma{k}``, ``beta{k}`` (trained) and ``mean{k}``, ``variance{k}``
+(running statistics). Dense weights keep the tutorial's orientation ``W{k}: [units, inputs]``,
+``b{k}: [units, 1]``; conv kernels are ``[height, width, in_channels, filters]`` as in
+``tf.nn.conv2d``, with ``b{k}: [filters]``. This module imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,33 +23,21 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from digitnet.errors import ConfigError
+from digitnet.models.activations import Activation, activation
+from digitnet.models.choices import ACTIVATIONS as ACTIVATIONS  # re-exported
+from digitnet.models.choices import MODEL_NAMES
+from digitnet.models.choices import PADDINGS as PADDINGS  # re-exported
+from digitnet.models.layers import BATCHNORM_EPSILON as BATCHNORM_EPSILON  # re-exported
+from digitnet.models.layers import LayerType, Parameter, Shape, layer_type
 
-ACTIVATIONS = ("relu", "sigmoid", "softmax", "linear")
-PADDINGS = ("same", "valid")
-BATCHNORM_EPSILON = 1e-3
+T = TypeVar("T")
 
-# What each layer type accepts: name -> (type or tuple of types, default or REQUIRED).
-REQUIRED = object()
-_LAYER_FIELDS: dict[str, dict[str, tuple[Any, Any]]] = {
-    "dense": {"units": (int, REQUIRED), "activation": (str, "relu"), "use_bias": (bool, True)},
-    "conv": {
-        "filters": (int, REQUIRED),
-        "kernel": (int, 3),
-        "stride": (int, 1),
-        "padding": (str, "same"),
-        "activation": (str, "relu"),
-        "use_bias": (bool, True),
-    },
-    "batchnorm": {"activation": (str, "linear"), "momentum": ((int, float), 0.99)},
-    "maxpool": {"size": (int, 2)},
-    "global_avgpool": {},
-    "dropout": {"rate": ((int, float), REQUIRED)},
-    "flatten": {},
-}
-PARAMETRIC = ("dense", "conv", "batchnorm")
+Architecture = dict[str, Any]
+"""``{"input_shape": [...], "layers": [layer spec, ...]}``, JSON-friendly."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,7 +47,7 @@ PARAMETRIC = ("dense", "conv", "batchnorm")
 
 def dense_stack(
     sizes: Sequence[int], output_activation: str = "sigmoid", dropout: float = 0.0
-) -> dict:
+) -> Architecture:
     """A fully connected network: ``sizes[0]`` inputs, ReLU hidden layers, then the output.
 
     ``dropout`` (a fraction) is applied after every hidden layer when above zero.
@@ -66,7 +55,7 @@ def dense_stack(
     sizes = [int(size) for size in sizes]
     if len(sizes) < 2:
         raise ConfigError(f"a layout needs at least an input and an output size, got {sizes}")
-    layers: list[dict] = []
+    layers: list[dict[str, Any]] = []
     for index, units in enumerate(sizes[1:], start=1):
         last = index == len(sizes) - 1
         layers.append(
@@ -77,21 +66,46 @@ def dense_stack(
     return validate_architecture({"input_shape": [sizes[0]], "layers": layers})
 
 
-def seed_architecture(layout: Sequence[int] | None = None) -> dict:
-    """The tutorial's network: 784-100-100-60-10, ReLU hidden layers, sigmoid output."""
-    return dense_stack(layout or (784, 100, 100, 60, 10), output_activation="sigmoid")
+def _sizes(
+    layout: Sequence[int] | None, default: Sequence[int], n_classes: int | None
+) -> list[int]:
+    """``layout``, or ``default`` hidden sizes between 784 inputs and ``n_classes`` (10 when
+    None) outputs; a given layout must end in ``n_classes`` when both are given."""
+    if not layout:
+        return [784, *default, 10 if n_classes is None else n_classes]
+    sizes = [int(size) for size in layout]
+    if n_classes is not None and len(sizes) >= 2 and sizes[-1] != n_classes:
+        raise ConfigError(
+            f"the layout ends in {sizes[-1]} outputs but the data has {n_classes} classes; "
+            f"make its last size {n_classes}"
+        )
+    return sizes
 
 
-def mlp_architecture(layout: Sequence[int] | None = None, dropout: float | None = None) -> dict:
-    """A wide dropout MLP with a softmax output, trained with cross-entropy."""
+def seed_architecture(
+    layout: Sequence[int] | None = None, n_classes: int | None = None
+) -> Architecture:
+    """The tutorial's network: 784-100-100-60-10, ReLU hidden layers, sigmoid output.
+
+    ``n_classes`` sizes the output (default 10); ``layout`` gives all sizes instead.
+    """
+    return dense_stack(_sizes(layout, (100, 100, 60), n_classes), output_activation="sigmoid")
+
+
+def mlp_architecture(
+    layout: Sequence[int] | None = None,
+    dropout: float | None = None,
+    n_classes: int | None = None,
+) -> Architecture:
+    """A wide dropout MLP with a softmax output, trained with cross-entropy: 784-1200-1200-10."""
     return dense_stack(
-        layout or (784, 1200, 1200, 10),
+        _sizes(layout, (1200, 1200), n_classes),
         output_activation="softmax",
         dropout=0.3 if dropout is None else dropout,
     )
 
 
-def cnn_architecture(dropout: float | None = None) -> dict:
+def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> Architecture:
     """A batch-normalised convolutional network (about 0.3 M parameters).
 
     Two stages of 3x3 convolutions with a strided 5x5 convolution in place of pooling (the
@@ -99,7 +113,9 @@ def cnn_architecture(dropout: float | None = None) -> dict:
     """
     rate = 0.4 if dropout is None else dropout
 
-    def conv_bn(filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid") -> list:
+    def conv_bn(
+        filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid"
+    ) -> list[dict[str, Any]]:
         return [
             {
                 "type": "conv",
@@ -126,30 +142,31 @@ def cnn_architecture(dropout: float | None = None) -> dict:
         + [
             {"type": "flatten"},
             {"type": "dropout", "rate": rate},
-            {"type": "dense", "units": 10, "activation": "softmax"},
+            {"type": "dense", "units": n_classes, "activation": "softmax"},
         ]
     )
     return validate_architecture({"input_shape": [28, 28, 1], "layers": layers})
 
 
-MODEL_NAMES = ("seed", "mlp", "cnn")
-
-
 def named_architecture(
-    name: str, layout: Sequence[int] | None = None, dropout: float | None = None
-) -> dict:
-    """The architecture of a named model; ``layout`` resizes the dense models."""
+    name: str,
+    layout: Sequence[int] | None = None,
+    dropout: float | None = None,
+    n_classes: int | None = None,
+) -> Architecture:
+    """The architecture of a named model; ``layout`` resizes the dense models, ``n_classes``
+    sizes the output (default 10; a ``layout`` must end in it)."""
     if name == "seed":
         if dropout:
-            return dense_stack(layout or (784, 100, 100, 60, 10), "sigmoid", dropout)
-        return seed_architecture(layout)
+            return dense_stack(_sizes(layout, (100, 100, 60), n_classes), "sigmoid", dropout)
+        return seed_architecture(layout, n_classes)
     if name == "mlp":
-        return mlp_architecture(layout, dropout)
+        return mlp_architecture(layout, dropout, n_classes)
     if name == "cnn":
         if layout is not None:
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
-        return cnn_architecture(dropout)
-    raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
+        return cnn_architecture(dropout, 10 if n_classes is None else n_classes)
+    raise ConfigError(f"unknown model {name!r}: choose {MODEL_NAMES.describe()}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,76 +188,46 @@ def parse_layout(text: str) -> list[int]:
     return sizes
 
 
-def normalize_layout(layout: Any) -> dict:
+def normalize_layout(layout: Any, n_classes: int | None = None) -> Architecture:
     """Return the canonical architecture dict for any accepted way of describing a network.
 
     Accepts the tutorial's ``{"l0": 784, "l1": 100, ...}``, a sequence of sizes, a comma-separated
     string of sizes, a model name (``"seed"``, ``"mlp"``, ``"cnn"``), or an architecture dict.
+    ``n_classes`` (the data's number of classes) sizes a named model's output; a layout that
+    gives the output size must agree with it.
     """
+    if isinstance(layout, str) and layout in MODEL_NAMES:
+        return named_architecture(layout, n_classes=n_classes)
+    if isinstance(layout, Mapping) and "layers" in layout:
+        architecture = validate_architecture(layout)
+        if n_classes is not None and n_outputs(architecture) != n_classes:
+            raise ConfigError(
+                f"the architecture has {n_outputs(architecture)} outputs but the data has "
+                f"{n_classes} classes; make its last layer's units {n_classes}"
+            )
+        return architecture
+    return seed_architecture(_layout_sizes(layout), n_classes)
+
+
+def _layout_sizes(layout: Any) -> list[int]:
     if isinstance(layout, str):
-        if layout in MODEL_NAMES:
-            return named_architecture(layout)
-        return seed_architecture(parse_layout(layout))
+        return parse_layout(layout)
     if isinstance(layout, Mapping):
-        if "layers" in layout:
-            return validate_architecture(layout)
         keys = [f"l{i}" for i in range(len(layout))]
         if sorted(layout) != sorted(keys):
             raise ConfigError(
                 f"a tutorial layout has keys l0, l1, ... without gaps, got {sorted(layout)}"
             )
-        return seed_architecture([layout[key] for key in keys])
+        return [layout[key] for key in keys]
     if isinstance(layout, Sequence):
-        return seed_architecture(list(layout))
+        return list(layout)
     raise ConfigError(
         f"cannot read a layout from {type(layout).__name__}: pass a dict like "
         f"{{'l0': 784, 'l1': 100, ...}}, a list of sizes, or a model name"
     )
 
 
-def _check_layer(index: int, layer: Mapping) -> dict:
-    if not isinstance(layer, Mapping) or "type" not in layer:
-        raise ConfigError(f"layer {index} must be a dict with a 'type', got {layer!r}")
-    kind = layer["type"]
-    if kind not in _LAYER_FIELDS:
-        raise ConfigError(
-            f"layer {index} has unknown type {kind!r}: choose one of {', '.join(_LAYER_FIELDS)}"
-        )
-    fields = _LAYER_FIELDS[kind]
-    unknown = set(layer) - set(fields) - {"type"}
-    if unknown:
-        raise ConfigError(f"layer {index} ({kind}) has unknown fields {sorted(unknown)}")
-    checked: dict[str, Any] = {"type": kind}
-    for name, (expected, default) in fields.items():
-        value = layer.get(name, default)
-        if value is REQUIRED:
-            raise ConfigError(f"layer {index} ({kind}) needs a {name!r}")
-        if isinstance(value, bool) and expected is not bool:
-            raise ConfigError(f"layer {index} ({kind}): {name} must be a number, got {value!r}")
-        if not isinstance(value, expected):
-            raise ConfigError(
-                f"layer {index} ({kind}): {name} must be "
-                f"{getattr(expected, '__name__', 'a number')}, got {value!r}"
-            )
-        checked[name] = value
-    if "activation" in checked and checked["activation"] not in ACTIVATIONS:
-        raise ConfigError(
-            f"layer {index} ({kind}): activation must be one of "
-            f"{', '.join(ACTIVATIONS)}, got {checked['activation']!r}"
-        )
-    if "padding" in checked and checked["padding"] not in PADDINGS:
-        raise ConfigError(f"layer {index} ({kind}): padding must be 'same' or 'valid'")
-    for name in ("units", "filters", "kernel", "stride", "size"):
-        if name in checked and checked[name] <= 0:
-            raise ConfigError(f"layer {index} ({kind}): {name} must be positive")
-    if kind == "dropout" and not 0.0 <= checked["rate"] < 1.0:
-        raise ConfigError(f"layer {index} (dropout): rate must be in [0, 1), got {checked['rate']}")
-    if kind == "batchnorm" and not 0.0 < checked["momentum"] < 1.0:
-        raise ConfigError(f"layer {index} (batchnorm): momentum must be in (0, 1)")
-    return checked
-
-
-def validate_architecture(architecture: Mapping) -> dict:
+def validate_architecture(architecture: Mapping[str, Any]) -> Architecture:
     """Check an architecture dict and fill in defaults; returns a new dict.
 
     Raises ValueError naming the first layer that is malformed or whose input shape it cannot
@@ -255,7 +242,10 @@ def validate_architecture(architecture: Mapping) -> dict:
         raise ConfigError(
             f"input_shape must be [features] or [height, width, channels], got {input_shape}"
         )
-    layers = [_check_layer(i, layer) for i, layer in enumerate(architecture["layers"], start=1)]
+    layers = [
+        layer_type(index, layer).check(index, layer)
+        for index, layer in enumerate(architecture["layers"], start=1)
+    ]
     if not layers or layers[-1]["type"] != "dense":
         raise ConfigError("the last layer must be a dense layer (the class scores)")
     result = {"input_shape": input_shape, "layers": layers}
@@ -263,102 +253,104 @@ def validate_architecture(architecture: Mapping) -> dict:
     return copy.deepcopy(result)
 
 
-def layer_shapes(architecture: Mapping) -> list[tuple[int, ...]]:
-    """Output shape (without the batch axis) of every layer, in order."""
-    shape = tuple(architecture["input_shape"])
-    shapes = []
-    for index, layer in enumerate(architecture["layers"], start=1):
-        kind = layer["type"]
-        if kind in ("conv", "maxpool", "global_avgpool") and len(shape) != 3:
+@dataclass(frozen=True)
+class BoundLayer:
+    """A layer of an architecture with what follows from its place in it.
+
+    Attributes:
+        spec: the layer's dict, e.g. ``{"type": "dense", "units": 10, ...}``.
+        type: its layer type.
+        number: the ``k`` of its parameters' names (0 for a type without parameters).
+        input_shape, output_shape: without the batch axis.
+        parameters: short name (``W``) -> shape, initializer and trainability.
+    """
+
+    spec: Mapping[str, Any]
+    type: LayerType
+    number: int
+    input_shape: Shape
+    output_shape: Shape
+    parameters: Mapping[str, Parameter]
+
+    @property
+    def activation(self) -> Activation:
+        return activation(self.spec.get("activation", "linear"))
+
+    def parameter_names(self) -> dict[str, str]:
+        """Short name -> full name, ``{"W": "W3", "b": "b3"}``."""
+        return {short: f"{short}{self.number}" for short in self.parameters}
+
+    def own(self, parameters: Mapping[str, T]) -> dict[str, T]:
+        """This layer's entries of a full parameter dict, by short name."""
+        return {short: parameters[name] for short, name in self.parameter_names().items()}
+
+
+def bind_layers(architecture: Mapping[str, Any]) -> list[BoundLayer]:
+    """Every layer with its type, shapes and parameters, in order; raises ConfigError naming
+    the first layer whose input it cannot take (for example a conv layer after a dense one)."""
+    shape: Shape = tuple(architecture["input_shape"])
+    bound, k = [], 0
+    for index, spec in enumerate(architecture["layers"], start=1):
+        kind = layer_type(index, spec)
+        if kind.input_rank == 3 and len(shape) != 3:
             raise ConfigError(
-                f"layer {index} ({kind}) needs image input [h, w, c], "
+                f"layer {index} ({kind.name}) needs image input [h, w, c], "
                 f"but gets {list(shape)}: set input_shape to [28, 28, 1]"
             )
-        if kind == "dense" and len(shape) != 1:
+        if kind.input_rank == 1 and len(shape) != 1:
             raise ConfigError(
-                f"layer {index} (dense) needs flat input; add a flatten layer "
+                f"layer {index} ({kind.name}) needs flat input; add a flatten layer "
                 f"before it (it gets {list(shape)})"
             )
-        if kind == "conv":
-            height, width, _ = shape
-            kernel, stride = layer["kernel"], layer["stride"]
-            if layer["padding"] == "same":
-                height, width = math.ceil(height / stride), math.ceil(width / stride)
-            else:
-                height = (height - kernel) // stride + 1
-                width = (width - kernel) // stride + 1
-            if height <= 0 or width <= 0:
-                raise ConfigError(
-                    f"layer {index} (conv): a {kernel}x{kernel} kernel does not fit "
-                    f"the {shape[0]}x{shape[1]} input"
-                )
-            shape = (height, width, layer["filters"])
-        elif kind == "maxpool":
-            size = layer["size"]
-            if shape[0] < size or shape[1] < size:
-                raise ConfigError(f"layer {index} (maxpool): pool {size} is larger than the input")
-            shape = (shape[0] // size, shape[1] // size, shape[2])
-        elif kind == "global_avgpool":
-            shape = (shape[2],)
-        elif kind == "flatten":
-            shape = (math.prod(shape),)
-        elif kind == "dense":
-            shape = (layer["units"],)
-        shapes.append(shape)
-    return shapes
+        try:
+            output = kind.output_shape(spec, shape)
+        except ConfigError as error:
+            raise ConfigError(f"layer {index} ({kind.name}): {error}") from None
+        if kind.has_parameters:
+            k += 1
+        parameters = kind.parameters(spec, shape)
+        bound.append(
+            BoundLayer(spec, kind, k if kind.has_parameters else 0, shape, output, parameters)
+        )
+        shape = output
+    return bound
 
 
-def parameter_shapes(architecture: Mapping) -> dict[str, tuple[int, ...]]:
+def layer_shapes(architecture: Mapping[str, Any]) -> list[Shape]:
+    """Output shape (without the batch axis) of every layer, in order."""
+    return [layer.output_shape for layer in bind_layers(architecture)]
+
+
+def parameter_specs(architecture: Mapping[str, Any]) -> dict[str, Parameter]:
+    """Name -> shape, initializer and trainability of every parameter, in layer order."""
+    return {
+        name: layer.parameters[short]
+        for layer in bind_layers(architecture)
+        for short, name in layer.parameter_names().items()
+    }
+
+
+def parameter_shapes(architecture: Mapping[str, Any]) -> dict[str, Shape]:
     """Name -> shape of every parameter the architecture needs, in layer order."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    previous = tuple(architecture["input_shape"])
-    k = 0
-    for layer, output in zip(architecture["layers"], layer_shapes(architecture)):
-        kind = layer["type"]
-        if kind in PARAMETRIC:
-            k += 1
-        if kind == "dense":
-            shapes[f"W{k}"] = (layer["units"], previous[0])
-            if layer["use_bias"]:
-                shapes[f"b{k}"] = (layer["units"], 1)
-        elif kind == "conv":
-            shapes[f"W{k}"] = (layer["kernel"], layer["kernel"], previous[-1], layer["filters"])
-            if layer["use_bias"]:
-                shapes[f"b{k}"] = (layer["filters"],)
-        elif kind == "batchnorm":
-            channels = previous[-1]
-            for name in ("gamma", "beta", "mean", "variance"):
-                shapes[f"{name}{k}"] = (channels,)
-        previous = output
-    return shapes
+    return {name: spec.shape for name, spec in parameter_specs(architecture).items()}
 
 
-def is_trainable(name: str) -> bool:
-    """Running batch-norm statistics are state, not trained by the optimiser."""
-    return not name.startswith(("mean", "variance"))
-
-
-def layer_numbers(architecture: Mapping) -> list[int]:
+def layer_numbers(architecture: Mapping[str, Any]) -> list[int]:
     """For each layer, the ``k`` of its parameters (0 for layers without parameters)."""
-    numbers, k = [], 0
-    for layer in architecture["layers"]:
-        if layer["type"] in PARAMETRIC:
-            k += 1
-            numbers.append(k)
-        else:
-            numbers.append(0)
-    return numbers
+    return [layer.number for layer in bind_layers(architecture)]
 
 
-def n_outputs(architecture: Mapping) -> int:
-    return architecture["layers"][-1]["units"]
+def n_outputs(architecture: Mapping[str, Any]) -> int:
+    """The number of classes: the last layer's units."""
+    return int(architecture["layers"][-1]["units"])
 
 
-def n_inputs(architecture: Mapping) -> int:
+def n_inputs(architecture: Mapping[str, Any]) -> int:
+    """Values per sample: the product of ``input_shape``."""
     return math.prod(architecture["input_shape"])
 
 
-def architecture_from_parameters(parameters: Mapping) -> dict:
+def architecture_from_parameters(parameters: Mapping[str, Any]) -> Architecture:
     """Infer the tutorial's dense stack from ``W1..WL`` shapes (ReLU hidden, sigmoid output).
 
     This is how ``forward_propagation(X, parameters)`` works without a layout, as in the
@@ -377,7 +369,7 @@ def architecture_from_parameters(parameters: Mapping) -> dict:
     return seed_architecture(sizes)
 
 
-def describe(architecture: Mapping) -> str:
+def describe(architecture: Mapping[str, Any]) -> str:
     """A short human-readable summary, e.g. ``dense 784-100-100-60-10 (sigmoid)``."""
     layers = architecture["layers"]
     if all(layer["type"] in ("dense", "dropout") for layer in layers):

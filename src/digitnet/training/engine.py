@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from digitnet.errors import ConfigError, TrainingError
 from digitnet.models import architectures
+from digitnet.models.choices import SCHEDULES, check
 from digitnet.training.network import calculate_cost, forward_propagation, initialize_parameters
 
 Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -25,8 +26,9 @@ Augment = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 def make_learning_rate(
     learning_rate: float, schedule: str, total_steps: int, warmup_steps: int = 0
-):
-    """A Keras schedule over optimiser steps: ``constant``, ``cosine`` or ``onecycle``."""
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A Keras schedule over optimiser steps, one of ``SCHEDULES``."""
+    check("schedule", schedule, SCHEDULES)
     if schedule == "constant":
         return learning_rate
     if schedule == "cosine":
@@ -47,7 +49,7 @@ def make_learning_rate(
             warmup_target=learning_rate,
             warmup_steps=warmup,
         )
-    raise ConfigError(f"unknown schedule {schedule!r}: choose constant, cosine or onecycle")
+    raise AssertionError(f"SCHEDULES has {schedule!r}, make_learning_rate does not")
 
 
 class Fitter:
@@ -89,9 +91,7 @@ class Fitter:
         self.batch_size, self.seed, self.augment = int(batch_size), int(seed), augment
         self.compute_dtype = tf.as_dtype(compute_dtype) if compute_dtype else None
         self.variables = initialize_parameters(self.architecture, seed=self.seed)
-        self.trainable = [
-            v for name, v in self.variables.items() if architectures.is_trainable(name)
-        ]
+        self.trainable = [variable for variable in self.variables.values() if variable.trainable]
         self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
         self.optimizer.build(self.trainable)
         self._train_chunk = tf.function(self._train_chunk_python, reduce_retracing=True)
@@ -112,6 +112,7 @@ class Fitter:
             autograph=False,
         )
         self._stored_inputs: tuple[tf.Tensor, tf.Tensor] | None = None
+        self.epoch_accuracy = float("nan")  # set by train_epoch
 
     # ------------------------------------------------------------------ data and training
 
@@ -147,18 +148,29 @@ class Fitter:
             )
         gradients = tape.gradient(cost, self.trainable)
         self.optimizer.apply(gradients, self.trainable)
-        return cost
+        # Right answers in the batch as trained (augmented, with dropout), as Keras's running
+        # training accuracy counts them: free here, a second pass over the data is not.
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(A_output, axis=1), tf.argmax(y_batch, axis=1)), tf.float32)
+        )
+        return cost, correct
 
     def _train_chunk_python(self, X, y, order, first_batch, last_batch, size):
-        """Train on batches ``first_batch .. last_batch - 1`` of ``order``; sum of batch costs."""
+        """Train on batches ``first_batch .. last_batch - 1`` of ``order``; returns the sum of
+        the batch costs and the number of samples answered right."""
         total = tf.constant(0.0, tf.float32)
+        right = tf.constant(0.0, tf.float32)
         for batch in tf.range(first_batch, last_batch):
             indices = order[batch * size : (batch + 1) * size]
             step_seed = tf.stack(
                 [tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)]
             )
-            total += self._step_graph(tf.gather(X, indices), tf.gather(y, indices), step_seed)
-        return total
+            cost, correct = self._step_graph(
+                tf.gather(X, indices), tf.gather(y, indices), step_seed
+            )
+            total += cost
+            right += correct
+        return total, right
 
     def _training_inputs(self, X: tf.Tensor) -> tf.Tensor:
         """``X`` (n, features) as the training graph gathers it: in the compute dtype when
@@ -189,6 +201,8 @@ class Fitter:
         """One pass over ``data`` in a fresh order; returns the mean batch cost.
 
         ``progress(done, total)`` is called after each chunk of batches, for progress bars.
+        Afterwards ``epoch_accuracy`` holds the fraction of the epoch's samples answered right
+        as they were trained on (augmented, with dropout).
         """
         X, y = data
         X = self._training_inputs(X)
@@ -201,17 +215,18 @@ class Fitter:
         )
         chunk_count = chunks or (min(batch_count, 10) if callable(progress) else 1)
         bounds = np.linspace(0, batch_count, chunk_count + 1).astype(int)
-        total = 0.0
+        total = right = 0.0
         for first, last in zip(bounds[:-1], bounds[1:]):
             if last > first:
-                total += float(
-                    self._train_chunk(
-                        X, y, order, tf.constant(first, tf.int32), tf.constant(last, tf.int32), size
-                    )
+                chunk_cost, chunk_right = self._train_chunk(
+                    X, y, order, tf.constant(first, tf.int32), tf.constant(last, tf.int32), size
                 )
+                total += float(chunk_cost)
+                right += float(chunk_right)
             if callable(progress):
                 progress(int(last), batch_count)
         cost = total / batch_count
+        self.epoch_accuracy = right / (batch_count * int(size))
         if not math.isfinite(cost):
             raise TrainingError(f"the cost became {cost} in epoch {epoch}: lower the learning rate")
         return cost

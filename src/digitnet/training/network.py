@@ -8,20 +8,18 @@ tutorial's network and digitnet's own models go through the same code.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import tensorflow as tf
 
-from digitnet.errors import ConfigError
 from digitnet.models import architectures
-from digitnet.models.architectures import BATCHNORM_EPSILON
-
-COSTS = ("mse", "cross_entropy")
+from digitnet.models.choices import COSTS, check
 
 
-def architecture_of(layout: Any, parameters: Mapping) -> dict:
+def architecture_of(layout: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture ``layout`` describes, or the tutorial's dense stack that
+    ``parameters`` (``W1..WL``) make when there is no layout."""
     if layout is None:
         return architectures.architecture_from_parameters(parameters)
     return architectures.normalize_layout(layout)
@@ -38,43 +36,35 @@ def initialize_parameters(layout: Any, seed: int = 1) -> dict[str, tf.Variable]:
     Returns:
         ``W1..WL`` (dense: [units, inputs]; conv: [k, k, in, filters]) Glorot-uniform, ``b1..bL``
         zeros (dense: [units, 1]); batchnorm ``gamma`` ones, ``beta`` zeros, running ``mean``
-        zeros and ``variance`` ones (not trainable).
+        zeros and ``variance`` ones (not trainable). Each layer type says which
+        (``digitnet.models.layers``).
     """
     architecture = architectures.normalize_layout(layout)
     parameters = {}
-    for name, shape in architectures.parameter_shapes(architecture).items():
-        k = int(re.search(r"\d+$", name).group())
-        if name.startswith("W"):
-            initializer = tf.keras.initializers.GlorotUniform(seed=seed * 1009 + k)
-            value = initializer(shape, dtype=tf.float32)
-        elif name.startswith(("gamma", "variance")):
-            value = tf.ones(shape, tf.float32)
-        else:
-            value = tf.zeros(shape, tf.float32)
-        parameters[name] = tf.Variable(value, name=name, trainable=architectures.is_trainable(name))
+    for layer in architectures.bind_layers(architecture):
+        for short, name in layer.parameter_names().items():
+            spec = layer.parameters[short]
+            if spec.initializer == "glorot_uniform":
+                initializer = tf.keras.initializers.GlorotUniform(seed=seed * 1009 + layer.number)
+                value = initializer(spec.shape, dtype=tf.float32)
+            elif spec.initializer == "ones":
+                value = tf.ones(spec.shape, tf.float32)
+            else:
+                value = tf.zeros(spec.shape, tf.float32)
+            parameters[name] = tf.Variable(value, name=name, trainable=spec.trainable)
     return parameters
 
 
-def _activate(Z: tf.Tensor, activation: str) -> tf.Tensor:
-    if activation == "relu":
-        return tf.nn.relu(Z)
-    if activation == "sigmoid":
-        return tf.nn.sigmoid(Z)
-    if activation == "softmax":
-        return tf.nn.softmax(Z)
-    return Z
-
-
 def forward_propagation(
-    X,
-    parameters: Mapping,
+    X: Any,
+    parameters: Mapping[str, Any],
     layout: Any = None,
     *,
     training: bool = False,
-    seed=None,
+    seed: Any = None,
     return_logits: bool = False,
-    compute_dtype=None,
-):
+    compute_dtype: Any = None,
+) -> Any:
     """Run the network on ``X`` (n, n_inputs) and return the output activations (n, n_classes).
 
     Without ``layout`` the parameters are read as the tutorial's dense stack (ReLU hidden
@@ -83,7 +73,8 @@ def forward_propagation(
     ``tf.Variable`` parameters. ``return_logits=True`` returns ``(A_output, Z_output)``.
     ``compute_dtype=tf.bfloat16`` carries activations and runs products and convolutions in
     bfloat16 (several times faster on CPUs with AMX); the parameters stay in their precision
-    and the output is computed in it.
+    and the output is computed in it. Each layer's computation is its layer type's
+    ``tensorflow`` method (``digitnet.models.layers``).
     """
     architecture = architecture_of(layout, parameters)
     # The parameters' precision: float32 normally, float64 for gradient checks.
@@ -91,102 +82,31 @@ def forward_propagation(
     A = tf.cast(X, compute_dtype or output_dtype)
     if len(architecture["input_shape"]) == 3:
         A = tf.reshape(A, [-1, *architecture["input_shape"]])
-    layers, numbers = architecture["layers"], architectures.layer_numbers(architecture)
-    for index, (layer, k) in enumerate(zip(layers[:-1], numbers)):
-        A = _layer(A, layer, k, parameters, training, None if seed is None else (seed, index))
-    Z = _layer(A, layers[-1], numbers[-1], parameters, training, None, activate=False)
+    *hidden, last = architectures.bind_layers(architecture)
+    for index, layer in enumerate(hidden):
+        Z = layer.type.tensorflow(
+            A,
+            layer.spec,
+            layer.own(parameters),
+            training=training,
+            seed=None if seed is None else (seed, index),
+        )
+        A = layer.activation.tensorflow(Z)
+    Z = last.type.tensorflow(A, last.spec, last.own(parameters), training=training, seed=None)
     Z = tf.cast(Z, output_dtype)
-    A_output = _activate(Z, layers[-1]["activation"])
+    A_output = last.activation.tensorflow(Z)
     return (A_output, Z) if return_logits else A_output
 
 
-def _layer(
-    A, layer: Mapping, k: int, parameters: Mapping, training: bool, seed, activate: bool = True
-):
-    """One layer of ``forward_propagation``, computed in A's dtype."""
-    kind = layer["type"]
-
-    def weight(name: str) -> tf.Tensor:
-        return tf.cast(parameters[f"{name}{k}"], A.dtype)
-
-    if kind == "dense":
-        Z = tf.matmul(A, weight("W"), transpose_b=True)
-        if layer["use_bias"]:
-            Z = Z + tf.transpose(weight("b"))
-    elif kind == "conv":
-        Z = tf.nn.conv2d(A, weight("W"), layer["stride"], layer["padding"].upper())
-        if layer["use_bias"]:
-            Z = Z + weight("b")
-    elif kind == "batchnorm":
-        Z = _batchnorm(A, parameters, k, layer["momentum"], training)
-    elif kind == "maxpool":
-        return tf.nn.max_pool2d(A, layer["size"], layer["size"], "VALID")
-    elif kind == "global_avgpool":
-        return tf.reduce_mean(A, axis=[1, 2])
-    elif kind == "flatten":
-        return tf.reshape(A, [tf.shape(A)[0], -1])
-    elif kind == "dropout" and training and layer["rate"] > 0:
-        (step_seed, index) = seed
-        layer_seed = tf.stack(
-            [tf.cast(step_seed[0], tf.int64), tf.cast(step_seed[1], tf.int64) * 1024 + index]
-        )
-        return tf.nn.experimental.stateless_dropout(A, layer["rate"], seed=layer_seed)
-    else:
-        return A
-    return _activate(Z, layer["activation"]) if activate else Z
-
-
-def _batchnorm(A, parameters: Mapping, k: int, momentum: float, training: bool):
-    """Batch normalisation with TensorFlow's fused kernel (one pass forward and backward).
-
-    Works in A's dtype (bfloat16 included) with float32 statistics; in training it normalises
-    by the batch's statistics and moves the running ones held in ``tf.Variable`` parameters.
-    """
-    shape = tf.shape(A)
-    images = A if len(A.shape) == 4 else tf.reshape(A, [-1, 1, 1, A.shape[-1]])
-    mean, variance = parameters[f"mean{k}"], parameters[f"variance{k}"]
-    statistics_dtype = tf.float64 if A.dtype == tf.float64 else tf.float32
-
-    def cast(value: Any) -> tf.Tensor:
-        return tf.cast(value, statistics_dtype)
-
-    if A.dtype == tf.float64:
-        # The fused kernel has no float64 version; gradient checks use the plain formula.
-        axes = list(range(len(A.shape) - 1))
-        if training:
-            mean, variance = tf.nn.moments(A, axes=axes)
-        return tf.nn.batch_normalization(
-            A,
-            cast(mean),
-            cast(variance),
-            cast(parameters[f"beta{k}"]),
-            cast(parameters[f"gamma{k}"]),
-            BATCHNORM_EPSILON,
-        )
-    normalised, batch_mean, batch_variance = tf.compat.v1.nn.fused_batch_norm(
-        images,
-        cast(parameters[f"gamma{k}"]),
-        cast(parameters[f"beta{k}"]),
-        mean=None if training else cast(mean),
-        variance=None if training else cast(variance),
-        epsilon=BATCHNORM_EPSILON,
-        is_training=training,
-    )
-    if training and isinstance(mean, tf.Variable):
-        mean.assign(momentum * mean + (1.0 - momentum) * batch_mean)
-        variance.assign(momentum * variance + (1.0 - momentum) * batch_variance)
-    return normalised if len(A.shape) == 4 else tf.reshape(normalised, shape)
-
-
 def calculate_cost(
-    A_output,
-    y,
-    parameters: Mapping,
+    A_output: Any,
+    y: Any,
+    parameters: Mapping[str, Any],
     *,
     cost: str = "mse",
     l2: float = 0.0,
     label_smoothing: float = 0.0,
-    logits=None,
+    logits: Any = None,
 ) -> tf.Tensor:
     """The cost to minimise, a scalar.
 
@@ -196,8 +116,7 @@ def calculate_cost(
     label smoothing. ``l2`` adds ``l2 * sum(W ** 2)`` over all weight matrices and kernels, the
     regularisation the tutorial suggests.
     """
-    if cost not in COSTS:
-        raise ConfigError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    check("cost", cost, COSTS)
     A_output = tf.convert_to_tensor(A_output)
     if not A_output.dtype.is_floating:
         A_output = tf.cast(A_output, tf.float32)

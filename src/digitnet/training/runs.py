@@ -9,11 +9,15 @@ an interrupted run to the same result, and touches the test set once, for the fi
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from digitnet.data.holdout import Splits, make_splits
 from digitnet.errors import ConfigError, DigitnetError, ModelFileError
@@ -21,81 +25,42 @@ from digitnet.inference.calibration import calibrate, describe_calibration
 from digitnet.inference.model import Model
 from digitnet.inference.modelfile import CHECKPOINT_KIND, base_header, read_bundle, write_bundle
 from digitnet.models import architectures
+from digitnet.models.choices import (
+    COSTS,
+    MODEL_NAMES,
+    PRECISIONS,
+    SCHEDULES,
+    SOURCES,
+    SPLITS,
+    Boolean,
+    Constraint,
+    Interval,
+    check,
+)
+from digitnet.models.presets import PRESETS
 
-# Each named model's defaults; a TrainConfig field left as None takes the value from here.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The tutorial's run: its network, split, learning rate, epochs and batch size. On AMX
-    # CPUs "auto" trains it in bfloat16, about twice as fast, to the same test accuracy
-    # (seeds 1-5, 20 epochs: 97.59% against float32's 97.67% on the seed split).
-    "seed": dict(
-        cost="mse",
-        learning_rate=0.005,
-        schedule="constant",
-        epochs=20,
-        batch_size=1000,
-        l2=0.0,
-        dropout=0.0,
-        label_smoothing=0.0,
-        augment=False,
-        split="seed",
-        val_size=0,
-        # No validation set: 2,000 training images are held out to calibrate the confidence.
-        calibration_size=2000,
-        patience=0,
-        precision="auto",
-    ),
-    "mlp": dict(
-        cost="cross_entropy",
-        learning_rate=0.001,
-        schedule="onecycle",
-        epochs=30,
-        batch_size=128,
-        l2=0.0,
-        dropout=0.3,
-        label_smoothing=0.1,
-        augment=True,
-        split="official",
-        val_size=5000,
-        calibration_size=0,
-        patience=0,
-        precision="auto",
-    ),
-    "cnn": dict(
-        cost="cross_entropy",
-        learning_rate=0.003,
-        schedule="onecycle",
-        epochs=30,
-        batch_size=128,
-        l2=0.0,
-        dropout=0.4,
-        label_smoothing=0.1,
-        augment=True,
-        split="official",
-        val_size=5000,
-        calibration_size=0,
-        patience=0,
-        precision="auto",
-    ),
-}
+if TYPE_CHECKING:  # the engine imports TensorFlow: only inside train_and_evaluate at run time
+    from digitnet.training.engine import Fitter
 
-# Declarative checks for every setting: name -> (test, what it must be).
-_CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": (lambda v: v in architectures.MODEL_NAMES, "one of seed, mlp, cnn"),
-    "cost": (lambda v: v in ("mse", "cross_entropy"), "mse or cross_entropy"),
-    "learning_rate": (lambda v: 0 < v < 10, "a positive number below 10"),
-    "schedule": (lambda v: v in ("constant", "cosine", "onecycle"), "constant, cosine or onecycle"),
-    "epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "l2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "split": (lambda v: v in ("seed", "official"), "seed or official"),
-    "source": (lambda v: v in ("idx", "openml"), "idx or openml"),
-    "val_size": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
-    "calibration_size": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
-    "patience": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0 (0: off)"),
-    "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**31, "a whole number >= 0"),
-    "precision": (lambda v: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+# What every setting must be (the choice lists live in digitnet.models.choices).
+_CONSTRAINTS: dict[str, Constraint] = {
+    "model": MODEL_NAMES,
+    "cost": COSTS,
+    "learning_rate": Interval(float, 0, 10, "neither"),
+    "schedule": SCHEDULES,
+    "epochs": Interval(int, 1, None),
+    "batch_size": Interval(int, 1, None),
+    "l2": Interval(float, 0, 1, "left"),
+    "dropout": Interval(float, 0, 1, "left"),
+    "label_smoothing": Interval(float, 0, 1, "left"),
+    "augment": Boolean(),
+    "split": SPLITS,
+    "source": SOURCES,
+    "val_size": Interval(int, 0, None),
+    "calibration_size": Interval(int, 0, None),
+    "patience": Interval(int, 0, None, note="0: off"),
+    "seed": Interval(int, 0, 2**31, "left"),
+    "precision": PRECISIONS,
 }
 
 
@@ -123,31 +88,30 @@ class TrainConfig:
     seed: int = 1
     dry_run: bool = False
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self) -> ResolvedConfig:
         """A copy with every default filled in from the model's preset, checked."""
-        if self.model not in PRESETS:
-            raise ConfigError(
-                f"unknown model {self.model!r}: choose one of "
-                f"{', '.join(architectures.MODEL_NAMES)}"
-            )
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}: choose {MODEL_NAMES.describe()}")
         values = dataclasses.asdict(self)
         for name, default in PRESETS[self.model].items():
             if values[name] is None:
                 values[name] = default
-        config = TrainConfig(**values)
-        config.validate()
-        return config
+        return ResolvedConfig(**values)
 
     def validate(self) -> None:
-        for name, (test, expected) in _CONSTRAINTS.items():
+        for name, constraint in _CONSTRAINTS.items():
             value = getattr(self, name)
-            if value is not None and not test(value):
-                raise ConfigError(f"{name} must be {expected}, got {value!r}")
+            if value is not None:
+                check(name, value, constraint)
         if self.layout is not None and self.model == "cnn":
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
 
-    def architecture(self) -> dict:
-        architecture = architectures.named_architecture(self.model, self.layout, self.dropout)
+    def architecture(self, n_classes: int | None = None) -> dict[str, Any]:
+        """The network to train: the named model, resized by ``layout`` and with ``n_classes``
+        outputs (the data's number of classes; default 10)."""
+        architecture = architectures.named_architecture(
+            self.model, self.layout, self.dropout, n_classes
+        )
         # The output follows the cost: squared error on sigmoids (the tutorial), or
         # cross-entropy on a softmax.
         architecture["layers"][-1]["activation"] = "sigmoid" if self.cost == "mse" else "softmax"
@@ -155,6 +119,37 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class ResolvedConfig(TrainConfig):
+    """A ``TrainConfig`` with every preset setting filled in (``TrainConfig.resolved``): what
+    a run uses, typed without the ``None`` that stands for "the model's default"."""
+
+    cost: str
+    learning_rate: float
+    schedule: str
+    epochs: int
+    batch_size: int
+    l2: float
+    dropout: float
+    label_smoothing: float
+    augment: bool
+    split: str
+    val_size: int
+    calibration_size: int
+    patience: int
+    precision: str
+
+    def __post_init__(self) -> None:
+        unset = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name != "layout" and getattr(self, f.name) is None
+        ]
+        if unset:
+            raise ConfigError(f"settings {unset} are not resolved: use TrainConfig.resolved()")
+        self.validate()
 
 
 @dataclass
@@ -166,11 +161,77 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class RunState:
+    """Where a run stands after ``epoch`` epochs: what a checkpoint holds besides the current
+    weights and the optimizer's state.
+
+    Attributes:
+        epoch: epochs done.
+        history: one record per epoch (``epoch``, ``cost``, ``learning_rate``, ``seconds``,
+            and ``val_accuracy`` / ``val_cost`` with a validation set).
+        best: the parameters of the best epoch so far (None without a validation set).
+        best_key: how good they were, (validation accuracy, -validation cost).
+        best_epoch: their epoch (0: none yet).
+        stale_epochs: epochs since the validation result last improved.
+        seconds: training time so far, over all sessions of the run.
+    """
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, np.ndarray] | None = None
+    best_key: tuple[float, float] | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    seconds: float = 0.0
+
+    def add(self, record: dict[str, Any], parameters: Callable[[], dict[str, np.ndarray]]) -> None:
+        """Count the epoch ``record`` describes; ``parameters()`` (copies of the current
+        weights) are kept when they do best on validation (ties: the lower cost)."""
+        self.epoch = record["epoch"]
+        self.seconds += record["seconds"]
+        self.history.append(record)
+        if "val_accuracy" not in record:
+            return
+        key = (record["val_accuracy"], -record["val_cost"])
+        if self.best_key is None or key > self.best_key:
+            self.best, self.best_key = parameters(), key
+            self.best_epoch, self.stale_epochs = record["epoch"], 0
+        else:
+            self.stale_epochs += 1
+
+    def header(self) -> dict[str, Any]:
+        """Everything but ``best`` (stored as tensors), for a checkpoint's JSON header."""
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_key": None if self.best_key is None else list(self.best_key),
+            "stale_epochs": self.stale_epochs,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], best: dict[str, np.ndarray] | None) -> RunState:
+        best_key = header.get("best_key")
+        return cls(
+            epoch=header["epoch"],
+            history=header["history"],
+            best=best,
+            best_key=None if best_key is None else (best_key[0], best_key[1]),
+            best_epoch=header["best_epoch"],
+            stale_epochs=header["stale_epochs"],
+            seconds=header["seconds"],
+        )
+
+
 def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def load_splits(config: TrainConfig, data_dir=None) -> tuple[Splits, dict[str, Any]]:
+def load_splits(
+    config: ResolvedConfig, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[Splits, dict[str, Any]]:
     """Training, validation, calibration and test arrays for ``config`` (resolved), and the
     ``data`` record of the model file (with the training arrays' fingerprint)."""
     from digitnet.data.mnist import dataset_fingerprint, load_mnist
@@ -201,13 +262,17 @@ def load_splits(config: TrainConfig, data_dir=None) -> tuple[Splits, dict[str, A
     return splits, data
 
 
-def load_data(config: TrainConfig, data_dir=None):
+def load_data(
+    config: ResolvedConfig, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, Any]
+]:
     """Training, validation and test arrays for ``config`` (resolved) and their fingerprint."""
     s, data = load_splits(config, data_dir)
     return (s.X_train, s.y_train, s.X_val, s.y_val, s.X_test, s.y_test), data
 
 
-def _comparable(config_json: dict) -> dict:
+def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
     # Data location is where to find the files, not what was trained; the checksum covers that.
     return {k: v for k, v in config_json.items() if k not in ("dry_run",)}
 
@@ -216,12 +281,13 @@ def train_and_evaluate(
     config: TrainConfig,
     workdir: str | Path,
     *,
-    data_dir=None,
+    data_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
     save_model_path: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] = _print,
-    stop_after_epoch: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train ``config`` with its validation split, checkpoints in ``workdir``, then test once.
 
@@ -233,7 +299,12 @@ def train_and_evaluate(
         save_model_path: write the final model file there (atomically).
         progress: show a progress bar on stderr while training.
         log: receives the tutorial's lines (``Cost after epoch N: C`` ...).
-        stop_after_epoch: stop (as if interrupted) after this epoch; for tests of resume.
+        on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's checkpoint
+            is written, with that epoch's history record (``cost``, ``learning_rate``,
+            ``val_accuracy`` ...); for progress displays or TensorBoard. What it raises ends
+            the run, which ``resume=True`` then continues.
+        tensorboard: write TensorBoard event files into this folder (``train``,
+            ``validation``); see ``digitnet.training.tensorboard``.
 
     Returns:
         A ``TrainResult`` whose model holds the weights that did best on validation (the
@@ -243,6 +314,7 @@ def train_and_evaluate(
     import tensorflow as tf
 
     from digitnet.training.engine import Fitter, make_learning_rate
+    from digitnet.training.tensorboard import TensorBoardLog
 
     config = config.resolved()
     keras.utils.set_random_seed(config.seed)
@@ -250,7 +322,7 @@ def train_and_evaluate(
     splits, data = load_splits(config, data_dir)
     X_train, y_train, X_val, y_val = splits.X_train, splits.y_train, splits.X_val, splits.y_val
     X_test, y_test = splits.X_test, splits.y_test
-    architecture = config.architecture()
+    architecture = config.architecture(n_classes=y_train.shape[1])
     steps_per_epoch = max(len(X_train) // config.batch_size, 1)
     fitter = Fitter(
         architecture,
@@ -266,28 +338,24 @@ def train_and_evaluate(
         augment=_augment(config),
     )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
-    state = {
-        "epoch": 0,
-        "history": [],
-        "best": None,
-        "best_epoch": 0,
-        "stale_epochs": 0,
-        "seconds": 0.0,
-    }
+    state = RunState()
     if resume:
         state = _restore(checkpoint_path, fitter, config, data)
-        log(f"Resuming after epoch {state['epoch']} from {checkpoint_path}")
+        log(f"Resuming after epoch {state.epoch} from {checkpoint_path}")
     else:
         fitter.set_output_bias_from_labels(y_train)
 
     train = fitter.dataset(X_train, y_train)
+    if tensorboard is not None:
+        board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
             cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
             record = {
                 "epoch": epoch,
                 "cost": cost,
+                "accuracy": fitter.epoch_accuracy,
                 "learning_rate": float(fitter.optimizer.learning_rate.numpy()),
             }
             line = f"Cost after epoch {epoch}: {cost}"
@@ -295,27 +363,26 @@ def train_and_evaluate(
                 record.update({f"val_{k}": v for k, v in fitter.evaluate(X_val, y_val).items()})
                 line += f"  (validation accuracy {record['val_accuracy'] * 100:.2f} %)"
             record["seconds"] = time.perf_counter() - started
-            state["seconds"] += record["seconds"]
-            state["history"].append(record)
-            _track_best(state, fitter, record)
-            state["epoch"] = epoch
+            state.add(record, fitter.parameters)
+            if tensorboard is not None:
+                board.write_epoch(record, fitter)
             log(line)
             _save_checkpoint(checkpoint_path, fitter, config, data, state)
-            if config.patience and state["stale_epochs"] >= config.patience:
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(record))
+            if config.patience and state.stale_epochs >= config.patience:
                 log(f"Early stopping: no validation improvement for {config.patience} epochs")
                 break
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                raise KeyboardInterrupt
     log("Training complete!")
 
-    if state["best"] is not None:
-        fitter.set_parameters(state["best"])
+    if state.best is not None:
+        fitter.set_parameters(state.best)
     metrics = {
         "train_accuracy": fitter.accuracy(X_train, y_train),
         "test_accuracy": fitter.accuracy(X_test, y_test),
-        "epochs": state["epoch"],
-        "best_epoch": state["best_epoch"] or state["epoch"],
-        "train_seconds": state["seconds"],
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch or state.epoch,
+        "train_seconds": state.seconds,
     }
     if len(X_val):
         metrics["val_accuracy"] = fitter.accuracy(X_val, y_val)
@@ -333,7 +400,7 @@ def train_and_evaluate(
         {
             "training": config.to_json(),
             "metrics": metrics,
-            "history": state["history"],
+            "history": state.history,
             "data": data,
         },
     )
@@ -346,12 +413,31 @@ def train_and_evaluate(
 
         save_model(model, save_model_path)
         log(f"Saved the model to {save_model_path}")
-    return TrainResult(model, state["history"], metrics)
+    return TrainResult(model, state.history, metrics)
+
+
+# oneDNN instruction sets without bfloat16 arithmetic units: with ONEDNN_MAX_CPU_ISA capped to
+# one of these (as on a plain AVX2 CPU), bfloat16 would be emulated and slower than float32.
+_ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+
+
+def onednn_allows_bfloat16() -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` holds oneDNN below its bfloat16 kernels.
+
+    TensorFlow still sends bfloat16 products to oneDNN on a CPU that has the units, and oneDNN
+    then aborts the process ("could not create a primitive descriptor").
+    """
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in _ONEDNN_ISAS_WITHOUT_BF16
 
 
 def bfloat16_is_fast() -> bool:
     """True on CPUs with AMX or AVX-512 BF16 units, where bfloat16 products run several times
-    faster than float32 (elsewhere bfloat16 is emulated and slower)."""
+    faster than float32 (elsewhere bfloat16 is emulated and slower), unless oneDNN is held
+    below them with ``ONEDNN_MAX_CPU_ISA``."""
+    if not onednn_allows_bfloat16():
+        return False
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
@@ -364,10 +450,16 @@ def compute_dtype(precision: str) -> str | None:
     """The dtype training computes in: None (the parameters' float32) or "bfloat16"."""
     if precision == "auto":
         return "bfloat16" if bfloat16_is_fast() else None
+    if precision == "bfloat16" and not onednn_allows_bfloat16():
+        raise ConfigError(
+            f"precision bfloat16 cannot run with ONEDNN_MAX_CPU_ISA="
+            f"{os.environ['ONEDNN_MAX_CPU_ISA']} (oneDNN has no bfloat16 kernels below "
+            "AVX512_CORE_BF16): use --precision float32 or auto, or unset the variable"
+        )
     return "bfloat16" if precision == "bfloat16" else None
 
 
-def _augment(config: TrainConfig):
+def _augment(config: ResolvedConfig) -> Any:
     if not config.augment:
         return None
     from digitnet.training.augment import augment_from_config
@@ -375,39 +467,22 @@ def _augment(config: TrainConfig):
     return augment_from_config({})
 
 
-def _track_best(state: dict, fitter, record: dict) -> None:
-    """Keep the parameters of the epoch with the best validation accuracy (ties: lower cost)."""
-    if "val_accuracy" not in record:
-        return
-    key = (record["val_accuracy"], -record["val_cost"])
-    best = state.get("best_key")
-    if best is None or key > tuple(best):
-        state.update(
-            best=fitter.parameters(), best_key=list(key), best_epoch=record["epoch"], stale_epochs=0
-        )
-    else:
-        state["stale_epochs"] += 1
-
-
-def _save_checkpoint(path: Path, fitter, config: TrainConfig, data: dict, state: dict) -> None:
+def _save_checkpoint(
+    path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str, Any], state: RunState
+) -> None:
     tensors = {f"parameters/{k}": v for k, v in fitter.parameters().items()}
     tensors.update({f"optimizer/{k}": v for k, v in fitter.optimizer_state().items()})
-    if state["best"] is not None:
-        tensors.update({f"best/{k}": v for k, v in state["best"].items()})
-    header = base_header(
-        config=config.to_json(),
-        data=data,
-        epoch=state["epoch"],
-        history=state["history"],
-        best_epoch=state["best_epoch"],
-        best_key=state.get("best_key"),
-        stale_epochs=state["stale_epochs"],
-        seconds=state["seconds"],
+    if state.best is not None:
+        tensors.update({f"best/{k}": v for k, v in state.best.items()})
+    write_bundle(
+        path,
+        CHECKPOINT_KIND,
+        tensors,
+        base_header(config=config.to_json(), data=data, **state.header()),
     )
-    write_bundle(path, CHECKPOINT_KIND, tensors, header)
 
 
-def _restore(path: Path, fitter, config: TrainConfig, data: dict) -> dict:
+def _restore(path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str, Any]) -> RunState:
     if not path.exists():
         raise ModelFileError(
             f"no checkpoint to resume at {path}: start without --resume, or "
@@ -435,32 +510,23 @@ def _restore(path: Path, fitter, config: TrainConfig, data: dict) -> dict:
 
     fitter.set_parameters(group("parameters/"))
     fitter.set_optimizer_state(group("optimizer/"))
-    best = group("best/")
-    return {
-        "epoch": header["epoch"],
-        "history": header["history"],
-        "best": best or None,
-        "best_key": header.get("best_key"),
-        "best_epoch": header["best_epoch"],
-        "stale_epochs": header["stale_epochs"],
-        "seconds": header["seconds"],
-    }
+    return RunState.from_header(header, group("best/") or None)
 
 
-class _NoBar:
-    def __enter__(self):
-        return lambda epoch: None
-
-    def __exit__(self, *exc):
-        return False
+# advance(epoch) -> the progress(done, total) callback for that epoch's batches, or None.
+Advance = Callable[[int], Callable[[int, int], None] | None]
 
 
-def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
+def _no_progress(epoch: int) -> None:
+    return None
+
+
+def _progress_bar(
+    enabled: bool, epochs: int, steps_per_epoch: int
+) -> AbstractContextManager[Advance]:
     """A rich progress bar on stderr; the tutorial's lines still print cleanly above it."""
     if not enabled:
-        return _NoBar()
-    from contextlib import contextmanager
-
+        return nullcontext(_no_progress)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -471,7 +537,7 @@ def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
     )
 
     @contextmanager
-    def bar():
+    def bar() -> Iterator[Advance]:
         with Progress(
             TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
             BarColumn(),
@@ -482,7 +548,7 @@ def _progress_bar(enabled: bool, epochs: int, steps_per_epoch: int):
         ) as progress:
             task = progress.add_task("train", total=steps_per_epoch, epoch=1)
 
-            def advance(epoch):
+            def advance(epoch: int) -> Callable[[int, int], None]:
                 progress.reset(task, total=steps_per_epoch, epoch=epoch)
                 return lambda done, total: progress.update(task, completed=done)
 

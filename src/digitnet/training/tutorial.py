@@ -50,6 +50,9 @@ def train_parameters(
 ) -> dict[str, np.ndarray]:
     """Train a network on ``X_train`` (n, 784) and one-hot ``y_train`` (n, classes) with Adam.
 
+    A model name as ``layout`` gets as many outputs as ``y_train`` has classes; sizes or an
+    architecture must end in that many.
+
     Prints ``Cost after epoch N: C`` (the mean batch cost) every epoch, then ``Training
     complete!`` and the accuracy on the training and test sets, as the tutorial did. Each epoch
     runs as one compiled TensorFlow graph over freshly shuffled mini-batches, and the output
@@ -59,7 +62,7 @@ def train_parameters(
     Returns:
         The trained parameters as NumPy arrays (``W1``: [l1, l0], ``b1``: [l1, 1], ...).
     """
-    architecture = architectures.normalize_layout(layout)
+    architecture = architectures.normalize_layout(layout, n_classes=np.shape(y_train)[1])
     cost = cost or (
         "cross_entropy" if architecture["layers"][-1]["activation"] == "softmax" else "mse"
     )

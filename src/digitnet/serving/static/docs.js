@@ -4,6 +4,19 @@
 
 (() => {
   const root = document.getElementById("operations");
+  let components = {};
+
+  // Schemas FastAPI generates from Pydantic models are "$ref"s into components: shown inline.
+  function inlineRefs(value, seen = new Set()) {
+    if (Array.isArray(value)) return value.map((item) => inlineRefs(item, seen));
+    if (!value || typeof value !== "object") return value;
+    const ref = value.$ref;
+    if (typeof ref === "string" && ref.startsWith("#/components/schemas/") && !seen.has(ref)) {
+      const target = components[ref.slice("#/components/schemas/".length)];
+      if (target) return inlineRefs(target, new Set([...seen, ref]));
+    }
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, inlineRefs(v, seen)]));
+  }
 
   function element(tag, attributes = {}, ...children) {
     const node = document.createElement(tag);
@@ -114,8 +127,8 @@
       responses.append(element("li", {}, element("code", {}, code), ` ${response.description || ""}`));
     }
     card.append(responses);
-    const schemaBlock = element("pre", {}, JSON.stringify({ requestBody: operation.requestBody,
-                                                          responses: operation.responses }, null, 1));
+    const schemaBlock = element("pre", {}, JSON.stringify(
+      inlineRefs({ requestBody: operation.requestBody, responses: operation.responses }), null, 1));
     card.append(element("details", {}, element("summary", {}, "Schemas"), schemaBlock));
     card.append(tryPanel(method, path, operation));
     return card;
@@ -124,6 +137,7 @@
   async function main() {
     try {
       const spec = await (await fetch("/openapi.json")).json();
+      components = (spec.components && spec.components.schemas) || {};
       root.replaceChildren();
       root.append(richText(spec.info.description));
       for (const [path, item] of Object.entries(spec.paths)) {

@@ -1,0 +1,77 @@
+"""Each named model's training defaults: what ``digitnet train --model NAME`` does unasked.
+
+A ``TrainConfig`` field left as None takes its value from here; ``digitnet train --help``
+shows them. Plain data, checked against the constraints in ``digitnet.training.runs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The tutorial's run: its network, split, learning rate, epochs and batch size. On AMX
+    # CPUs "auto" trains it in bfloat16, about twice as fast, to the same test accuracy
+    # (seeds 1-5, 20 epochs: 97.59% against float32's 97.67% on the seed split).
+    "seed": dict(
+        cost="mse",
+        learning_rate=0.005,
+        schedule="constant",
+        epochs=20,
+        batch_size=1000,
+        l2=0.0,
+        dropout=0.0,
+        label_smoothing=0.0,
+        augment=False,
+        split="seed",
+        val_size=0,
+        # No validation set: 2,000 training images are held out to calibrate the confidence.
+        calibration_size=2000,
+        patience=0,
+        precision="auto",
+    ),
+    "mlp": dict(
+        cost="cross_entropy",
+        learning_rate=0.001,
+        schedule="onecycle",
+        epochs=30,
+        batch_size=128,
+        l2=0.0,
+        dropout=0.3,
+        label_smoothing=0.1,
+        augment=True,
+        split="official",
+        val_size=5000,
+        calibration_size=0,
+        patience=0,
+        precision="auto",
+    ),
+    "cnn": dict(
+        cost="cross_entropy",
+        learning_rate=0.003,
+        schedule="onecycle",
+        epochs=30,
+        batch_size=128,
+        l2=0.0,
+        dropout=0.4,
+        label_smoothing=0.1,
+        augment=True,
+        split="official",
+        val_size=5000,
+        calibration_size=0,
+        patience=0,
+        precision="auto",
+    ),
+}
+
+
+def preset_defaults(setting: str) -> str:
+    """Each model's default for ``setting`` in words, for help texts, models with the same
+    default grouped: ``"20 for seed; 30 for mlp, cnn"``, or just ``"auto"`` when all agree."""
+    models_by_value: dict[str, list[str]] = {}
+    for name, values in PRESETS.items():
+        value = values[setting]
+        text = ("on" if value else "off") if isinstance(value, bool) else str(value)
+        models_by_value.setdefault(text, []).append(name)
+    if len(models_by_value) == 1:
+        return next(iter(models_by_value))
+    return "; ".join(f"{text} for {', '.join(names)}" for text, names in models_by_value.items())

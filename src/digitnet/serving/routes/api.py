@@ -1,0 +1,124 @@
+"""The JSON API the page uses: ``POST /api/predict`` (one image) and ``GET /api/health``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from digitnet.inference.predict import predict_image
+from digitnet.serving.deps import ModelDep
+from digitnet.serving.protocol import RequestError
+from digitnet.serving.schemas import (
+    DigitAnswer,
+    ErrorBody,
+    Health,
+    ModelSummary,
+    NoDigitAnswer,
+    image_answer,
+)
+
+TAGS: list[str | Enum] = ["image"]
+
+router = APIRouter(tags=TAGS)
+
+# The body is read by hand (``read_upload``) because a raw image/* body is allowed too.
+_IMAGE_REQUEST: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The prediction, or `no_digit: true` for an image without a digit",
+        "content": {
+            "application/json": {
+                "example": {
+                    "digit": 7,
+                    "confidence": 0.98,
+                    "low_confidence": False,
+                    "probabilities": [0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.98, 0.0, 0.01],
+                    "image": "[[28 rows of 28 floats in [0, 1], white ink on black]]",
+                    "no_digit": False,
+                }
+            }
+        },
+    },
+    400: {"description": "Not an image, or a malformed form", "model": ErrorBody},
+    413: {"description": "Body over the size limit", "model": ErrorBody},
+    415: {"description": "Neither multipart nor image/*", "model": ErrorBody},
+}
+
+
+async def read_upload(request: Request) -> tuple[bytes, str]:
+    """(bytes, name) of the image in a multipart ``file`` field or a raw image body."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=4, max_fields=16)
+        except RequestError:
+            raise
+        except StarletteHTTPException as error:  # Starlette's wrapping of a multipart error
+            raise RequestError(f"the multipart body is malformed: {error.detail}") from None
+        except Exception as error:  # python-multipart's errors have no common base class
+            raise RequestError(f"the multipart body is malformed: {error}") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            fields = ", ".join(sorted(form.keys())) or "none"
+            raise RequestError(
+                f"the multipart form has no file in a field named 'file' "
+                f"(fields: {fields}); send -F file=@digit.png"
+            )
+        return await upload.read(), upload.filename or "the upload"
+    if media_type.startswith("image/") or media_type == "application/octet-stream":
+        return await request.body(), "the upload"
+    raise RequestError(
+        f"the content type is {content_type or 'missing'!r}; send the image as "
+        f"multipart/form-data (field 'file') or as a raw image/* body",
+        415,
+    )
+
+
+@router.post(
+    "/api/predict",
+    summary="Predict the digit in one image",
+    responses=_IMAGE_RESPONSES,
+    openapi_extra=_IMAGE_REQUEST,
+)
+async def api_predict(request: Request, model: ModelDep) -> DigitAnswer | NoDigitAnswer:
+    """Any image `digitnet predict` reads (PNG, JPEG, ...: a photo, scan or drawing of one
+    digit, dark on light or light on dark, transparency allowed), as multipart field `file`
+    or as a raw `image/*` body. It is preprocessed into MNIST form (28x28, white ink on
+    black) and predicted.
+
+    An image with no digit in it answers **200** with `"digit": null, "no_digit": true,
+    "message": "no digit found"`: an empty drawing is a normal state, not an error. An
+    unreadable image answers 400."""
+    data, name = await read_upload(request)
+    if not data:
+        raise RequestError("the image is empty (0 bytes)")
+    prediction = await run_in_threadpool(predict_image, model, data, name)
+    if not prediction.ok and not prediction.no_digit:
+        raise RequestError(prediction.error or "the image cannot be read")
+    return image_answer(prediction)
+
+
+@router.get("/api/health", summary="Liveness and the model served")
+async def api_health(model: ModelDep) -> Health:
+    return Health(model=ModelSummary.of(model))

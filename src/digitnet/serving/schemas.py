@@ -1,0 +1,204 @@
+"""The JSON answers of the non-hot routes, as Pydantic models: FastAPI documents them in
+/openapi.json and checks every answer against them.
+
+The hot ``:predict`` route answers ``Predictor``'s bytes directly and is described by hand
+(``routes.tf_serving.predict_paths``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from digitnet import __version__
+from digitnet.models import architectures
+from digitnet.serving.protocol import (
+    INPUT_NAME,
+    MODEL_NAME,
+    MODEL_VERSION,
+    NO_DIGIT_MESSAGE,
+    OUTPUT_NAME,
+    SIGNATURE_NAME,
+)
+
+if TYPE_CHECKING:
+    from digitnet.inference.model import Model
+    from digitnet.inference.predict import ImagePrediction
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(
+        # TF Serving's field names start with "model_", which Pydantic reserves by default.
+        protected_namespaces=(),
+        # Every field is in every answer, defaults included: the schema says so.
+        json_schema_serialization_defaults_required=True,
+    )
+
+
+class ErrorBody(_Answer):
+    """Every 4xx and 500 answer."""
+
+    error: str = Field(description="What was wrong, and what to do")
+
+
+# ---------------------------------------------------------------------------------------------
+# /api/health and the "digitnet" block of the metadata
+
+
+class ModelSummary(_Answer):
+    name: str = Field(description="The model's name, e.g. seed, mlp, cnn")
+    architecture: str = Field(examples=["dense 784-100-100-60-10 (sigmoid output)"])
+    inputs: int = Field(description="Values per instance")
+    classes: int
+    digitnet_version: str
+
+    @classmethod
+    def of(cls, model: Model) -> ModelSummary:
+        return cls(
+            name=model.name,
+            architecture=architectures.describe(model.architecture),
+            inputs=model.n_inputs,
+            classes=model.n_classes,
+            digitnet_version=__version__,
+        )
+
+
+class Health(_Answer):
+    status: Literal["ok"] = "ok"
+    model: ModelSummary
+
+
+# ---------------------------------------------------------------------------------------------
+# TF Serving's GetModelStatus and GetModelMetadata
+
+
+class StatusCode(_Answer):
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+class VersionStatus(_Answer):
+    version: str = MODEL_VERSION
+    state: str = "AVAILABLE"
+    status: StatusCode = StatusCode()
+
+
+class ModelStatus(_Answer):
+    """GetModelStatus: one version, AVAILABLE."""
+
+    model_version_status: list[VersionStatus] = [VersionStatus()]
+
+
+class Dimension(_Answer):
+    size: str = Field(description='"-1" for the batch dimension')
+    name: str = ""
+
+
+class TensorShape(_Answer):
+    dim: list[Dimension]
+    unknown_rank: bool = False
+
+
+class TensorInfo(_Answer):
+    dtype: str = "DT_FLOAT"
+    tensor_shape: TensorShape
+    name: str
+
+    @classmethod
+    def batch_of(cls, size: int, tensor_name: str) -> TensorInfo:
+        """A float tensor of shape [-1, size]."""
+        shape = TensorShape(dim=[Dimension(size="-1"), Dimension(size=str(size))])
+        return cls(tensor_shape=shape, name=tensor_name)
+
+
+class SignatureDef(_Answer):
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    method_name: str = "tensorflow/serving/predict"
+
+
+class SignatureDefMap(_Answer):
+    signature_def: dict[str, SignatureDef]
+
+
+class Metadata(_Answer):
+    signature_def: SignatureDefMap
+    digitnet: ModelSummary
+
+
+class ModelSpec(_Answer):
+    name: str = MODEL_NAME
+    signature_name: str = ""
+    version: str = MODEL_VERSION
+
+
+class ModelMetadata(_Answer):
+    """GetModelMetadata, plus a "digitnet" block describing the model."""
+
+    model_spec: ModelSpec = ModelSpec()
+    metadata: Metadata
+
+    @classmethod
+    def of(cls, model: Model) -> ModelMetadata:
+        signature = SignatureDef(
+            inputs={
+                INPUT_NAME: TensorInfo.batch_of(model.n_inputs, f"{SIGNATURE_NAME}_{INPUT_NAME}:0")
+            },
+            outputs={
+                OUTPUT_NAME: TensorInfo.batch_of(model.n_classes, "StatefulPartitionedCall:0")
+            },
+        )
+        return cls(
+            metadata=Metadata(
+                signature_def=SignatureDefMap(signature_def={SIGNATURE_NAME: signature}),
+                digitnet=ModelSummary.of(model),
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# /api/predict
+
+
+class DigitAnswer(_Answer):
+    """The digit in an image."""
+
+    digit: int = Field(ge=0)
+    confidence: float = Field(description="The digit's probability")
+    low_confidence: bool
+    probabilities: list[float] = Field(description="One per class, in [0, 1]")
+    image: list[list[float]] = Field(
+        description="The 28x28 image the model saw: floats in [0, 1], white ink on black"
+    )
+    no_digit: Literal[False] = False
+
+
+class NoDigitAnswer(_Answer):
+    """An image without a digit: a normal state (an empty drawing), not an error."""
+
+    digit: None = None
+    confidence: None = None
+    low_confidence: Literal[False] = False
+    probabilities: None = None
+    image: None = None
+    no_digit: Literal[True] = True
+    message: str = NO_DIGIT_MESSAGE
+    detail: str = Field(description="Why no digit was found")
+
+
+def image_answer(prediction: ImagePrediction) -> DigitAnswer | NoDigitAnswer:
+    """The /api/predict answer for an ``ImagePrediction`` that is ok or ``no_digit``."""
+    if prediction.no_digit:
+        return NoDigitAnswer(detail=prediction.error or NO_DIGIT_MESSAGE)
+    assert prediction.digit is not None and prediction.confidence is not None
+    assert prediction.probabilities is not None and prediction.image is not None
+    return DigitAnswer(
+        digit=prediction.digit,
+        confidence=prediction.confidence,
+        low_confidence=prediction.low_confidence,
+        probabilities=prediction.probabilities,
+        # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
+        image=np.round(prediction.image.astype(np.float64), 4).tolist(),
+    )
