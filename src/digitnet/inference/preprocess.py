@@ -1087,7 +1087,7 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
         keep = new_keep
         # Normal equations: a 6x6 solve, where lstsq's SVD of the whole sample costs milliseconds.
         kept = design[keep]
-        coefficients = np.linalg.solve(
+        coefficients = np.linalg.solve(  # type: ignore[assignment]
             kept.T @ kept + 1e-6 * len(kept) * np.eye(6), kept.T @ values[keep]
         )
     full_y = np.linspace(-1.0, 1.0, rows)[:, None]
@@ -1101,7 +1101,8 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
         + c[4] * full_x * full_y
         + c[5] * full_y**2
     )
-    return np.clip(surface, values.min(), values.max()).astype(np.float32)
+    fitted: np.ndarray = np.clip(surface, values.min(), values.max()).astype(np.float32)
+    return fitted
 
 
 def _one_sided_median(residual: np.ndarray) -> float:
@@ -1189,7 +1190,8 @@ def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.
                 grown = True
     keep_labels = np.zeros(count + 1, bool)
     keep_labels[[i + 1 for i in chosen]] = True
-    return keep_labels[labels]
+    kept: np.ndarray = keep_labels[labels]
+    return kept
 
 
 def _crop_to_ink(ink: np.ndarray, name: str) -> np.ndarray:
@@ -1251,7 +1253,8 @@ def _fit_into_mnist_frame(ink: np.ndarray, name: str) -> np.ndarray:
     peak = float(frame.max())
     if peak <= 0:
         raise NoDigitFound(f"no digit found in {name}: the ink vanished when scaled to 20 pixels")
-    return np.clip(frame / peak, 0.0, 1.0)
+    normalised: np.ndarray = np.clip(frame / peak, 0.0, 1.0)
+    return normalised
 
 
 def _placement(length: int, centre_of_mass: float, scale: float) -> tuple[int, int] | None:
@@ -1287,7 +1290,8 @@ def _to_crop_scale(ink: np.ndarray) -> np.ndarray:
         blocks = padded.reshape(
             padded.shape[0] // factor, factor, padded.shape[1] // factor, factor
         )
-        return blocks.max(axis=(1, 3))
+        pooled: np.ndarray = blocks.max(axis=(1, 3))
+        return pooled
     return ink
 
 
