@@ -1071,7 +1071,7 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     # ink pulls such a fit into a bowl whose residuals no longer single out the background. Nor
     # the median of the whole image: a bold digit cropped to its strokes can be more than half
     # ink, while along the border it only touches the frame here and there.
-    coefficients = np.zeros(6)
+    coefficients: np.ndarray = np.zeros(6)
     coefficients[0] = np.median(
         np.concatenate([sample[0], sample[-1], sample[1:-1, 0], sample[1:-1, -1]])
     )
@@ -1087,7 +1087,7 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
         keep = new_keep
         # Normal equations: a 6x6 solve, where lstsq's SVD of the whole sample costs milliseconds.
         kept = design[keep]
-        coefficients = np.linalg.solve(  # type: ignore[assignment]
+        coefficients = np.linalg.solve(
             kept.T @ kept + 1e-6 * len(kept) * np.eye(6), kept.T @ values[keep]
         )
     full_y = np.linspace(-1.0, 1.0, rows)[:, None]
