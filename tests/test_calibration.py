@@ -147,7 +147,14 @@ def test_a_calibrated_model_answers_the_softmax_of_its_logits_over_the_temperatu
 
 @pytest.mark.parametrize(
     "record",
-    [None, "x", {"method": "platt"}, {"method": "temperature", "temperature": -1.0}],
+    [
+        None,
+        "x",
+        {"method": "platt"},
+        {"method": "temperature", "temperature": -1.0, "low_confidence": 0.5},
+        {"method": "temperature", "temperature": 1e-300, "low_confidence": 0.5},
+        {"method": "temperature", "temperature": 2.0, "low_confidence": float("nan")},
+    ],
 )
 def test_missing_or_unknown_calibration_records_are_ignored(record):
     model, _ = tiny_model({} if record is None else {"calibration": record})

@@ -131,7 +131,8 @@ class Calibration:
             isinstance(v, (int, float)) and math.isfinite(v) for v in (temperature, threshold)
         ):
             return None
-        if not (temperature > 0 and 0 <= threshold <= 1):  # type: ignore[operator]
+        # A temperature outside what a fit can give (a crafted file) would overflow the softmax.
+        if not (1e-3 <= temperature <= 1e3 and 0 <= threshold <= 1):  # type: ignore[operator]
             return None
         return cls(
             float(temperature),  # type: ignore[arg-type]
