@@ -15,6 +15,20 @@ Kinds (``RENDERINGS``):
 - ``rotated``: tilted by 3 to 10 degrees either way, dark on white (PNG).
 - ``thin_pen``: 2-3 px pen lines along the strokes' centre lines, digit about 400 px tall on a
   560 px page (PNG): thin strokes must survive downscaling.
+- ``edge_one``, ``edge_two``: bold clean strokes, dark on white, cropped so that the ink touches
+  one (two) of the image's edges, 64 px on the long side (64x64 where the digit's shape allows).
+- ``edge_four``: the same cropped to the ink's bounding box, 64-128 px on the long side: the
+  strokes touch all four edges, as form fields and people cropping a photo deliver digits.
+- ``small_scan``: a square image 12-24 px tall, the digit filling its height (a low-resolution
+  scan or a form field).
+- ``fax``: a 1-bit scan (Group 4 TIFF): thresholded, jagged, with specks.
+- ``lined_paper``, ``squared_paper``: pen on ruled or squared notebook paper (JPEG photo of a
+  flat page); the ruling crosses the digit.
+- ``pencil``: grey, grainy graphite strokes broken up by the paper's tooth (PNG).
+- ``perspective``: a phone photo of the page taken at an angle: tilted 10-30 degrees out of the
+  image plane, with keystone and lighting (JPEG).
+- ``washed_out``: an over-exposed photo: the paper clipped to white, the ink a light grey (JPEG).
+- ``under_exposed``: a dark, noisy photo: paper at 15-35 % grey, ink little darker (JPEG).
 
 Digits are upsampled with Lanczos and thresholded softly, so they look like pen strokes with
 anti-aliased edges rather than enlarged pixels. No TensorFlow here.
@@ -178,6 +192,289 @@ def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     return Rendering("thin_pen", "thin_pen.png", _encode(_dark_on_white(coverage, rng), "PNG"))
 
 
+_SIDES = ("top", "bottom", "left", "right")
+
+
+def _tight_coverage(digit: np.ndarray, size: int, thicken: float = 0.0) -> np.ndarray:
+    """``stroke_coverage`` cropped to the visible ink (coverage above 0.25): float32 (h, w)."""
+    coverage = stroke_coverage(digit, size, thicken=thicken)
+    rows = np.flatnonzero((coverage > 0.25).any(axis=1))
+    cols = np.flatnonzero((coverage > 0.25).any(axis=0))
+    return coverage[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _resize(coverage: np.ndarray, width: int, height: int) -> np.ndarray:
+    resized = Image.fromarray(coverage).resize((width, height), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
+
+
+def _cropped_to_edges(
+    digit: np.ndarray, touching: tuple[str, ...], long_side: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Bold strokes with the ink touching the ``touching`` sides of the frame and a margin of
+    5-15 % on the others, made square where a free side allows: (H, W) coverage, long side
+    ``long_side``."""
+    ink = _tight_coverage(digit, 224, thicken=rng.uniform(0.2, 0.6))
+    height, width = ink.shape
+    margins = {
+        side: 0 if side in touching else int(rng.uniform(0.05, 0.15) * max(height, width))
+        for side in _SIDES
+    }
+    rows = height + margins["top"] + margins["bottom"]
+    cols = width + margins["left"] + margins["right"]
+    # Square the frame by widening the margin on a free side of the shorter axis.
+    axis = ("left", "right") if rows > cols else ("top", "bottom")
+    free = [side for side in axis if side not in touching]
+    if free:
+        margins[free[int(rng.integers(len(free)))]] += abs(rows - cols)
+    frame = np.pad(ink, ((margins["top"], margins["bottom"]), (margins["left"], margins["right"])))
+    scale = long_side / max(frame.shape)
+    return _resize(
+        frame,
+        max(8, round(frame.shape[1] * scale)),
+        max(8, round(frame.shape[0] * scale)),
+    )
+
+
+def edge_one(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Cropped so that the strokes touch one edge of a 64-px image, dark on white."""
+    side = _SIDES[int(rng.integers(4))]
+    coverage = _cropped_to_edges(digit, (side,), 64, rng)
+    return Rendering("edge_one", "edge_one.png", _encode(_dark_on_white(coverage, rng), "PNG"))
+
+
+def edge_two(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Cropped so that the strokes touch two edges (a corner, or opposite sides), 64 px."""
+    pairs = [(a, b) for i, a in enumerate(_SIDES) for b in _SIDES[i + 1 :]]
+    touching = pairs[int(rng.integers(len(pairs)))]
+    coverage = _cropped_to_edges(digit, touching, 64, rng)
+    return Rendering("edge_two", "edge_two.png", _encode(_dark_on_white(coverage, rng), "PNG"))
+
+
+def edge_four(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Cropped to the ink's bounding box, 64-128 px on the long side: all four edges touched."""
+    coverage = _cropped_to_edges(digit, _SIDES, int(rng.integers(64, 129)), rng)
+    return Rendering("edge_four", "edge_four.png", _encode(_dark_on_white(coverage, rng), "PNG"))
+
+
+def small_scan(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """A square image 12-24 px tall, the digit filling its height, slightly blurred."""
+    side = int(rng.integers(12, 25))
+    ink = _tight_coverage(digit, 112)
+    height = side - int(rng.integers(0, 2))
+    width = min(side, max(1, round(ink.shape[1] * height / ink.shape[0])))
+    # Area-averaged, as a scanner's sensor integrates over each pixel.
+    small = np.asarray(
+        Image.fromarray(ink).resize((width, height), Image.Resampling.BOX), np.float32
+    )
+    frame = np.zeros((side, side), np.float32)
+    top = int(rng.integers(0, side - height + 1))
+    left = int(rng.integers(0, side - width + 1))
+    frame[top : top + height, left : left + width] = np.clip(small, 0.0, 1.0)
+    image = _dark_on_white(frame, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.4)))
+    return Rendering("small_scan", "small_scan.png", _encode(image, "PNG"))
+
+
+def fax(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """A 1-bit scan at fax resolution: the digit 40-80 px tall in a form cell, thresholded after
+    scanner blur and noise, with a few specks; Group 4 TIFF."""
+    digit_height = rng.uniform(40, 80)
+    size = int(round(digit_height * 28 / 20))
+    width, height = int(size * rng.uniform(1.1, 1.6)), int(size * rng.uniform(1.1, 1.4))
+    coverage = _place(stroke_coverage(digit, size), width, height, rng)
+    grey = 1.0 - coverage * rng.uniform(0.8, 1.0)
+    grey = ndimage.gaussian_filter(grey, rng.uniform(0.5, 1.0)) + rng.normal(0.0, 0.08, grey.shape)
+    bits = grey > rng.uniform(0.45, 0.6)
+    # Dirt on the glass and transmission errors: isolated black pixels.
+    specks = rng.random(bits.shape) < rng.uniform(0.0, 0.002)
+    bits &= ~specks
+    image = Image.fromarray(bits)
+    return Rendering("fax", "fax.tif", _encode(image, "TIFF", compression="group4"))
+
+
+def _ruled_page(
+    digit: np.ndarray, rng: np.random.Generator, squared: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pen digit on a notebook page: (page RGB (H, W, 3) without the digit, digit coverage)."""
+    width, height = int(rng.integers(200, 321)), int(rng.integers(200, 321))
+    size = int(rng.uniform(0.6, 0.85) * min(width, height))
+    digit_height = size * 20 / 28
+    coverage = _place(stroke_coverage(digit, size), width, height, rng)
+    if squared:
+        # 5-mm squares: two to three of them per digit height.
+        spacing = digit_height / rng.uniform(2.0, 3.0)
+    else:
+        # The digit about one line high, crossing a line or two.
+        spacing = digit_height / rng.uniform(0.9, 1.5)
+    thickness = rng.uniform(1.0, 2.5)
+    ruling = _ruling(height, width, spacing, thickness, rng.uniform(0, spacing), axis=0)
+    if squared:
+        ruling = np.maximum(
+            ruling, _ruling(width, height, spacing, thickness, rng.uniform(0, spacing), axis=1)
+        )
+    paper = np.array([rng.uniform(235, 252), rng.uniform(235, 250), rng.uniform(225, 245)]) / 255
+    line_colour = np.array([rng.uniform(120, 190), rng.uniform(150, 200), rng.uniform(200, 235)])
+    page = paper * (1 - ruling[..., None]) + (line_colour / 255) * ruling[..., None]
+    if not squared and rng.random() < 0.5:
+        # A red margin line down the page.
+        margin = _ruling(width, height, 10 * width, 1.5, rng.uniform(0.05, 0.9) * width, axis=1)
+        red = np.array([220, 90, 90]) / 255
+        page = page * (1 - margin[..., None]) + red * margin[..., None]
+    page = page + rng.normal(0.0, 0.008, (height, width))[..., None]
+    return page, coverage
+
+
+def _ruling(
+    length: int, across: int, spacing: float, thickness: float, offset: float, axis: int
+) -> np.ndarray:
+    """Anti-aliased parallel lines: coverage (length, across) for axis 0 (horizontal lines),
+    (across, length) for axis 1 (vertical)."""
+    positions = np.arange(length, dtype=np.float32)[:, None]
+    distance = np.abs((positions - offset + spacing / 2) % spacing - spacing / 2)
+    profile = np.clip(thickness / 2 + 0.5 - distance, 0.0, 1.0)
+    lines = np.broadcast_to(profile, (length, across))
+    return np.ascontiguousarray(lines if axis == 0 else lines.T, dtype=np.float32)
+
+
+def _ink_on(page: np.ndarray, coverage: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    ink_colour = np.array([rng.uniform(15, 60), rng.uniform(15, 60), rng.uniform(40, 110)]) / 255
+    alpha = coverage[..., None] * rng.uniform(0.85, 1.0)
+    return page * (1 - alpha) + ink_colour * alpha
+
+
+def lined_paper(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Pen on ruled notebook paper, lines about a digit's height apart, as a JPEG."""
+    page, coverage = _ruled_page(digit, rng, squared=False)
+    image = Image.fromarray(_to_uint8(_ink_on(page, coverage, rng)), "RGB")
+    data = _encode(image, "JPEG", quality=int(rng.integers(80, 96)))
+    return Rendering("lined_paper", "lined_paper.jpg", data)
+
+
+def squared_paper(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Pen on squared (graph) paper, two to three squares per digit height, as a JPEG."""
+    page, coverage = _ruled_page(digit, rng, squared=True)
+    image = Image.fromarray(_to_uint8(_ink_on(page, coverage, rng)), "RGB")
+    data = _encode(image, "JPEG", quality=int(rng.integers(80, 96)))
+    return Rendering("squared_paper", "squared_paper.jpg", data)
+
+
+def pencil(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Graphite: grey strokes broken up by the paper's tooth, on lightly textured paper."""
+    side = int(rng.integers(160, 301))
+    size = int(rng.uniform(0.75, 0.95) * side)
+    coverage = _place(stroke_coverage(digit, size), side, side, rng)
+    # The paper's tooth: graphite catches on the fibres' peaks, a fine random texture.
+    tooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, coverage.shape), rng.uniform(0.6, 1.2))
+    tooth = tooth / (tooth.std() + 1e-9)
+    grain = np.clip(0.55 + 0.45 * tooth, 0.0, 1.0)
+    darkness = rng.uniform(0.35, 0.65)
+    paper = rng.uniform(0.9, 0.98) + rng.normal(0.0, 0.01, coverage.shape)
+    grey = paper * (1.0 - darkness * coverage * grain)
+    return Rendering("pencil", "pencil.png", _encode(Image.fromarray(_to_uint8(grey), "L"), "PNG"))
+
+
+def _perspective_coefficients(
+    source: list[tuple[float, float]], target: list[tuple[float, float]]
+) -> list[float]:
+    """PIL's PERSPECTIVE coefficients mapping output points ``target`` to input ``source``."""
+    matrix, vector = [], []
+    for (x, y), (u, v) in zip(target, source):
+        matrix.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        matrix.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        vector += [u, v]
+    return [float(c) for c in np.linalg.solve(np.array(matrix), np.array(vector))]
+
+
+def perspective(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """The page photographed at an angle: tilted 10-30 degrees away from the camera about a
+    random axis in the page, seen by a pinhole camera 1.5-3 frame widths away (so the far side
+    shrinks: keystone)."""
+    width, height = int(rng.integers(220, 341)), int(rng.integers(220, 341))
+    # The page is drawn at three times the frame and warped into it, so that the whole frame
+    # is paper.
+    page_w, page_h = 3 * width, 3 * height
+    size = int(rng.uniform(0.5, 0.75) * min(width, height))
+    coverage = np.zeros((page_h, page_w), np.float32)
+    coverage[height : 2 * height, width : 2 * width] = _place(
+        stroke_coverage(digit, size), width, height, rng
+    )
+    tilt = np.radians(rng.uniform(10.0, 30.0))
+    axis = rng.uniform(0, np.pi)
+    distance = rng.uniform(1.5, 3.0) * max(width, height)
+    ax, ay = np.cos(axis), np.sin(axis)
+    # Rodrigues' rotation of page points (x, y, 0) about the in-page axis (ax, ay, 0).
+    cos_t, sin_t = np.cos(tilt), np.sin(tilt)
+
+    def project(x: float, y: float) -> tuple[float, float]:
+        along = x * ax + y * ay
+        px = x * cos_t + ax * along * (1 - cos_t)
+        py = y * cos_t + ay * along * (1 - cos_t)
+        pz = (ax * y - ay * x) * sin_t
+        factor = distance / (distance - pz)
+        return width / 2 + px * factor, height / 2 + py * factor
+
+    page_points = [(-page_w / 2, -page_h / 2), (page_w / 2, -page_h / 2)]
+    page_points += [(page_w / 2, page_h / 2), (-page_w / 2, page_h / 2)]
+    seen = [project(x, y) for x, y in page_points]
+    source = [(x + page_w / 2, y + page_h / 2) for x, y in page_points]
+    warped = Image.fromarray(coverage).transform(
+        (width, height),
+        Image.Transform.PERSPECTIVE,
+        _perspective_coefficients(source, seen),
+        Image.Resampling.BICUBIC,
+    )
+    alpha = np.clip(np.asarray(warped, np.float32), 0.0, 1.0) * rng.uniform(0.85, 1.0)
+    paper = np.array([rng.uniform(222, 248), rng.uniform(218, 242), rng.uniform(200, 232)]) / 255
+    grain = rng.normal(0.0, rng.uniform(0.006, 0.015), (height, width))
+    ink_colour = np.array([rng.uniform(15, 60), rng.uniform(15, 60), rng.uniform(40, 100)]) / 255
+    image = (paper + grain[..., None]) * (1 - alpha[..., None]) + ink_colour * alpha[..., None]
+    image = image * _lighting(width, height, rng)[..., None]
+    pil = Image.fromarray(_to_uint8(image), "RGB").filter(
+        ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))
+    )
+    data = _encode(pil, "JPEG", quality=int(rng.integers(60, 86)))
+    return Rendering("perspective", "perspective.jpg", data)
+
+
+def _exposed_photo(
+    digit: np.ndarray, rng: np.random.Generator, paper: float, ink: float, noise: float
+) -> Image.Image:
+    """A grey-world photo of a digit: paper and ink levels after exposure, sensor noise,
+    vignetting, blur. ``paper``, ``ink`` in [0, 1]."""
+    width, height = int(rng.integers(200, 341)), int(rng.integers(200, 341))
+    size = int(rng.uniform(0.55, 0.85) * min(width, height))
+    coverage = _place(stroke_coverage(digit, size), width, height, rng)
+    grey = paper + (ink - paper) * coverage
+    # Light falling off across the page by 5-20 %: the exposure is set for the bright side.
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (x / width - 0.5) * np.cos(angle) + (y / height - 0.5) * np.sin(angle)
+    grey = grey * (1.0 - rng.uniform(0.05, 0.2) * (along + 0.5))
+    grey = grey + rng.normal(0.0, noise, grey.shape)
+    tint = np.array([1.0, rng.uniform(0.96, 1.0), rng.uniform(0.88, 0.98)])
+    rgb = Image.fromarray(_to_uint8(grey[..., None] * tint), "RGB")
+    return rgb.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.0)))
+
+
+def washed_out(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Over-exposed: the paper burns out to white, the ink is a light grey (contrast 0.2-0.45)."""
+    image = _exposed_photo(
+        digit, rng, paper=rng.uniform(1.05, 1.3), ink=rng.uniform(0.55, 0.8), noise=0.01
+    )
+    data = _encode(image, "JPEG", quality=int(rng.integers(70, 91)))
+    return Rendering("washed_out", "washed_out.jpg", data)
+
+
+def under_exposed(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
+    """Under-exposed: paper at 15-35 % grey, ink at a fifth to two fifths of it, sensor noise."""
+    paper = rng.uniform(0.15, 0.35)
+    image = _exposed_photo(
+        digit, rng, paper=paper, ink=paper * rng.uniform(0.2, 0.4), noise=rng.uniform(0.006, 0.015)
+    )
+    data = _encode(image, "JPEG", quality=int(rng.integers(60, 86)))
+    return Rendering("under_exposed", "under_exposed.jpg", data)
+
+
 RENDERINGS: dict[str, Callable[[np.ndarray, np.random.Generator], Rendering]] = {
     "photo_jpeg": photo_jpeg,
     "canvas_png": canvas_png,
@@ -185,6 +482,17 @@ RENDERINGS: dict[str, Callable[[np.ndarray, np.random.Generator], Rendering]] = 
     "felt_pen": felt_pen,
     "rotated": rotated,
     "thin_pen": thin_pen,
+    "edge_one": edge_one,
+    "edge_two": edge_two,
+    "edge_four": edge_four,
+    "small_scan": small_scan,
+    "fax": fax,
+    "lined_paper": lined_paper,
+    "squared_paper": squared_paper,
+    "pencil": pencil,
+    "perspective": perspective,
+    "washed_out": washed_out,
+    "under_exposed": under_exposed,
 }
 
 

@@ -717,3 +717,83 @@ def test_random_noise_arrays_never_crash(height, width, dtype, seed):
     except ImageError:
         return
     assert_mnist_geometry(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tight crops, small scans, ruled paper: read, not refused
+
+
+def _crop(image: Image.Image, sides: str) -> np.ndarray:
+    """The drawing cropped so that its ink touches the named sides ("tblr"), dark on white."""
+    pixels = np.asarray(image)
+    rows = np.flatnonzero((pixels < 128).any(axis=1))
+    cols = np.flatnonzero((pixels < 128).any(axis=0))
+    margin = 12
+    top = rows[0] if "t" in sides else rows[0] - margin
+    bottom = rows[-1] + 1 if "b" in sides else rows[-1] + 1 + margin
+    left = cols[0] if "l" in sides else cols[0] - margin
+    right = cols[-1] + 1 if "r" in sides else cols[-1] + 1 + margin
+    return pixels[top:bottom, left:right]
+
+
+@pytest.mark.parametrize("shape", ["zero", "seven", "four", "one"])
+@pytest.mark.parametrize("sides", ["t", "b", "l", "r", "tb", "lr", "tl", "br", "tblr"])
+def test_digits_cropped_to_touch_the_edges_are_read(shape, sides):
+    drawing = draw_digit(shape, size=200, width=18)
+    reference = preprocess_image(drawing)
+    cropped = _crop(drawing, sides)
+    out = preprocess_image(cropped)
+    assert_mnist_geometry(out)
+    assert aligned_correlation(out, reference) > 0.9
+
+
+@pytest.mark.parametrize("side", [12, 16, 20, 24])
+def test_small_images_filled_by_the_digit_are_read(side):
+    drawing = draw_digit("four", size=200, width=22)
+    reference = preprocess_image(drawing)
+    small = Image.fromarray(_crop(drawing, "tb")).resize((side, side), Image.Resampling.BOX)
+    out = preprocess_image(np.asarray(small))
+    assert_mnist_geometry(out)
+    assert aligned_correlation(out, reference) > 0.8
+
+
+def _ruled(kind: str, digit: np.ndarray, seed: int) -> bytes:
+    return RENDERINGS[kind](digit, np.random.default_rng(seed)).data
+
+
+@pytest.mark.parametrize("kind", ["lined_paper", "squared_paper"])
+def test_ruling_is_not_ink(kind):
+    seven = mnist_like("seven")
+    clean = preprocess_image(seven)
+    for seed in range(3):
+        assert correlation(preprocess_image(_ruled(kind, seven, seed)), clean) > 0.85
+        # The same paper without a digit holds nothing to read.
+        with pytest.raises(NoDigitFound):
+            preprocess_image(_ruled(kind, np.zeros((28, 28), np.uint8), seed))
+
+
+def test_the_bar_of_a_seven_cropped_tight_is_not_ruling():
+    # The bar runs across the whole crop, straight, like a ruled line, but as thick as the
+    # digit's strokes.
+    image = Image.new("L", (120, 160), 255)
+    ImageDraw.Draw(image).line([(0, 8), (119, 8), (50, 159)], fill=0, width=16)
+    out = preprocess_image(image)
+    assert out[5:8].sum() > 10  # the bar is still there, at the top
+
+
+def test_grainy_pencil_reads_as_solid_strokes():
+    drawing = np.asarray(draw_digit("seven", size=240, width=20), np.float32) / 255.0
+    rng = np.random.default_rng(0)
+    grain = ndimage.gaussian_filter(rng.normal(0.0, 1.0, drawing.shape), 1.0)
+    grain = np.clip(0.55 + 0.45 * grain / grain.std(), 0.0, 1.0)
+    pencil = 0.95 * (1.0 - 0.5 * (1.0 - drawing) * grain)
+    out = preprocess_image(pencil.astype(np.float32))
+    assert correlation(out, preprocess_image(drawing)) > 0.9
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_noise_is_not_a_digit(seed):
+    rng = np.random.default_rng(seed)
+    noise = np.clip(rng.normal(0.6, 0.08, (200, 240)), 0.0, 1.0).astype(np.float32)
+    with pytest.raises(NoDigitFound):
+        preprocess_image(noise)

@@ -6,10 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "report test accuracy, per-class precision/recall and the confusion matrix"
+HELP = (
+    "report test accuracy, calibration error, per-class precision/recall and the confusion matrix"
+)
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
         help=HELP,
@@ -22,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="folder with the four MNIST files (else $DIGITNET_DATA_DIR, the cache, or a download)",
     )
     parser.add_argument(
-        "--json", action="store_true", help="print one JSON object (accuracy is a fraction)"
+        "--json", action="store_true", help="print one JSON object (accuracy and ece are fractions)"
     )
     parser.set_defaults(run=run)
     return parser

@@ -83,6 +83,12 @@ def add_parser(
     preset("split", SPLITS.help(), choices=SPLITS)
     preset("val_size", "training images held out for validation", type=int)
     preset(
+        "calibration_size",
+        "training images held out to calibrate the confidence when there is no validation set "
+        "(the validation set serves otherwise)",
+        type=int,
+    )
+    preset(
         "patience",
         "stop after this many epochs without validation improvement (0: never)",
         type=int,
@@ -188,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         source=args.source,
         val_size=args.val_size,
+        calibration_size=args.calibration_size,
         patience=args.patience,
         seed=args.seed,
         dry_run=args.dry_run,

@@ -4,11 +4,18 @@
 calibration error (ECE, Guo et al. 2017) is the gap between each bin's accuracy and its mean
 confidence, weighted by the bin's share of the predictions. Used by ``digitnet evaluate``, the
 report's reliability diagram and the images benchmark.
+
+``fit_calibration`` fixes a model's confidences by temperature scaling: one number T divides
+the output layer's logits before a softmax, fitted to minimise the negative log-likelihood on
+held-out data. It also picks the "low confidence" threshold there. ``Model.predict_proba``
+applies what a model file records (``Calibration``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -73,3 +80,182 @@ def expected_calibration_error(
     if total == 0:
         return 0.0
     return float(sum(b.count / total * abs(b.accuracy - b.confidence) for b in bins if b.count))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting: temperature scaling and the low-confidence threshold
+
+# A model's answer is marked "low confidence" below this probability of its top class unless
+# its file holds a threshold chosen on held-out data (``Calibration.low_confidence``).
+DEFAULT_LOW_CONFIDENCE = 0.5
+# The threshold is the highest one that marks at most this fraction of the right answers.
+MAX_CORRECT_FLAGGED = 0.03
+# Temperatures are searched over this range of log T: far wider than any model needs (the
+# seed model's sigmoid logits want about 3, label smoothing about 0.5).
+_LOG_TEMPERATURE_RANGE = (-4.0, 6.0)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a model's confidences are corrected, stored as ``metadata["calibration"]``.
+
+    ``temperature`` divides the output layer's pre-activations (logits) before a softmax;
+    ``low_confidence`` is the probability of the top class below which an answer is marked.
+    ``data`` says what it was fitted on (``{"set", "n", "sha256"}``); ``figures`` holds the
+    measured effect on that data (ECE and negative log-likelihood before/after, the share of
+    mistakes and of right answers the threshold marks).
+    """
+
+    temperature: float
+    low_confidence: float
+    data: dict[str, Any]
+    figures: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": "temperature",
+            "temperature": self.temperature,
+            "low_confidence": self.low_confidence,
+            "data": dict(self.data),
+            "figures": dict(self.figures),
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> Calibration | None:
+        """The calibration recorded in a model file, or None if there is none (older files)
+        or it is not one this version understands."""
+        if not isinstance(value, dict) or value.get("method") != "temperature":
+            return None
+        temperature, threshold = value.get("temperature"), value.get("low_confidence")
+        if not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in (temperature, threshold)
+        ):
+            return None
+        # A temperature outside what a fit can give (a crafted file) would overflow the softmax.
+        if not (1e-3 <= temperature <= 1e3 and 0 <= threshold <= 1):  # type: ignore[operator]
+            return None
+        return cls(
+            float(temperature),  # type: ignore[arg-type]
+            float(threshold),  # type: ignore[arg-type]
+            dict(value.get("data") or {}),
+            dict(value.get("figures") or {}),
+        )
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``: (n, k) float32, rows summing to 1."""
+    scaled = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    scaled -= scaled.max(axis=1, keepdims=True)
+    np.exp(scaled, out=scaled)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    return scaled
+
+
+def negative_log_likelihood(logits: ArrayLike, labels: ArrayLike, temperature: float) -> float:
+    """Mean -log p(label) under ``softmax(logits / temperature)``, in nats."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(scaled).sum(axis=1))
+    target = np.asarray(labels, dtype=np.int64)
+    return float(np.mean(log_norm - scaled[np.arange(len(scaled)), target]))
+
+
+def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels`` (n,) under
+    ``softmax(logits / T)`` for ``logits`` (n, k) (Guo et al. 2017): one number, so it keeps
+    every prediction and only rescales the confidence."""
+    from scipy.optimize import minimize_scalar
+
+    values = np.asarray(logits, dtype=np.float64)
+    target = np.asarray(labels, dtype=np.int64)
+    if values.ndim != 2 or len(values) != len(target) or len(values) == 0:
+        raise ValueError(
+            f"need logits (n, k) and n labels; got shapes {values.shape} and {target.shape}"
+        )
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(values, target, math.exp(log_t)),
+        bounds=_LOG_TEMPERATURE_RANGE,
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
+    return float(math.exp(result.x))
+
+
+def choose_low_confidence(
+    confidences: ArrayLike, correct: ArrayLike, max_correct_flagged: float = MAX_CORRECT_FLAGGED
+) -> float:
+    """The highest threshold that marks (confidence below it) at most ``max_correct_flagged``
+    of the right answers: it flags as many mistakes as that budget allows."""
+    confidence = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    right = np.asarray(correct, dtype=bool).reshape(-1)
+    right_sorted = np.sort(confidence[right])
+    if right_sorted.size == 0:
+        return 1.0
+    allowed = int(math.floor(max_correct_flagged * right_sorted.size))
+    # Marking "confidence < t" flags exactly the right answers below t: t at the (allowed)-th
+    # smallest right confidence flags `allowed` of them (fewer on ties).
+    return float(right_sorted[min(allowed, right_sorted.size - 1)])
+
+
+def flag_rates(confidences: ArrayLike, correct: ArrayLike, threshold: float) -> tuple[float, float]:
+    """(share of mistakes, share of right answers) whose confidence is below ``threshold``."""
+    confidence = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    right = np.asarray(correct, dtype=bool).reshape(-1)
+    flagged = confidence < threshold
+    mistakes = float(flagged[~right].mean()) if (~right).any() else 0.0
+    rights = float(flagged[right].mean()) if right.any() else 0.0
+    return mistakes, rights
+
+
+def fit_calibration(logits: ArrayLike, labels: ArrayLike, data: dict[str, Any]) -> Calibration:
+    """Temperature and low-confidence threshold fitted on held-out ``logits`` (n, k) with true
+    ``labels`` (n,); ``data`` describes that set and is stored with the result.
+
+    Callers pass data the model did not train on and never the test set: the validation split,
+    or the calibration split of presets without one (``digitnet.data.holdout``).
+    """
+    values = np.asarray(logits, dtype=np.float32)
+    target = np.asarray(labels, dtype=np.int64)
+    temperature = fit_temperature(values, target)
+    before, after = softmax(values), softmax(values, temperature)
+    right = after.argmax(axis=1) == target
+    confidence = after.max(axis=1)
+    threshold = choose_low_confidence(confidence, right)
+    mistakes, rights = flag_rates(confidence, right, threshold)
+    figures = {
+        "accuracy": float(right.mean()),
+        "ece_before": expected_calibration_error(before.max(axis=1), right),
+        "ece_after": expected_calibration_error(confidence, right),
+        "nll_before": negative_log_likelihood(values, target, 1.0),
+        "nll_after": negative_log_likelihood(values, target, temperature),
+        "mistakes_flagged": mistakes,
+        "correct_flagged": rights,
+    }
+    return Calibration(temperature, threshold, dict(data), figures)
+
+
+def calibrate(model: Any, X: np.ndarray, labels: ArrayLike, held_out: str) -> Any:
+    """``model`` (a ``digitnet.Model``) with a calibration fitted on ``X`` (n, 784) and
+    ``labels`` (n,) recorded in its metadata; ``held_out`` names that set ("validation" or
+    "calibration": images the model did not train on, never the test set)."""
+    from digitnet.data.mnist import dataset_fingerprint
+
+    target = np.asarray(labels, dtype=np.int64)
+    data = {"set": held_out, "n": int(len(target)), "sha256": dataset_fingerprint(X, target)}
+    fitted = fit_calibration(model.logits(X), target, data)
+    return model.with_metadata(calibration=fitted.to_json())
+
+
+def describe_calibration(model: Any) -> str:
+    """One line on a model's calibration: temperature, ECE before and after, the threshold."""
+    calibration = model.calibration
+    if calibration is None:
+        return "Not calibrated"
+    f = calibration.figures
+    return (
+        f"Calibrated on {calibration.data.get('n')} {calibration.data.get('set')} images: "
+        f"temperature {calibration.temperature:.3f}, ECE {100 * f['ece_before']:.2f} % -> "
+        f"{100 * f['ece_after']:.2f} %; low confidence below {calibration.low_confidence:.3f} "
+        f"flags {100 * f['mistakes_flagged']:.0f} % of the mistakes and "
+        f"{100 * f['correct_flagged']:.1f} % of the right answers"
+    )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from digitnet.errors import DigitnetError
 
+if TYPE_CHECKING:
+    from digitnet.inference.model import Model
 
-def test_set_for(model, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+
+def test_set_for(
+    model: Model, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The test images (n, 784) and labels (n,) of the split ``model`` was trained with."""
     from digitnet.data.mnist import load_mnist
 
@@ -25,9 +31,13 @@ def test_set_for(model, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_model(
-    model, X: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None = None
+    model: Model,
+    X: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Accuracy (a fraction), per-class precision and recall, and the confusion matrix.
+    """Accuracy and ECE (fractions), per-class precision and recall, and the confusion matrix.
 
     Args:
         model: a ``digitnet.Model``.
@@ -35,11 +45,16 @@ def evaluate_model(
         labels: true classes (n,) int.
         predicted: the model's classes for ``X`` (n,) int when already computed (a forward
             pass of the cnn over the 10,000 test images takes seconds), else computed here.
+        probabilities: ``model.predict_proba(X)`` (n, n_classes) when already computed.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    from digitnet.inference.calibration import expected_calibration_error
+
+    if probabilities is None:
+        probabilities = model.predict_proba(X)
     if predicted is None:
-        predicted = model.predict(X)
+        predicted = probabilities.argmax(axis=1)
     classes = np.arange(model.n_classes)
     precision, recall, _, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0
@@ -47,6 +62,12 @@ def evaluate_model(
     return {
         "accuracy": float(np.mean(predicted == labels)),
         "n": int(len(labels)),
+        # Expected calibration error, 15 bins, of the confidences the model reports (calibrated
+        # when its file holds a calibration).
+        "ece": expected_calibration_error(
+            probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+        ),
+        "calibrated": model.calibration is not None,
         "per_class": [
             {"class": int(c), "precision": float(p), "recall": float(r), "support": int(s)}
             for c, p, r, s in zip(classes, precision, recall, support)
@@ -56,9 +77,12 @@ def evaluate_model(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A plain-text report: accuracy, a per-class table and the confusion matrix."""
+    """A plain-text report: accuracy, calibration error, a per-class table and the confusion
+    matrix."""
     lines = [
         f"Test accuracy: {report['accuracy'] * 100:.2f} % of {report['n']} images",
+        f"Expected calibration error (15 bins): {report['ece'] * 100:.2f} %"
+        + ("" if report.get("calibrated") else " (the model is not calibrated)"),
         "",
         "class  precision  recall  support",
     ]

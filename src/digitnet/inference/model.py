@@ -7,6 +7,7 @@ Importing TensorFlow alone takes seconds; this path answers one image in microse
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import threading
@@ -221,16 +222,42 @@ class Model:
     def predict_proba(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities, (n, n_classes) float32, each row summing to 1.
 
-        A sigmoid output (the tutorial's network) scores each class independently; its scores
-        are normalised so every model answers with a distribution. ``batch_size`` is
-        ``forward``'s ``block_rows``.
+        A calibrated model (its file records a temperature, see ``digitnet.inference.
+        calibration``) answers ``softmax(logits / T)``. Otherwise a sigmoid output (the
+        tutorial's network) scores each class independently; its scores are normalised so
+        every model answers with a distribution. ``batch_size`` is ``forward``'s ``block_rows``.
         """
+        calibration = self.calibration
+        if calibration is not None:
+            from digitnet.inference.calibration import softmax
+
+            return softmax(self.logits(X, batch_size), calibration.temperature)
         outputs = self.forward(X, batch_size)
         if self.architecture["layers"][-1]["activation"] != "softmax":
             # forward's result is a fresh array: normalise it in place.
             np.maximum(outputs, PROBABILITY_FLOOR, out=outputs)
             outputs /= outputs.sum(axis=1, keepdims=True)
         return outputs
+
+    @property
+    def calibration(self) -> Any:
+        """The ``Calibration`` recorded in the metadata, or None (files written before it)."""
+        from digitnet.inference.calibration import Calibration
+
+        return Calibration.from_json(self.metadata.get("calibration"))
+
+    def logits(self, X: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """The output layer's values before its activation: (n, n_classes) float32.
+
+        Computed by a twin of this model whose output layer is linear, so a saturated sigmoid
+        (the seed model answers exactly 1.0 for a quarter of the test digits) keeps its order.
+        """
+        twin = self.__dict__.get("_linear_twin")
+        if twin is None:
+            architecture = copy.deepcopy(self.architecture)
+            architecture["layers"][-1]["activation"] = "linear"
+            twin = self.__dict__["_linear_twin"] = Model(architecture, self.parameters)
+        return twin.forward(X, batch_size)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted labels, int64 (n,)."""

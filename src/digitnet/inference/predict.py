@@ -10,15 +10,19 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from digitnet.errors import ImageError, NoDigitFound
+from digitnet.inference.calibration import DEFAULT_LOW_CONFIDENCE
 
-# Below this probability of the top class an answer is flagged as a guess. Chosen as where the
-# seed model's accuracy on MNIST test digits falls under one half.
-LOW_CONFIDENCE = 0.5
+if TYPE_CHECKING:
+    from digitnet.inference.model import Model
+
+# Below this probability of the top class an answer is flagged as a guess, for model files
+# without a calibration; calibrated files carry a threshold chosen on held-out data.
+LOW_CONFIDENCE = DEFAULT_LOW_CONFIDENCE
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -57,14 +61,20 @@ class ImagePrediction:
         }
 
 
-def predict_arrays(model, images: np.ndarray) -> list[tuple[int, float, list[float]]]:
+def predict_arrays(model: Model, images: np.ndarray) -> list[tuple[int, float, list[float]]]:
     """(digit, confidence, probabilities) for MNIST-form ``images`` (n, 28, 28) or (n, 784)."""
     images = np.asarray(images, dtype=np.float32)
     probabilities = model.predict_proba(images.reshape(len(images), -1))
     return [(int(row.argmax()), float(row.max()), [float(p) for p in row]) for row in probabilities]
 
 
-def predict_image(model, image, name: str | None = None) -> ImagePrediction:
+def low_confidence_threshold(model: Any) -> float:
+    """The top-class probability below which ``model``'s answers are marked low confidence."""
+    calibration = getattr(model, "calibration", None)
+    return LOW_CONFIDENCE if calibration is None else float(calibration.low_confidence)
+
+
+def predict_image(model: Model, image: Any, name: str | None = None) -> ImagePrediction:
     """Preprocess and predict one image: a path, encoded bytes, a PIL image or an array."""
     from digitnet.inference.preprocess import preprocess_image
 
@@ -85,12 +95,12 @@ def predict_image(model, image, name: str | None = None) -> ImagePrediction:
         digit,
         confidence,
         probabilities,
-        low_confidence=confidence < LOW_CONFIDENCE,
+        low_confidence=confidence < low_confidence_threshold(model),
         image=seen,
     )
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Files as given, and the image files inside any directory (sorted, not recursive)."""
     paths: list[Path] = []
     for item in inputs:
@@ -106,7 +116,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def predict_images(model, paths: Iterable[str | os.PathLike]) -> list[ImagePrediction]:
+def predict_images(model: Model, paths: Iterable[str | os.PathLike[str]]) -> list[ImagePrediction]:
     """Predict every image in ``paths`` (files or directories); bad files, and folders that
     cannot be listed, get their own error and never stop the rest."""
     results = []

@@ -14,14 +14,19 @@ The pipeline, for what people really photograph, scan and draw:
    decoding (see "Reading"); EXIF orientation applied; transparency composited onto
    a backdrop that makes the transparent part background (see ``_composite``);
 2. to grey (ITU-R 601 luma), 16-bit and float modes scaled to [0, 1];
-3. lighting removed: a quadratic surface fitted robustly to the background and subtracted, so
-   gradients, vignetting and soft shadows do not become ink;
+3. images under 28 px enlarged; lighting removed: a quadratic surface fitted robustly to the
+   background (starting from the level along the border, so a digit cropped to its strokes
+   keeps its paper) and subtracted, so gradients, vignetting and soft shadows do not become
+   ink;
 4. polarity decided from which side of the background the strong deviations lie (dark ink on
    light paper is inverted; light ink on a dark board is kept);
 5. noise thresholded at a multiple of the robust noise level, grey levels kept above it so
-   anti-aliased edges stay anti-aliased; stroke cores saturate at 1.0;
+   anti-aliased edges stay anti-aliased; stroke cores saturate at 1.0; the ruling of lined and
+   squared paper erased (straight thin lines across the whole image); the pinholes of grainy
+   pencil strokes closed;
 6. specks (components tiny relative to the largest), far-away blobs and page/table edges
-   running along the image border dropped; crop to the ink's bounding box;
+   (bands along the image border, not strokes touching it) dropped; crop to the ink's bounding
+   box;
 7. strokes too thin for the target size (a 2-px pen line on a 1000-px photo) dilated so that
    they come out about as wide as MNIST's, strokes far thicker than MNIST's thinned;
 8. resampled (Lanczos, anti-aliased) into a box whose longer side is 20 pixels, placed on whole
@@ -92,6 +97,35 @@ _MIN_DIGIT_PIXELS = 3
 _MIN_DIGIT_FRACTION = 0.015
 # Components below this fraction of the largest one's ink mass are specks.
 _SPECK_FRACTION = 0.05
+# A border band (page edge, table) reaches at most this fraction into the image and touches
+# the side it lies along over at least _EDGE_CONTACT of the image's length or width.
+_EDGE_DEPTH = 0.3
+_EDGE_CONTACT = 0.5
+# Images smaller than MNIST's 28 px on the long side are enlarged (bilinear, by a whole factor)
+# to at least this before the ink search, so that smoothing and the one-pixel fringe stay small
+# beside the strokes of a 12-px scan. (MNIST's own digits keep their 28 px: enlarged, they
+# would come out blurred.)
+_SMALL_SIDE = 48
+# Ruling of notebook paper (see _erase_ruling): a band of rows or columns at least _RULING_COVER
+# ink, at most _RULING_THICKNESS of the image and _RULING_STROKE of the digit's stroke width
+# thick. Pixels over _RULING_INK times the line's own contrast are ink lying along it.
+_RULING_COVER = 0.8
+_RULING_THICKNESS = 0.03
+_RULING_MIN_LIMIT = 3.0
+_RULING_STROKE = 0.6
+_RULING_INK = 1.6
+# Ink with more than this share of pinholes (see _graininess) is read as grainy pencil.
+_GRAINY = 0.09
+# Grain shows only where strokes are many pixels wide: in smaller images the gaps between
+# strokes are as narrow as pinholes (MNIST's own digits measure up to 0.2).
+_GRAIN_MIN_SIDE = 100
+# Pinholes up to this size (pixels) are filled in grainy ink: coarse paper leaves holes of 4-6
+# px (a 5-px closing left pencil strokes 13 % less like pen strokes). Gaps between strokes are
+# wider than that in the images of 100 px and more where grain is looked for.
+_GRAIN_CLOSING = 9
+# Ink fainter than half a stroke's core counts only this many pixels (of the image as read)
+# from a core: anti-aliasing, blur and JPEG spread a stroke's edge over 1-3 px.
+_FRINGE = 3
 # Larger crops are reduced to this long side before stroke-width normalisation and the final
 # resampling to 20 px: fine enough for smooth anti-aliasing, small enough to be fast.
 _CROP_MAX_SIDE = 128
@@ -840,7 +874,8 @@ def _composite(grey: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     backdrop = 1.0
     if 0 < opaque.mean() < 0.5 and float(np.median(grey[opaque])) > 0.5:
         backdrop = 0.0
-    return (alpha * grey + (1.0 - alpha) * backdrop).astype(np.float32)
+    composited: np.ndarray = (alpha * grey + (1.0 - alpha) * backdrop).astype(np.float32)
+    return composited
 
 
 # ---------------------------------------------------------------------------------------------
@@ -850,6 +885,15 @@ def _composite(grey: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke
     cores."""
+    upscale = 1
+    if max(grey.shape) < MNIST_SIDE:
+        upscale = math.ceil(_SMALL_SIDE / max(grey.shape))
+        grey = np.asarray(
+            Image.fromarray(grey).resize(
+                (grey.shape[1] * upscale, grey.shape[0] * upscale), Image.Resampling.BILINEAR
+            ),
+            np.float32,
+        )
     background = _fit_background(grey)
     residual = grey - background
     # Smoothing lets noise average out before any pixel is judged, so a JPEG block or a fibre of
@@ -879,6 +923,11 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
         floor = max(_FLOOR_SIGMAS * noise, _NOISE_FLOOR)
 
     candidates = smooth > floor
+    # Ruling is searched for down to half the floor: a faint 1-px line on a JPEG breaks up at the
+    # floor itself, and its fragments next to the digit would stay as ink.
+    if candidates.any() and _erase_ruling(residual, candidates, smooth > 0.5 * floor):
+        smooth = ndimage.gaussian_filter(residual, sigma=1.0, mode="nearest")
+        candidates = smooth > floor
     if not candidates.any():
         raise NoDigitFound(
             f"no digit found in {name}: the image is blank (no ink stands out from the background)"
@@ -889,8 +938,20 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
             f"no digit found in {name}: the image is blank or too faint "
             f"(ink contrast {level:.2f} against noise {noise:.3f})"
         )
+    if min(grey.shape) >= _GRAIN_MIN_SIDE and _graininess(residual, candidates, level) > _GRAINY:
+        # Pencil on paper with tooth: graphite only on the fibres' peaks, so a stroke is a
+        # spray of dots. Judged pixel by pixel it comes out faint and, to the stroke-width step,
+        # hairline; a closing fills the pinholes and keeps the stroke's outline where it was
+        # (smoothing would dim its edges and narrow it instead).
+        residual = ndimage.grey_closing(residual, size=(_GRAIN_CLOSING, _GRAIN_CLOSING))
+        level = float(np.percentile(residual[candidates], 90))
     ink = np.clip((residual - floor) / (level - floor), 0.0, 1.0)
-    keep = _digit_components(candidates, ink, name)
+    # Faint pixels belong to the ink only as the soft edge of a stroke, within a few pixels of
+    # its core. Farther out they are lighting the background fit could not follow: the burnt-out
+    # plateau of an over-exposed photo falling off into a grey corner. Kept, that haze joins
+    # the digit and shrinks it in the frame.
+    strokes = ndimage.binary_dilation(ink > 0.5, iterations=_FRINGE * upscale)
+    keep = _digit_components(candidates & strokes, ink, name)
     rows, cols = np.nonzero(keep)
     extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
     if extent < max(_MIN_DIGIT_PIXELS, _MIN_DIGIT_FRACTION * max(grey.shape)):
@@ -904,6 +965,92 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     keep = ndimage.binary_dilation(keep[top:bottom, left:right], structure=np.ones((3, 3), bool))
     ink = np.where(keep, ink[top:bottom, left:right], 0.0).astype(np.float32)
     return _crop_to_ink(ink, name)
+
+
+def _erase_ruling(residual: np.ndarray, candidates: np.ndarray, faint: np.ndarray) -> bool:
+    """Erase the ruling of lined or squared paper from ``residual`` (H, W), ink positive, in
+    place; True if there was any. ``candidates`` marks the pixels that may be ink, ``faint``
+    those that may be a line.
+
+    A ruling line is straight, runs across the whole image (its band of rows, or columns, is at
+    least _RULING_COVER ink), and is thin: at most _RULING_THICKNESS of the image (or 3 px) and
+    well under the digit's own strokes, so that the bar of a 7 cropped tight, or the stem of a
+    small 4, is never taken for one. Where a stroke crosses a line, the line's pixels take the
+    weaker of the values just beyond it on either side (a stroke going on through stays, the
+    line goes), except pixels far darker than the line itself, which are ink lying along it.
+    """
+    bands = [(axis, *band) for axis in (0, 1) for band in _line_bands(faint, axis)]
+    if not bands:
+        return False
+    in_bands = np.zeros(candidates.shape, bool)
+    for axis, start, stop in bands:
+        (in_bands[start:stop] if axis == 0 else in_bands[:, start:stop])[...] = True
+    rest = candidates & ~in_bands
+    # The digit's boldest stroke (twice the deepest point inside the rest of the ink): a line
+    # the search missed is thin and must not make the digit look thin.
+    width = _boldest_stroke(rest)
+    erased = False
+    for axis, start, stop in bands:
+        across = candidates.shape[axis]
+        mask = candidates if axis == 0 else candidates.T
+        # How many pixels thick the line is (its smoothed fringe above the floor included)
+        # where no stroke runs along it: a digit's stem can follow a grid line over nearly half
+        # its length, so the lower quartile, not the median.
+        thickness = float(np.percentile(mask[max(start - 3, 0) : stop + 3].sum(axis=0), 25))
+        limit = min(max(_RULING_MIN_LIMIT, _RULING_THICKNESS * across), _RULING_STROKE * width)
+        if thickness > limit:
+            continue
+        view = residual if axis == 0 else residual.T
+        # Beyond the band on either side; at the image's edge, the one side there is.
+        sides = [view[i] for i in (start - 1, stop) if 0 <= i < across]
+        if not sides:
+            continue
+        beyond = np.minimum.reduce(sides)
+        band = view[start:stop]
+        # The line's own contrast: its peak across the band, where no stroke lies on it.
+        line_level = float(np.percentile(band.max(axis=0), 25))
+        ink_along = band > _RULING_INK * line_level
+        view[start:stop] = np.where(ink_along, band, np.broadcast_to(beyond, band.shape))
+        erased = True
+    return erased
+
+
+def _boldest_stroke(mask: np.ndarray) -> float:
+    """Twice the largest distance from a pixel of ``mask`` to its outside (inf if empty),
+    measured on at most about 160 px across for speed."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return math.inf
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    step: int = max(1, math.ceil(max(box.shape) / 160))
+    depth = np.asarray(ndimage.distance_transform_edt(np.pad(box[::step, ::step], 1)))
+    return 2.0 * step * float(depth.max())
+
+
+def _line_bands(candidates: np.ndarray, axis: int) -> list[tuple[int, int]]:
+    """Bands of rows (axis 0) or columns (axis 1), [start, stop), whose candidates widened by
+    one pixel across cover at least _RULING_COVER of their length: ruling lines, or a stroke."""
+    mask = candidates if axis == 0 else candidates.T
+    widened = mask.copy()
+    widened[1:] |= mask[:-1]
+    widened[:-1] |= mask[1:]
+    full = widened.mean(axis=1) >= _RULING_COVER
+    if not full.any():
+        return []
+    labels, count = ndimage.label(full)
+    return [(s.start, s.stop) for (s,) in ndimage.find_objects(labels)]
+
+
+def _graininess(residual: np.ndarray, candidates: np.ndarray, level: float) -> float:
+    """Share of the ink's area that is holes one or two pixels wide: about 0.02 for pen
+    strokes (only concave corners; at most 0.06 on every other kind of rendering), 0.12-0.36
+    for the pencil renderings."""
+    rows, cols = np.flatnonzero(candidates.any(axis=1)), np.flatnonzero(candidates.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    core = np.pad((residual[box] > 0.5 * level) & candidates[box], 1)
+    closed = ndimage.binary_closing(core, structure=np.ones((3, 3), bool))
+    area = int(closed.sum())
+    return float((closed & ~core).sum() / area) if area else 0.0
 
 
 def _fit_background(grey: np.ndarray) -> np.ndarray:
@@ -921,14 +1068,19 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     y, x = np.meshgrid(ys, xs, indexing="ij")
     design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
     values = sample.reshape(-1)
-    # Start from the median level, not a least-squares fit of everything: ink pulls such a fit
-    # into a bowl whose residuals no longer single out the background.
-    coefficients = np.zeros(6)
-    coefficients[0] = np.median(values)
+    # Start from the level of the image's outer ring, not a least-squares fit of everything:
+    # ink pulls such a fit into a bowl whose residuals no longer single out the background. Nor
+    # the median of the whole image: a bold digit cropped to its strokes can be more than half
+    # ink, while along the border it only touches the frame here and there.
+    coefficients: np.ndarray = np.zeros(6)
+    coefficients[0] = np.median(
+        np.concatenate([sample[0], sample[-1], sample[1:-1, 0], sample[1:-1, -1]])
+    )
     keep = np.ones(values.shape, bool)
     for iteration in range(6):
         residual = values - design @ coefficients
-        spread = 1.4826 * np.median(np.abs(residual)) + 1e-3
+        # The spread of the background's own side: ink lies on one side of it, noise on both.
+        spread = 1.4826 * _one_sided_median(residual) + 1e-3
         new_keep = np.abs(residual) < 2.5 * spread
         # The first pass always fits: a strong gradient can keep every pixel at first.
         if new_keep.sum() < 12 or (iteration > 0 and np.array_equal(new_keep, keep)):
@@ -950,7 +1102,18 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
         + c[4] * full_x * full_y
         + c[5] * full_y**2
     )
-    return np.clip(surface, values.min(), values.max()).astype(np.float32)
+    fitted: np.ndarray = np.clip(surface, values.min(), values.max()).astype(np.float32)
+    return fitted
+
+
+def _one_sided_median(residual: np.ndarray) -> float:
+    """The smaller of the medians of |x| over the positive and the negative side of zero.
+
+    An empty side counts as zero: in a narrow crop filled with ink, smoothing can pull every
+    paper pixel below the background, and the ink's side alone says nothing about the noise.
+    """
+    sides = (residual[residual >= 0], -residual[residual <= 0])
+    return float(min(np.median(side) if side.size else 0.0 for side in sides))
 
 
 def _background_noise(residual: np.ndarray) -> float:
@@ -961,11 +1124,9 @@ def _background_noise(residual: np.ndarray) -> float:
     median absolute deviation mistakes for noise.
     """
     # A strided sample is plenty for a median and keeps this cheap.
-    step = max(1, int(math.sqrt(residual.size / 65536)))
-    sample = residual[::step, ::step]
-    sides = [side for side in (sample[sample >= 0], -sample[sample <= 0]) if side.size]
+    step = max(1, int(math.sqrt(residual.size / 16384)))
     # The median of |x| over one side of a normal distribution is 0.6745 sigma.
-    return float(min(np.median(side) for side in sides) / 0.6745)
+    return _one_sided_median(residual[::step, ::step]) / 0.6745
 
 
 def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.ndarray:
@@ -979,14 +1140,25 @@ def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.
     rows, cols = candidates.shape
 
     def is_edge(index: int) -> bool:
-        # A page edge, a table or a finger along the border: it runs almost the whole length
-        # of the side it touches. A digit drawn to the edge of a canvas does not.
+        # A page edge, a table or a finger along the border: a band that runs almost the whole
+        # length of the side it lies along, touching it most of the way, and reaches less than
+        # a third into the image. A digit cropped to its strokes spans the image both ways and
+        # touches each side only where a stroke meets it.
         box = boxes[index]
-        top, bottom = box[0].start == 0, box[0].stop == rows
-        left, right = box[1].start == 0, box[1].stop == cols
-        spans_width = box[1].stop - box[1].start >= 0.9 * cols
-        spans_height = box[0].stop - box[0].start >= 0.9 * rows
-        return ((top or bottom) and spans_width) or ((left or right) and spans_height)
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        mine = labels[box] == index + 1
+        contacts = []
+        if width >= 0.9 * cols and height <= _EDGE_DEPTH * rows:
+            if box[0].start == 0:
+                contacts.append(mine[0].sum() / cols)
+            if box[0].stop == rows:
+                contacts.append(mine[-1].sum() / cols)
+        if height >= 0.9 * rows and width <= _EDGE_DEPTH * cols:
+            if box[1].start == 0:
+                contacts.append(mine[:, 0].sum() / rows)
+            if box[1].stop == cols:
+                contacts.append(mine[:, -1].sum() / rows)
+        return any(contact >= _EDGE_CONTACT for contact in contacts)
 
     order = [int(i) for i in np.argsort(-masses)]
     edges = {i for i in order if is_edge(i)}
@@ -1019,7 +1191,8 @@ def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.
                 grown = True
     keep_labels = np.zeros(count + 1, bool)
     keep_labels[[i + 1 for i in chosen]] = True
-    return keep_labels[labels]
+    kept: np.ndarray = keep_labels[labels]
+    return kept
 
 
 def _crop_to_ink(ink: np.ndarray, name: str) -> np.ndarray:
@@ -1081,7 +1254,8 @@ def _fit_into_mnist_frame(ink: np.ndarray, name: str) -> np.ndarray:
     peak = float(frame.max())
     if peak <= 0:
         raise NoDigitFound(f"no digit found in {name}: the ink vanished when scaled to 20 pixels")
-    return np.clip(frame / peak, 0.0, 1.0)
+    normalised: np.ndarray = np.clip(frame / peak, 0.0, 1.0)
+    return normalised
 
 
 def _placement(length: int, centre_of_mass: float, scale: float) -> tuple[int, int] | None:
@@ -1117,7 +1291,8 @@ def _to_crop_scale(ink: np.ndarray) -> np.ndarray:
         blocks = padded.reshape(
             padded.shape[0] // factor, factor, padded.shape[1] // factor, factor
         )
-        return blocks.max(axis=(1, 3))
+        pooled: np.ndarray = blocks.max(axis=(1, 3))
+        return pooled
     return ink
 
 

@@ -110,7 +110,7 @@ def report_data(
     """
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities[np.arange(len(predicted)), predicted].astype(np.float64)
-    test = evaluate_model(model, X, labels, predicted=predicted)
+    test = evaluate_model(model, X, labels, predicted=predicted, probabilities=probabilities)
     for row in test["per_class"]:
         p, r = row["precision"], row["recall"]
         row["f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from digitnet.data.holdout import Splits, make_splits
 from digitnet.errors import ConfigError, DigitnetError, ModelFileError
+from digitnet.inference.calibration import calibrate, describe_calibration
 from digitnet.inference.model import Model
 from digitnet.inference.modelfile import CHECKPOINT_KIND, base_header, read_bundle, write_bundle
 from digitnet.models import architectures
@@ -57,6 +59,7 @@ _CONSTRAINTS: dict[str, Constraint] = {
     "split": SPLITS,
     "source": SOURCES,
     "val_size": Interval(int, 0, None),
+    "calibration_size": Interval(int, 0, None),
     "patience": Interval(int, 0, None, note="0: off"),
     "seed": Interval(int, 0, 2**31, "left"),
     "precision": PRECISIONS,
@@ -83,6 +86,7 @@ class TrainConfig:
     split: str | None = None
     source: str = "idx"
     val_size: int | None = None
+    calibration_size: int | None = None
     patience: int | None = None
     precision: str | None = None
     seed: int = 1
@@ -143,6 +147,7 @@ class ResolvedConfig(TrainConfig):
     augment: bool
     split: str
     val_size: int
+    calibration_size: int
     patience: int
     precision: str
 
@@ -234,24 +239,37 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def _split_validation(
-    X: np.ndarray, y: np.ndarray, val_size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hold out ``val_size`` training samples, stratified, fixed by ``seed``."""
-    if val_size == 0:
-        return X, y, X[:0], y[:0]
-    if val_size >= len(X):
-        raise ConfigError(
-            f"--val-size {val_size} leaves no training data (the training set has {len(X)} samples)"
-        )
-    from sklearn.model_selection import train_test_split
+def load_splits(
+    config: ResolvedConfig, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[Splits, dict[str, Any]]:
+    """Training, validation, calibration and test arrays for ``config`` (resolved), and the
+    ``data`` record of the model file (with the training arrays' fingerprint)."""
+    from digitnet.data.mnist import dataset_fingerprint, load_mnist
 
-    labels = y.argmax(axis=1)
-    stratify = labels if np.bincount(labels).min() >= 2 else None
-    X_train, X_val, y_train, y_val = train_test_split(
-        X, y, test_size=val_size, random_state=seed, stratify=stratify
+    X_train, X_test, y_train, y_test = load_mnist(
+        split=config.split, data_dir=data_dir, source=config.source
     )
-    return X_train, y_train, X_val, y_val
+    splits = make_splits(
+        X_train,
+        y_train,
+        X_test,
+        y_test,
+        val_size=config.val_size,
+        calibration_size=config.calibration_size,
+        seed=config.seed,
+        dry_run=config.dry_run,
+        batch_size=config.batch_size,
+    )
+    data = {
+        "source": config.source,
+        "split": config.split,
+        "n_train": len(splits.X_train),
+        "n_validation": len(splits.X_val),
+        "n_calibration": len(splits.X_calibration),
+        "n_test": len(splits.X_test),
+        "sha256": dataset_fingerprint(splits.X_train, splits.y_train),
+    }
+    return splits, data
 
 
 def load_data(
@@ -260,28 +278,8 @@ def load_data(
     tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], dict[str, Any]
 ]:
     """Training, validation and test arrays for ``config`` (resolved) and their fingerprint."""
-    from digitnet.data.mnist import dataset_fingerprint, load_mnist
-
-    X_train, X_test, y_train, y_test = load_mnist(
-        split=config.split, data_dir=data_dir, source=config.source
-    )
-    X_train, y_train, X_val, y_val = _split_validation(
-        X_train, y_train, config.val_size, config.seed
-    )
-    if config.dry_run:
-        # A few batches of everything: enough to run every code path in seconds.
-        take = min(len(X_train), 3 * config.batch_size)
-        X_train, y_train = X_train[:take], y_train[:take]
-        X_val, y_val, X_test, y_test = X_val[:500], y_val[:500], X_test[:500], y_test[:500]
-    data = {
-        "source": config.source,
-        "split": config.split,
-        "n_train": len(X_train),
-        "n_validation": len(X_val),
-        "n_test": len(X_test),
-        "sha256": dataset_fingerprint(X_train, y_train),
-    }
-    return (X_train, y_train, X_val, y_val, X_test, y_test), data
+    s, data = load_splits(config, data_dir)
+    return (s.X_train, s.y_train, s.X_val, s.y_val, s.X_test, s.y_test), data
 
 
 # Where a run trains may change when it resumes (a bigger machine, more workers): the
@@ -361,7 +359,9 @@ def train_and_evaluate(
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    (X_train, y_train, X_val, y_val, X_test, y_test), data = load_data(config, data_dir)
+    splits, data = load_splits(config, data_dir)
+    X_train, y_train, X_val, y_val = splits.X_train, splits.y_train, splits.X_val, splits.y_val
+    X_test, y_test = splits.X_test, splits.y_test
     architecture = config.architecture(n_classes=y_train.shape[1])
     steps_per_epoch = max(len(X_train) // config.batch_size, 1)
     fitter = Fitter(
@@ -453,6 +453,10 @@ def train_and_evaluate(
             "data": data,
         },
     )
+    held_out, X_held, y_held = splits.held_out()
+    if len(X_held):
+        model = calibrate(model, X_held, y_held.argmax(axis=1), held_out)
+        log(describe_calibration(model))
     if save_model_path is not None and chief:
         from digitnet.inference.modelfile import save_model
 
@@ -536,7 +540,9 @@ def _restore(path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str,
             f"point --workdir at the run's folder"
         )
     tensors, header = read_bundle(path, CHECKPOINT_KIND)
-    saved, current = _comparable(header["config"]), _comparable(config.to_json())
+    # Checkpoints from before calibration_size existed held nothing out for it.
+    saved = _comparable({"calibration_size": 0, **header["config"]})
+    current = _comparable(config.to_json())
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
