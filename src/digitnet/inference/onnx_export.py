@@ -8,6 +8,7 @@ importing TensorFlow. Tests check ONNX Runtime against ``Model.predict_proba``.
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,12 @@ def build_onnx(model: Model, input_name: str, output_name: str) -> onnx.ModelPro
     from onnx import TensorProto, checker, helper
 
     architecture, parameters = model.architecture, model.parameters
+    calibration = model.calibration
+    if calibration is not None:
+        # A calibrated model answers softmax(logits / T): the output layer's values before its
+        # activation, as Model.predict_proba computes them.
+        architecture = copy.deepcopy(architecture)
+        architecture["layers"][-1]["activation"] = "linear"
     graph = _Graph()
     input_shape = list(architecture["input_shape"])
     value = input_name
@@ -171,7 +178,11 @@ def build_onnx(model: Model, input_name: str, output_name: str) -> onnx.ModelPro
             value = graph.node("Transpose", [value], perm=[0, 2, 3, 1])
             value = graph.node("Flatten", [value], axis=1)
         shape = output
-    if architecture["layers"][-1]["activation"] != "softmax":
+    if calibration is not None:
+        temperature = np.array(calibration.temperature, np.float32)
+        value = graph.node("Div", [value, graph.constant("temperature", temperature)])
+        value = graph.node("Softmax", [value], axis=-1)
+    elif architecture["layers"][-1]["activation"] != "softmax":
         floor = graph.constant("probability_floor", np.array(PROBABILITY_FLOOR, np.float32))
         value = graph.node("Max", [value, floor])
         axes = graph.constant("class_axis", np.array([1], np.int64))

@@ -13,6 +13,7 @@ the architecture by ``digitnet.inference.onnx_export``, runs without TensorFlow 
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,7 +90,12 @@ def serving_module(model: Model) -> Any:
     from digitnet.training.network import forward_propagation
 
     architecture = model.architecture
-    normalize = architecture["layers"][-1]["activation"] != "softmax"
+    calibration = model.calibration
+    if calibration is not None:
+        # A calibrated model answers softmax(logits / T), as Model.predict_proba does.
+        architecture = copy.deepcopy(architecture)
+        architecture["layers"][-1]["activation"] = "linear"
+    normalize = calibration is None and architecture["layers"][-1]["activation"] != "softmax"
     module = tf.Module()
     module.parameters = {
         name: tf.Variable(value, trainable=False, name=name)
@@ -102,6 +108,8 @@ def serving_module(model: Model) -> Any:
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         flat = tf.reshape(images, [-1, model.n_inputs])
         outputs = forward_propagation(flat, module.parameters, architecture)
+        if calibration is not None:
+            outputs = tf.nn.softmax(outputs / calibration.temperature, axis=-1)
         if normalize:
             outputs = tf.maximum(outputs, PROBABILITY_FLOOR)
             outputs = outputs / tf.reduce_sum(outputs, axis=1, keepdims=True)
