@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,10 @@ def serve(
             f"digitnet: listening on {host}, not only this machine: anyone who can reach "
             f"it can use the model"
         )
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # Signal handlers can only be set from the main thread; serve() run from another thread
+    # (an embedding program, a test) is stopped by its owner instead.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if in_main_thread else None
     try:
         if workers == 1:
             app = create_app(model, limits, bound_host=host, warm_up=True)
@@ -191,5 +195,6 @@ def serve(
     except (KeyboardInterrupt, _Stop):
         pass  # uvicorn re-raises the signal it handled; for a server it is the normal stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         sock.close()
