@@ -126,6 +126,9 @@ _GRAIN_CLOSING = 9
 # Ink fainter than half a stroke's core counts only this many pixels (of the image as read)
 # from a core: anti-aliasing, blur and JPEG spread a stroke's edge over 1-3 px.
 _FRINGE = 3
+# Levels the background fit starts from, in the order they are tried when no ink is found:
+# the image's border, its median, its lightest 5 %.
+_BACKGROUND_STARTS = ("border", "median", "light")
 # Larger crops are reduced to this long side before stroke-width normalisation and the final
 # resampling to 20 px: fine enough for smooth anti-aliasing, small enough to be fast.
 _CROP_MAX_SIDE = 128
@@ -885,6 +888,20 @@ def _composite(grey: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     """Ink of a grey image, cropped to its bounding box: float32 (h, w) in [0, 1], 1 at stroke
     cores."""
+    # A digit filling a tiny frame (a bold 0 in 13x13 px) is ink along most of the border, so
+    # the border's level is the ink's: the fit then starts from the whole image's median, or
+    # from its lightest level (paper under dark ink). Not from the darkest: on blank squared
+    # paper that is the grid, and the paper between its lines would pass for light ink.
+    for start in _BACKGROUND_STARTS[:-1]:
+        try:
+            return _find_ink_from(grey, name, start)
+        except NoDigitFound:
+            pass
+    return _find_ink_from(grey, name, _BACKGROUND_STARTS[-1])
+
+
+def _find_ink_from(grey: np.ndarray, name: str, start: str) -> np.ndarray:
+    """``_find_ink`` with the background fit started from ``start`` (see _fit_background)."""
     upscale = 1
     if max(grey.shape) < MNIST_SIDE:
         upscale = math.ceil(_SMALL_SIDE / max(grey.shape))
@@ -894,7 +911,7 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
             ),
             np.float32,
         )
-    background = _fit_background(grey)
+    background = _fit_background(grey, start)
     residual = grey - background
     # Smoothing lets noise average out before any pixel is judged, so a JPEG block or a fibre of
     # paper texture does not pass for ink while a 1-px line keeps about half its contrast.
@@ -1053,7 +1070,7 @@ def _graininess(residual: np.ndarray, candidates: np.ndarray, level: float) -> f
     return float((closed & ~core).sum() / area) if area else 0.0
 
 
-def _fit_background(grey: np.ndarray) -> np.ndarray:
+def _fit_background(grey: np.ndarray, start: str = "border") -> np.ndarray:
     """Quadratic surface fitted to the background, ignoring ink by iterated outlier rejection.
 
     A quadratic follows lighting gradients, vignetting and soft shadows; it cannot bend around
@@ -1073,9 +1090,12 @@ def _fit_background(grey: np.ndarray) -> np.ndarray:
     # the median of the whole image: a bold digit cropped to its strokes can be more than half
     # ink, while along the border it only touches the frame here and there.
     coefficients: np.ndarray = np.zeros(6)
-    coefficients[0] = np.median(
-        np.concatenate([sample[0], sample[-1], sample[1:-1, 0], sample[1:-1, -1]])
-    )
+    ring = np.concatenate([sample[0], sample[-1], sample[1:-1, 0], sample[1:-1, -1]])
+    coefficients[0] = {
+        "border": lambda: np.median(ring),
+        "median": lambda: np.median(values),
+        "light": lambda: np.percentile(values, 95),
+    }[start]()
     keep = np.ones(values.shape, bool)
     for iteration in range(6):
         residual = values - design @ coefficients
