@@ -1091,11 +1091,12 @@ def _fit_background(grey: np.ndarray, start: str = "border") -> np.ndarray:
     # ink, while along the border it only touches the frame here and there.
     coefficients: np.ndarray = np.zeros(6)
     ring = np.concatenate([sample[0], sample[-1], sample[1:-1, 0], sample[1:-1, -1]])
-    coefficients[0] = {
-        "border": lambda: np.median(ring),
-        "median": lambda: np.median(values),
-        "light": lambda: np.percentile(values, 95),
-    }[start]()
+    if start == "border":
+        coefficients[0] = np.median(ring)
+    elif start == "median":
+        coefficients[0] = np.median(values)
+    else:  # "light"
+        coefficients[0] = np.percentile(values, 95)
     keep = np.ones(values.shape, bool)
     for iteration in range(6):
         residual = values - design @ coefficients
