@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import tempfile
@@ -33,6 +34,17 @@ def printable(text: str) -> str:
                 else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
             )
     return "".join(out)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def check_writable_file(path: Path, flag: str) -> None:

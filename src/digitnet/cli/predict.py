@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from digitnet.cli import common
 
 if TYPE_CHECKING:
     from digitnet.inference.predict import ImagePrediction
@@ -46,6 +48,13 @@ def add_parser(
         metavar="DIR",
         help="write the 28x28 image the model saw for each input, as PNG",
     )
+    parser.add_argument(
+        "--jobs",
+        type=common.positive_int,
+        metavar="N",
+        help="work processes for large folders (default: one per usable CPU); up to "
+        "256 images are read in this process",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -53,35 +62,50 @@ def add_parser(
 def run(args: argparse.Namespace) -> int:
     from digitnet.cli.common import check_writable_directory, printable
     from digitnet.errors import ImageError
+    from digitnet.inference.batch import predict_files
     from digitnet.inference.modelfile import load_model
-    from digitnet.inference.predict import predict_images
+    from digitnet.serving.limits import usable_cpus
 
     if args.save_preprocessed:
         check_writable_directory(args.save_preprocessed, "--save-preprocessed")
     model = load_model(args.model)
-    results = predict_images(model, args.images)
-    if not results:
+    jobs = args.jobs or usable_cpus()
+    saved: set[str] = set()
+    count = failed = 0
+    # Each answer is written and flushed as it comes, in input order: a reader of a
+    # 100,000-image run sees the first ones at once (a flush costs far less than an image).
+    for result in predict_files(
+        model, args.images, jobs=jobs, keep_images=bool(args.save_preprocessed)
+    ):
+        count += 1
+        failed += not result.ok
+        if args.save_preprocessed:
+            save_preprocessed([result], args.save_preprocessed, saved)
+        if args.json:
+            sys.stdout.write(("[\n" if count == 1 else ",\n") + json.dumps(result.to_json()))
+        elif result.ok:
+            # File names are escaped: a tab or newline in one must not forge a column or a line.
+            mark = "\tlow confidence" if result.low_confidence else ""
+            print(f"{printable(result.file)}\t{result.digit}\t{result.confidence:.4f}{mark}")
+        else:
+            print(f"digitnet predict: {printable(str(result.error))}", file=sys.stderr)
+        sys.stdout.flush()
+    if not count:
         raise ImageError(
             "no images found in the given folders "
             "(looked for .png .jpg .jpeg .gif .bmp .tif .tiff .webp)"
         )
-    if args.save_preprocessed:
-        save_preprocessed(results, args.save_preprocessed)
     if args.json:
-        print(json.dumps([result.to_json() for result in results]))
-    else:
-        for result in results:
-            # File names are escaped: a tab or newline in one must not forge a column or a line.
-            if result.ok:
-                mark = "\tlow confidence" if result.low_confidence else ""
-                print(f"{printable(result.file)}\t{result.digit}\t{result.confidence:.4f}{mark}")
-            else:
-                print(f"digitnet predict: {printable(str(result.error))}", file=sys.stderr)
-    return 0 if all(result.ok for result in results) else 1
+        print("\n]")
+    sys.stdout.flush()
+    return 1 if failed else 0
 
 
-def save_preprocessed(results: Sequence[ImagePrediction], directory: Path) -> None:
-    """Write each model input as a 28x28 greyscale PNG named after its source file."""
+def save_preprocessed(
+    results: Iterable[ImagePrediction], directory: Path, used: set[str] | None = None
+) -> None:
+    """Write each model input as a 28x28 greyscale PNG named after its source file; ``used``
+    holds the names already written (by earlier calls), which a repeated stem does not take."""
     import io
 
     import numpy as np
@@ -89,7 +113,7 @@ def save_preprocessed(results: Sequence[ImagePrediction], directory: Path) -> No
 
     from digitnet.atomic import atomic_write_bytes
 
-    used: set[str] = set()
+    used = set() if used is None else used
     for result in results:
         if result.image is None:
             continue

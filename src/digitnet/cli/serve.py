@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from digitnet.cli.common import positive_int as _positive_int
 from digitnet.serving.limits import ServerLimits
 
 DEFAULTS = ServerLimits()
@@ -91,16 +92,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:

@@ -7,7 +7,7 @@ then through the model's NumPy forward pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,20 +76,50 @@ def low_confidence_threshold(model: Any) -> float:
 
 def predict_image(model: Model, image: Any, name: str | None = None) -> ImagePrediction:
     """Preprocess and predict one image: a path, encoded bytes, a PIL image or an array."""
-    from digitnet.inference.preprocess import preprocess_image
-
     label = (
         name
         if name is not None
         else (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
     )
+    seen = _preprocessed(image, label)
+    if isinstance(seen, ImagePrediction):
+        return seen
+    ((digit, confidence, probabilities),) = predict_arrays(model, seen[None])
+    return _answer(model, label, seen, digit, confidence, probabilities)
+
+
+def predict_image_batch(model: Model, images: Sequence[tuple[str, Any]]) -> list[ImagePrediction]:
+    """``predict_image`` for each ``(name, image)``, with one forward pass for them all: the
+    same answers (within float rounding), many times faster per image for a CNN."""
+    prepared = [_preprocessed(image, label) for label, image in images]
+    ready = [seen for seen in prepared if not isinstance(seen, ImagePrediction)]
+    answers = iter(predict_arrays(model, np.stack(ready)) if ready else [])
+    return [
+        seen if isinstance(seen, ImagePrediction) else _answer(model, label, seen, *next(answers))
+        for (label, _), seen in zip(images, prepared, strict=True)
+    ]
+
+
+def _preprocessed(image: Any, label: str) -> np.ndarray | ImagePrediction:
+    """The MNIST-form image, or the failed prediction saying why there is none."""
+    from digitnet.inference.preprocess import preprocess_image
+
     try:
-        seen = preprocess_image(image, name=label)
+        return preprocess_image(image, name=label)
     except NoDigitFound as error:
         return ImagePrediction(label, error=str(error), no_digit=True)
     except ImageError as error:
         return ImagePrediction(label, error=str(error))
-    ((digit, confidence, probabilities),) = predict_arrays(model, seen[None])
+
+
+def _answer(
+    model: Model,
+    label: str,
+    seen: np.ndarray,
+    digit: int,
+    confidence: float,
+    probabilities: list[float],
+) -> ImagePrediction:
     return ImagePrediction(
         label,
         digit,
