@@ -1,0 +1,142 @@
+"""``digitnet predict`` on folders larger than one process handles: work processes, answers
+streamed in input order, bad files answered in their place."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from digitnet.inference.batch import CHUNK_FILES, CHUNKS_PER_JOB, IN_PROCESS_FILES
+from digitnet.inference.model import Model
+from digitnet.inference.modelfile import save_model
+from digitnet.models import architectures
+
+
+def digitnet(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    architecture = architectures.named_architecture("seed")
+    rng = np.random.default_rng(0)
+    parameters = {
+        name: rng.normal(0, 0.1, shape).astype(np.float32)
+        for name, shape in architectures.parameter_shapes(architecture).items()
+    }
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_model(Model(architecture, parameters, {"training": {"model": "seed"}}), path)
+    return path
+
+
+def write_strokes(folder: Path, count: int) -> list[Path]:
+    """``count`` PNG files, each a different random pen stroke on white paper."""
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    paths = []
+    for index in range(count):
+        image = Image.new("L", (40, 40), 255)
+        points = [tuple(int(v) for v in rng.integers(6, 34, 2)) for _ in range(4)]
+        ImageDraw.Draw(image).line(points, fill=0, width=3)
+        path = folder / f"{index:05d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """More files than are answered in-process, and a file that is not an image in the middle."""
+    paths = write_strokes(tmp_path_factory.mktemp("batch") / "images", IN_PROCESS_FILES + 60)
+    bad = paths[len(paths) // 2]
+    bad.write_bytes(b"not an image at all")
+    return paths[0].parent, bad
+
+
+def test_streamed_json_is_valid_in_order_and_the_same_with_one_and_two_jobs(
+    model: Path, folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    images, bad = folder
+    expected = [str(path) for path in sorted(images.iterdir())]
+    runs = {}
+    for jobs in (1, 2):
+        saved = tmp_path / f"seen-{jobs}"
+        result = digitnet(
+            "predict", model, images, "--json", "--jobs", jobs, "--save-preprocessed", saved
+        )
+        assert result.returncode == 1, result.stderr  # one file failed
+        assert "Traceback" not in result.stderr
+        records = json.loads(result.stdout)
+        assert [record["file"] for record in records] == expected
+        failed = [record for record in records if "error" in record]
+        assert [record["file"] for record in failed] == [str(bad)]
+        assert "not a supported image" in failed[0]["error"]
+        assert len(list(saved.iterdir())) == len(records) - 1
+        runs[jobs] = records
+    for one, two in zip(runs[1], runs[2], strict=True):
+        assert one.get("digit") == two.get("digit")
+        if "probabilities" in one:
+            np.testing.assert_allclose(one["probabilities"], two["probabilities"], rtol=1e-5)
+
+
+def test_text_output_with_two_jobs_names_every_file_in_order(
+    model: Path, folder: tuple[Path, Path]
+) -> None:
+    images, bad = folder
+    result = digitnet("predict", model, images, "--jobs", "2")
+    assert result.returncode == 1
+    printed = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert printed == [str(path) for path in sorted(images.iterdir()) if path != bad]
+    assert result.stderr.splitlines() == [
+        line for line in result.stderr.splitlines() if line.startswith("digitnet predict: ")
+    ]
+    assert str(bad) in result.stderr
+
+
+def test_answers_are_written_before_the_last_file_is_read(model: Path, tmp_path: Path) -> None:
+    """The first answer arrives while the last file is still unread: replaced by a broken file
+    after the first answer is read, the last file must come out broken.
+
+    Deterministic, not timed: the command writes each answer as it comes and holds at most
+    CHUNKS_PER_JOB chunks per work process in flight, so before it reaches the last chunk it
+    must write answers that fill the pipe (about 300 bytes each, far over the 64 KB a pipe
+    holds), and the test reads only the first line until the last file is replaced.
+    """
+    jobs = 2
+    paths = write_strokes(tmp_path / "images", CHUNK_FILES * (CHUNKS_PER_JOB * jobs + 4))
+    last = paths[-1]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    command = [sys.executable, "-m", "digitnet", "predict", str(model), str(paths[0].parent)]
+    process = subprocess.Popen(
+        [*command, "--json", "--jobs", str(jobs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "[\n"
+        first = json.loads(process.stdout.readline().rstrip(",\n"))
+        assert first["file"] == str(paths[0]) and "digit" in first
+        os.replace(broken, last)
+        rest = process.stdout.read()
+        assert process.wait(timeout=600) == 1
+    finally:
+        process.kill()
+        process.communicate()
+    records = json.loads("[" + json.dumps(first) + "," + rest)
+    assert [record["file"] for record in records] == [str(path) for path in paths]
+    assert "error" in records[-1] and all("digit" in record for record in records[:-1])
