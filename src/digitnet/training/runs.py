@@ -540,12 +540,16 @@ def _restore(path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str,
             f"point --workdir at the run's folder"
         )
     tensors, header = read_bundle(path, CHECKPOINT_KIND)
+    check_checkpoint_header(path, header)
     # Checkpoints from before calibration_size existed held nothing out for it.
     saved = _comparable({"calibration_size": 0, **header["config"]})
     current = _comparable(config.to_json())
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        # A crafted file may hold thousands of settings, or huge ones: the message stays short.
+        details = ", ".join(
+            f"{k[:40]!r}: {_short(saved.get(k))} -> {_short(current.get(k))}" for k in changed[:5]
+        ) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise DigitnetError(
             f"the checkpoint in {path} was made with other settings ({details});"
             f" resume with the same settings or start a new --workdir"
@@ -556,12 +560,117 @@ def _restore(path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str,
             f"(checksum differs); resume with the same data"
         )
 
+    expected = {f"parameters/{k}": v for k, v in fitter.parameters().items()}
+    expected.update({f"optimizer/{k}": v for k, v in fitter.optimizer_state().items()})
+    check_checkpoint_tensors(path, tensors, header, expected)
+
     def group(prefix: str) -> dict[str, Any]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     fitter.set_parameters(group("parameters/"))
     fitter.set_optimizer_state(group("optimizer/"))
     return RunState.from_header(header, group("best/") or None)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# The header fields a checkpoint must hold, and what each must be.
+_HEADER_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "config": ("an object of settings", lambda value: isinstance(value, dict)),
+    "data": ("an object describing the data", lambda value: isinstance(value, dict)),
+    "epoch": ("a count of epochs", _is_count),
+    "history": (
+        "a list of epoch records",
+        lambda value: (
+            isinstance(value, list)
+            and all(
+                isinstance(record, dict)
+                and {"epoch", "cost", "seconds"} <= record.keys()
+                and all(_is_number(item) for item in record.values())
+                for record in value
+            )
+        ),
+    ),
+    "best_epoch": ("a count of epochs", _is_count),
+    "best_key": (
+        "null or two numbers",
+        lambda value: (
+            value is None
+            or (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value)))
+        ),
+    ),
+    "stale_epochs": ("a count of epochs", _is_count),
+    "seconds": ("a number of seconds", lambda value: _is_number(value) and value >= 0),
+}
+
+
+def _damaged(path: Path, what: str) -> ModelFileError:
+    return ModelFileError(
+        f"the checkpoint in {path} is damaged or was not written by this run: {what}; "
+        "start a new --workdir"
+    )
+
+
+def check_checkpoint_header(path: Path, header: dict[str, Any]) -> None:
+    """Refuse a checkpoint header whose fields are missing or of the wrong type (a file edited
+    and checksummed again, or written by another program): a ModelFileError saying which,
+    never a TypeError or KeyError later."""
+    for name, (meaning, valid) in _HEADER_FIELDS.items():
+        if name not in header:
+            raise _damaged(path, f"its header has no {name!r}")
+        if not valid(header[name]):
+            raise _damaged(path, f"{name!r} in its header is not {meaning}")
+    if len(header["history"]) != header["epoch"] or header["best_epoch"] > header["epoch"]:
+        raise _damaged(path, "its history does not match its epoch count")
+
+
+def check_checkpoint_tensors(
+    path: Path,
+    tensors: dict[str, np.ndarray],
+    header: dict[str, Any],
+    expected: dict[str, np.ndarray],
+) -> None:
+    """Refuse a checkpoint whose tensors are not exactly those this run would write.
+
+    ``expected``: the tensors this run's model and optimiser hold (``parameters/NAME`` and
+    ``optimizer/NNNN``), whose names, shapes and dtypes the checkpoint must match, with
+    ``best/NAME`` for every parameter when the (checked) header names a best epoch. Wrong
+    tensors get a ModelFileError saying which, never an exception from inside TensorFlow.
+    """
+    wanted = dict(expected)
+    if header["best_key"] is not None:
+        # The best epoch's weights are kept whenever there is a best epoch.
+        parameters = {k: v for k, v in expected.items() if k.startswith("parameters/")}
+        wanted.update({"best/" + k.removeprefix("parameters/"): v for k, v in parameters.items()})
+    missing = sorted(set(wanted) - set(tensors))
+    extra = sorted(set(tensors) - set(wanted))
+    if missing:
+        raise _damaged(
+            path, f"it lacks tensor {missing[0]!r}" + (" and more" if missing[1:] else "")
+        )
+    if extra:
+        raise _damaged(path, f"it holds tensor {extra[0][:80]!r}, which this model does not have")
+    for name, reference in wanted.items():
+        found = tensors[name]
+        # safetensors stores a scalar (the optimiser's step count) as shape (1,).
+        shape = (1,) if reference.shape == () else reference.shape
+        if found.dtype != reference.dtype or found.shape not in (shape, reference.shape):
+            raise _damaged(
+                path,
+                f"tensor {name!r} is {found.dtype} {list(found.shape)}, this model needs "
+                f"{reference.dtype} {list(reference.shape)}",
+            )
 
 
 # advance(epoch) -> the progress(done, total) callback for that epoch's batches, or None.
