@@ -397,7 +397,7 @@ def test_work_beyond_the_cap_waits_then_answers_503(model):
 
     @app.post("/occupy")
     async def occupy() -> dict:
-        await app.state.pool.run(time.sleep, 3.0)
+        await app.state.pool.run(time.sleep, 3.0, light=True)  # the lane a drawing takes
         return {}
 
     with RunningServer(model, app=app) as running:

@@ -31,7 +31,7 @@ from digitnet.serving.limits import ServerLimits
 from digitnet.serving.protocol import MODEL_NAME, RequestError, dumps_json
 from digitnet.serving.routes import api, docs, pages, report, tf_serving
 from digitnet.serving.trust import allowed_host_names
-from digitnet.serving.work import WorkPool
+from digitnet.serving.work import WorkLanes
 
 if TYPE_CHECKING:
     from digitnet.inference.model import Model
@@ -57,7 +57,7 @@ def create_app(
     limits = limits or ServerLimits()
     if max_body_bytes is not None:
         limits = dataclasses.replace(limits, max_body_bytes=max_body_bytes)
-    pool = WorkPool(model, limits.processes(), limits.max_queue_wait)
+    pool = WorkLanes(model, limits.lanes(), limits.max_queue_wait)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from digitnet.inference.model import Model
-from digitnet.serving.work import WorkPool
+from digitnet.serving.work import WorkLanes
 
 
 async def get_model(request: Request) -> Model:
@@ -17,11 +17,11 @@ async def get_model(request: Request) -> Model:
     return model
 
 
-async def get_pool(request: Request) -> WorkPool:
+async def get_pool(request: Request) -> WorkLanes:
     """The app's work processes, where image and large-body work runs."""
-    pool: WorkPool = request.app.state.pool
+    pool: WorkLanes = request.app.state.pool
     return pool
 
 
 ModelDep = Annotated[Model, Depends(get_model)]
-PoolDep = Annotated[WorkPool, Depends(get_pool)]
+PoolDep = Annotated[WorkLanes, Depends(get_pool)]

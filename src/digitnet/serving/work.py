@@ -10,6 +10,12 @@ memory takes down one work process, not the server.
 ``max_wait`` seconds, then ``ServerBusy``: 503 with Retry-After) and runs ``function`` in a
 work process, where the served model is ``worker_model()``. Each work process receives the
 model once, when it starts (its architecture, parameters and metadata).
+
+``WorkLanes`` holds two pools. Requests known to be cheap (a drawing, a small photo: see
+``limits.LIGHT_PIXELS``) take the light lane, whose processes run at the server's own CPU
+priority; everything else (large photos, image bombs that pass the size limits, megabyte JSON
+bodies) takes the heavy lane, at a lower priority. A cheap request then never queues behind
+an expensive one, and gets the CPU before it.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: how much lower the work processes' CPU priority is than the server's (see ``nice(1)``)
+#: how much lower the heavy lane's CPU priority is than the server's (see ``nice(1)``)
 WORK_NICENESS = 10
+#: the light lane's: its work is short and a client waits for it
+LIGHT_NICENESS = 0
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -57,10 +65,13 @@ class WorkPool:
     """``processes`` work processes for one event loop, started on first use (or by
     ``warm_up``)."""
 
-    def __init__(self, model: Model, processes: int, max_wait: float) -> None:
+    def __init__(
+        self, model: Model, processes: int, max_wait: float, niceness: int = WORK_NICENESS
+    ) -> None:
         self.model = model
         self.processes = processes
         self.max_wait = max_wait
+        self.niceness = niceness
         self._executor: ProcessPoolExecutor | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._retry_lock: anyio.Lock | None = None
@@ -73,7 +84,12 @@ class WorkPool:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
                 # The parts, not the Model: a compiled model holds closures pickle cannot send.
-                initargs=(self.model.architecture, self.model.parameters, self.model.metadata),
+                initargs=(
+                    self.model.architecture,
+                    self.model.parameters,
+                    self.model.metadata,
+                    self.niceness,
+                ),
             )
         return self._executor
 
@@ -136,6 +152,36 @@ class WorkPool:
             self._executor = None
 
 
+class WorkLanes:
+    """A light and a heavy ``WorkPool`` (``processes`` of each, see the module docstring)."""
+
+    def __init__(self, model: Model, processes: tuple[int, int], max_wait: float) -> None:
+        self.light = WorkPool(model, processes[0], max_wait, LIGHT_NICENESS)
+        self.heavy = WorkPool(model, processes[1], max_wait, WORK_NICENESS)
+
+    async def run(self, function: Callable[..., T], *args: object, light: bool = False) -> T:
+        """``function(*args)`` in a work process of the light or the heavy lane."""
+        return await (self.light if light else self.heavy).run(function, *args)
+
+    async def warm_up(self) -> None:
+        await asyncio.gather(self.light.warm_up(), self.heavy.warm_up())
+
+    def close(self) -> None:
+        self.light.close()
+        self.heavy.close()
+
+
+def light_image(data: bytes) -> bool:
+    """Whether encoded image ``data`` is known to be cheap to preprocess, from its size and
+    the size its header declares (microseconds: decided on the event loop)."""
+    from digitnet.serving.limits import LIGHT_BYTES, LIGHT_PIXELS, declared_size
+
+    if len(data) > LIGHT_BYTES:
+        return False
+    size = declared_size(data)
+    return size is not None and size[0] * size[1] <= LIGHT_PIXELS
+
+
 # ---------------------------------------------------------------------------------------------
 # In the work processes
 
@@ -145,15 +191,19 @@ _malloc_trim: Callable[[int], int] | None = None
 
 
 def _start_worker(
-    architecture: dict[str, Any], parameters: dict[str, np.ndarray], metadata: dict[str, Any]
+    architecture: dict[str, Any],
+    parameters: dict[str, np.ndarray],
+    metadata: dict[str, Any],
+    niceness: int = WORK_NICENESS,
 ) -> None:
     global _model, _predictor
     from digitnet.inference.model import Model
 
     # Ctrl-C reaches the whole process group; the server decides when work processes end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Heavy work yields the CPU to the event loop's short tasks when both want it.
-    os.nice(WORK_NICENESS)
+    # Heavy work yields the CPU to the event loop's short tasks and the light lane's.
+    if niceness:
+        os.nice(niceness)
     import digitnet.inference.preprocess  # noqa: F401 - loaded before the first request
 
     _model = Model(architecture, parameters, metadata)

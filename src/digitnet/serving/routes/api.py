@@ -19,7 +19,7 @@ from digitnet.serving.schemas import (
     NoDigitAnswer,
     image_answer,
 )
-from digitnet.serving.work import predict_image_bytes
+from digitnet.serving.work import light_image, predict_image_bytes
 
 TAGS: list[str | Enum] = ["image"]
 
@@ -115,7 +115,7 @@ async def api_predict(request: Request, pool: PoolDep) -> DigitAnswer | NoDigitA
     data, name = await read_upload(request)
     if not data:
         raise RequestError("the image is empty (0 bytes)")
-    prediction = await pool.run(predict_image_bytes, data, name)
+    prediction = await pool.run(predict_image_bytes, data, name, light=light_image(data))
     if not prediction.ok and not prediction.no_digit:
         raise RequestError(prediction.error or "the image cannot be read")
     return image_answer(prediction)

@@ -8,7 +8,8 @@ which saves about 70 of the 170 us an equivalent FastAPI route spends per single
 A small body of numbers (up to ``ServerLimits.inline_body_bytes``, 32 KB: one digit at full
 float precision is 17 KB) is parsed and predicted on the event loop, in well under a
 millisecond: handing it to another process would cost more than the work. A larger body, or
-one holding images, goes to a work process (``work.WorkPool``).
+one holding images, goes to a work process: a small body whose images are all small by their
+headers to the light lane, anything else to the heavy one (``work.WorkLanes``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from digitnet.serving.protocol import (
     MODEL_VERSION,
     SIGNATURE_NAME,
     Predictor,
+    PredictRequest,
     RequestError,
     check_model,
+    decode_b64,
     dumps_json,
 )
 from digitnet.serving.schemas import ErrorBody, ModelMetadata, ModelStatus
-from digitnet.serving.work import WorkPool, predict_body
+from digitnet.serving.work import WorkLanes, light_image, predict_body
 
 TAGS: list[str | Enum] = ["TensorFlow Serving"]
 NOT_FOUND_DESCRIPTION = "Unknown model or version"
@@ -94,7 +97,7 @@ _JSON_TYPES = re.compile(
 class PredictEndpoint:
     """POST /v1/models/{name}[/versions/{version}]:predict, as a plain ASGI app."""
 
-    def __init__(self, predictor: Predictor, pool: WorkPool, inline_body_bytes: int) -> None:
+    def __init__(self, predictor: Predictor, pool: WorkLanes, inline_body_bytes: int) -> None:
         self.predictor = predictor
         self.pool = pool
         self.inline_body_bytes = inline_body_bytes
@@ -140,10 +143,23 @@ class PredictEndpoint:
             request = self.predictor.parse(body)
             if not request.has_images:
                 return self.predictor.predict(request)
+            return await self.pool.run(predict_body, body, light=_light_images(request))
         return await self.pool.run(predict_body, body)
 
 
-def predict_routes(model: Model, pool: WorkPool, inline_body_bytes: int) -> list[Route]:
+def _light_images(request: PredictRequest) -> bool:
+    """Whether every instance of a (small, parsed) request is an image known to be cheap."""
+    for instance in request.instances:
+        try:
+            data = decode_b64(instance.get("b64"), "instance")
+        except (AttributeError, RequestError):
+            return False  # the work process gives the error
+        if not light_image(data):
+            return False
+    return True
+
+
+def predict_routes(model: Model, pool: WorkLanes, inline_body_bytes: int) -> list[Route]:
     """The two ``:predict`` routes, to go first in the app: "digitnet:predict" must never be
     read as a model name by the status route.
 
