@@ -76,9 +76,9 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
     or unreadable data. Only routes work: the decoder checks every size itself."""
     try:
         if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])  # type: ignore[return-value]
+            return struct.unpack(">II", data[16:24])
         if data[:6] in (b"GIF87a", b"GIF89a"):
-            return struct.unpack("<HH", data[6:10])  # type: ignore[return-value]
+            return struct.unpack("<HH", data[6:10])
         if data.startswith(b"BM"):
             width, height = struct.unpack("<ii", data[18:26])
             return abs(width), abs(height)
