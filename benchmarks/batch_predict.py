@@ -6,7 +6,8 @@ temporary folder, then runs the real CLI on it, output redirected to a file, onc
 images/s, when the first answer reached the file, and the peak resident memory of the whole
 process tree (the CLI and its work processes, sampled from /proc every 0.1 s); then checks the
 output: valid JSON, one answer per file in folder order, accuracy against the test labels, and
-the same digits from every run.
+the same digits from every run. CPU seconds over wall seconds is how many cores a run got:
+on a machine shared with other jobs, more --jobs than that cannot help.
 
     python benchmarks/batch_predict.py --model cnn.safetensors            # 100,000 files
     python benchmarks/batch_predict.py --model seed.safetensors --quick   # 10,000 files
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,11 +56,13 @@ def write_pngs(folder: Path, images: np.ndarray, count: int) -> None:
 
 
 def run_cli(model: Path, folder: Path, jobs: int, out: Path) -> dict[str, float]:
-    """Run ``digitnet predict`` once; wall seconds, first-answer seconds, peak tree RSS (MB)."""
+    """Run ``digitnet predict`` once; wall seconds, first-answer seconds, peak tree RSS (MB),
+    and CPU seconds of the tree (the command and its work processes, which it waits for)."""
     command = [sys.executable, "-m", "digitnet", "predict", str(model), str(folder)]
     command += ["--json", "--jobs", str(jobs)]
     peak = 0.0
     first = float("nan")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with open(out, "wb") as sink:
         process = subprocess.Popen(command, stdout=sink)
@@ -69,9 +73,11 @@ def run_cli(model: Path, folder: Path, jobs: int, out: Path) -> dict[str, float]
                 first = time.perf_counter() - started
             time.sleep(0.1)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if process.returncode not in (0, 1):
         raise SystemExit(f"digitnet predict --jobs {jobs} failed with status {process.returncode}")
-    return {"wall_s": wall, "first_answer_s": first, "peak_rss_mb": peak}
+    return {"wall_s": wall, "first_answer_s": first, "peak_rss_mb": peak, "cpu_s": cpu}
 
 
 def check_output(out: Path, folder: Path, labels: np.ndarray, count: int) -> tuple[list, float]:
@@ -135,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndigitnet predict {model.name} DIR --json: {count:,} PNG files of 28x28 px")
     print(f"{cpu_name()}, {cpus} usable CPUs, shared machine")
     print(f"{'jobs':>5} {'wall s':>8} {'images/s':>9} {'first s':>8} {'peak MB':>8} "
-          f"{'accuracy':>9}")  # fmt: skip
+          f"{'CPU s':>7} {'accuracy':>9}")  # fmt: skip
     for jobs, run in figures["runs"].items():
         print(
             f"{jobs:>5} {run['wall_s']:>8.1f} {run['images_per_s']:>9.0f} "
-            f"{run['first_answer_s']:>8.2f} {run['peak_rss_mb']:>8.0f} "
+            f"{run['first_answer_s']:>8.2f} {run['peak_rss_mb']:>8.0f} {run['cpu_s']:>7.0f} "
             f"{run['accuracy'] * 100:>8.2f}%"
             + ("" if run["same_digits_as_first_run"] else "  (digits differ from the first run)")
         )
