@@ -38,7 +38,8 @@ def add_parser(
         "--json",
         action="store_true",
         help="print a JSON array: {file, digit, confidence, probabilities} or "
-        "{file, error} per image",
+        "{file, error} per image (digit null, not_a_digit true and a reason when a model "
+        'with a "not a digit" class refuses the image)',
     )
     parser.add_argument(
         "--save-preprocessed",
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         for result in results:
             # File names are escaped: a tab or newline in one must not forge a column or a line.
-            if result.ok:
+            if result.not_a_digit:
+                print(f"{printable(result.file)}\tnot a digit\t{result.confidence:.4f}")
+            elif result.ok:
                 mark = "\tlow confidence" if result.low_confidence else ""
                 print(f"{printable(result.file)}\t{result.digit}\t{result.confidence:.4f}{mark}")
             else:
