@@ -14,8 +14,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from test_cli import digitnet
-from test_server import RunningServer, digit_png, random_seed_model
 
 from digitnet.errors import ModelFileError
 from digitnet.inference.model import Model
@@ -25,6 +23,8 @@ from digitnet.models import architectures
 from digitnet.models.classes import READER_CLASSES, TWIN_LETTERS
 from digitnet.training import nondigits
 from digitnet.training.runs import TrainConfig, train_and_evaluate
+from test_cli import digitnet
+from test_server import RunningServer, digit_png, random_seed_model
 
 # The contract's --json keys for a refusal (READER-CONTRACT.md).
 REFUSAL_KEYS = {"file", "digit", "confidence", "probabilities", "not_a_digit", "reason"}
@@ -140,6 +140,10 @@ def test_the_server_answers_not_a_digit(refusing):
         assert answer["not_a_digit"] is True and answer["digit"] is None
         assert answer["no_digit"] is False and answer["reason"] == NOT_A_DIGIT_REASON
         assert len(answer["probabilities"]) == 10 and len(answer["image"]) == 28
+        # Every key the answer holds is in its documented schema, and no other.
+        spec = http.get("/openapi.json").json()
+        documented = spec["components"]["schemas"]["NotADigitAnswer"]
+        assert set(answer) == set(documented["required"]) == set(documented["properties"])
         health = http.get("/api/health").json()
         assert health["model"]["not_a_digit_class"] == 10 and health["model"]["classes"] == 11
         # TF Serving's :predict answers the model's outputs: 11 probabilities.

@@ -90,7 +90,7 @@ def add_parser(
     )
     preset(
         "non_digits",
-        'non-digits composed per epoch per training digit; above 0 the model gets an 11th '
+        "non-digits composed per epoch per training digit; above 0 the model gets an 11th "
         'output, "not a digit"',
         type=float,
     )

@@ -27,6 +27,7 @@ def not_a_digit_index(classes: object, n_outputs: int) -> int | None:
         return None
     return n_outputs - 1
 
+
 # Letters that are digits' twins when handwritten or printed (O o D Q for 0; I l i J j for 1;
 # Z z for 2; S s for 5; b G for 6; B for 8; g q for 9): the reader neither trains on them as
 # non-digits nor is measured refusing them (benchmarks/images.py reports them apart).

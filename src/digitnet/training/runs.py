@@ -413,18 +413,20 @@ def train_and_evaluate(
     else:
         fitter.set_output_bias_from_labels(epoch_data(1)[1])
 
-    # With composed images each epoch brings its own data (below).
-    train = fitter.dataset(X_train, y_train) if composer is None else None
+    # With composed images each epoch brings its own data.
+    digits_only = fitter.dataset(X_train, y_train) if composer is None else None
+
+    def epoch_tensors(epoch: int) -> Any:
+        return digits_only if digits_only is not None else fitter.dataset(*epoch_data(epoch))
+
     board = None
     if tensorboard is not None and chief:
         board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
     with _progress_bar(progress, config.epochs, steps_per_epoch) as advance:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
-            if composer is not None:
-                train = fitter.dataset(*epoch_data(epoch))
             try:
-                cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
+                cost = fitter.train_epoch(epoch_tensors(epoch), epoch, progress=advance(epoch))
             except CLUSTER_ERRORS as error:
                 if strategy is None:
                     raise
