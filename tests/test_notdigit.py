@@ -247,3 +247,27 @@ def test_the_reader_trains_on_the_training_split_only(tmp_path, fake_mnist_dir, 
     assert np.array_equal(seen[1], splits.X_val)
     held = {row.tobytes() for row in splits.X_val} | {row.tobytes() for row in X_test}
     assert not held & {row.tobytes() for row in seen[0]}
+
+
+def test_resume_with_composed_non_digits_ends_exactly_like_an_uninterrupted_run(
+    tmp_path, fake_mnist_dir
+):
+    from test_training import Interrupted, interrupt_after, quiet, small_config
+
+    config = small_config(epochs=3, layout=[784, 32, 11], non_digits=0.5, augment=True)
+    whole = train_and_evaluate(config, tmp_path / "whole", data_dir=fake_mnist_dir, log=quiet)
+    with pytest.raises(Interrupted):
+        train_and_evaluate(
+            config,
+            tmp_path / "split",
+            data_dir=fake_mnist_dir,
+            log=quiet,
+            on_epoch_end=interrupt_after(1),
+        )
+    resumed = train_and_evaluate(
+        config, tmp_path / "split", data_dir=fake_mnist_dir, log=quiet, resume=True
+    )
+    assert whole.model.not_a_digit_class == 10
+    for name, value in whole.model.parameters.items():
+        assert np.array_equal(resumed.model.parameters[name], value), name
+    assert [row["cost"] for row in resumed.history] == [row["cost"] for row in whole.history]
