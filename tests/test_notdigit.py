@@ -226,6 +226,15 @@ def test_the_reader_trains_on_the_training_split_only(tmp_path, fake_mnist_dir, 
     model = load_model(path)
     assert model.n_classes == 11 and model.not_a_digit_class == 10
     assert model.calibration is not None and model.metadata["training"]["non_digits"] > 0
+    # evaluate and report test it on the digits of the test set, refusals counted wrong.
+    from digitnet.inference.evaluation import evaluate_model, format_report, test_set_for
+
+    X_test_digits, test_labels = test_set_for(model, fake_mnist_dir)
+    report = evaluate_model(model, X_test_digits, test_labels)
+    refused = model.predict_proba(X_test_digits).argmax(axis=1) == 10
+    assert report["not_a_digit"] == pytest.approx(refused.mean())
+    assert np.array(report["confusion_matrix"]).shape == (11, 11)
+    assert "Answered not a digit" in format_report(report)
 
     from digitnet.data.holdout import make_splits
     from digitnet.data.mnist import load_mnist

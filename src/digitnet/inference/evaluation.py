@@ -88,19 +88,22 @@ def evaluate_model(
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text report: accuracy, calibration error, a per-class table and the confusion
     matrix."""
+    refusals = "not_a_digit" in report
     lines = [
         f"Test accuracy: {report['accuracy'] * 100:.2f} % of {report['n']} images",
         f"Expected calibration error (15 bins): {report['ece'] * 100:.2f} %"
         + ("" if report.get("calibrated") else " (the model is not calibrated)"),
         *(
             [f"Answered not a digit: {report['not_a_digit'] * 100:.2f} % of the images"]
-            if "not_a_digit" in report
+            if refusals
             else []
         ),
         "",
         "class  precision  recall  support",
     ]
     for row in report["per_class"]:
+        if refusals and row["class"] == len(report["per_class"]) - 1:
+            continue  # "not a digit" (the last class) has no test images
         lines.append(
             f"{row['class']:>5}  {row['precision'] * 100:8.2f}%  "
             f"{row['recall'] * 100:5.2f}%  {row['support']:>7}"
@@ -109,9 +112,10 @@ def format_report(report: dict[str, Any]) -> str:
     width = max(len(str(v)) for row in matrix for v in row) + 1
     lines += [
         "",
-        "Confusion matrix (rows: true class, columns: predicted):",
+        "Confusion matrix (rows: true class, columns: predicted"
+        + (f"; {len(matrix) - 1}: not a digit):" if refusals else "):"),
         "     " + "".join(f"{c:>{width}}" for c in range(len(matrix))),
     ]
-    for c, row in enumerate(matrix):
+    for c, row in enumerate(matrix[:-1] if refusals else matrix):
         lines.append(f"{c:>4} " + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
