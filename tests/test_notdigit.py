@@ -178,15 +178,15 @@ def test_composed_images_depend_only_on_seed_and_epoch():
     digits, labels = fake_digits()
     first = nondigits.NonDigitComposer(digits, labels, seed=3)
     again = nondigits.NonDigitComposer(digits, labels, seed=3)
-    X, y = first.compose(2, 60, 15)
-    X_again, y_again = again.compose(2, 60, 15)
-    assert X.shape == (75, 784) and X.dtype == np.float32
+    X, y = first.compose(2, 60, 15, 20)
+    X_again, y_again = again.compose(2, 60, 15, 20)
+    assert X.shape == (95, 784) and X.dtype == np.float32
     assert np.array_equal(X, X_again) and np.array_equal(y, y_again)
     assert (y[:60] == 10).all() and np.isin(y[60:], labels).all()
     assert X.max() == 1.0 and X.min() == 0.0
-    assert not np.array_equal(X, first.compose(3, 60, 15)[0])
+    assert not np.array_equal(X, first.compose(3, 60, 15, 20)[0])
     assert not np.array_equal(
-        X, nondigits.NonDigitComposer(digits, labels, seed=4).compose(2, 60, 15)[0]
+        X, nondigits.NonDigitComposer(digits, labels, seed=4).compose(2, 60, 15, 20)[0]
     )
 
 

@@ -369,7 +369,7 @@ def train_and_evaluate(
     X_train, y_train, X_val, y_val = splits.X_train, splits.y_train, splits.X_val, splits.y_val
     X_test, y_test = splits.X_test, splits.y_test
     composer = None
-    n_extra = (0, 0)
+    n_extra = (0, 0, 0)
     if config.non_digits:
         from digitnet.training.nondigits import NonDigitComposer, extra_counts, with_class_column
 
