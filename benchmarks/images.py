@@ -10,13 +10,22 @@ error (15 bins, over the images that were answered). The goals: every kind withi
 the 28x28 digits, at most 0.1 % answered "no digit found", ECE at most 1.5 %.
 
     python benchmarks/images.py MODEL_FILE [MODEL_FILE ...] [--n 10000] [--seed 0]
-        [--data-dir DIR] [--kinds photo_jpeg,...] [--workers N]
+        [--data-dir DIR] [--kinds photo_jpeg,...] [--workers N] [--scribbles 1000]
 
 Rows:
     28x28           the test digits as they are (the baseline)
     28x28 re-centred the same digits through preprocess_image (re-cropped, re-centred)
     <kind>          renderings through preprocess_image; an image the preprocessing refuses
                     (NoDigitFound, ImageError) counts as wrong and is listed under "refused"
+
+A model with a "not a digit" class (``digitnet train --model reader``) gets a column of the
+digits it answered "not a digit" (goal: at most 0.5 % of any kind), and a second table:
+the share of non-digits it refuses (answered "not a digit", or no ink found): ``--scribbles``
+random scribbles (goal: 95 %), and the letters A-Z and a-z in Liberation Sans, Serif and Mono,
+regular, bold and italic, printed and hand-drawn (goal: 80 %; letters that are digits' twins,
+``digitnet.models.classes.TWIN_LETTERS``, apart), with its MNIST test accuracy on all 10,000
+digits. The reader never trained on these: its non-digits come from the DejaVu fonts and
+another scribble generator.
 
 Renderings are seeded per (seed, kind, digit), so a run is reproducible, does not depend on
 the number of workers, and a kind's images do not change when other kinds are added. Rendering
@@ -33,12 +42,14 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 GOAL_POINTS = 1.0
 GOAL_NO_DIGIT = 0.001
@@ -63,6 +74,8 @@ class Row:
     seconds: float = 0.0
     no_digit: int = 0
     ece: float = float("nan")
+    # Digits a model with a "not a digit" class answered "not a digit" (None: no such class).
+    not_a_digit: int | None = None
 
 
 @dataclass
@@ -196,6 +209,13 @@ def score(
     from digitnet.inference.calibration import expected_calibration_error
 
     labels = np.asarray(labels)
+    refusal = getattr(model, "not_a_digit_class", None)
+
+    def refused(probabilities: np.ndarray, answered: np.ndarray) -> int | None:
+        if refusal is None:
+            return None
+        return int(((probabilities.argmax(axis=1) == refusal) & answered).sum())
+
     baseline = np.asarray(
         model.predict_proba(digits.reshape(len(digits), 784).astype(np.float32) / 255.0)
     )
@@ -205,6 +225,7 @@ def score(
             float(np.mean(baseline.argmax(axis=1) == labels)),
             len(digits),
             ece=expected_calibration_error(baseline.max(axis=1), baseline.argmax(axis=1) == labels),
+            not_a_digit=refused(baseline, np.ones(len(labels), bool)),
         )
     ]
     for kind in prepared:
@@ -225,6 +246,7 @@ def score(
                 kind.seconds,
                 int(kind.no_digit.sum()),
                 ece,
+                refused(probabilities, answered),
             )
         )
     return rows
@@ -244,9 +266,11 @@ def evaluate(
 
 
 def _shortfalls(row: Row, baseline: float) -> list[str]:
-    if row.kind == BASELINE:
-        return []
     reasons = []
+    if row.not_a_digit is not None and row.not_a_digit > GOAL_DIGITS_REFUSED * row.count:
+        reasons.append("not a digit")
+    if row.kind == BASELINE:
+        return reasons
     if 100.0 * (row.accuracy - baseline) < -GOAL_POINTS:
         reasons.append("accuracy")
     if row.no_digit > GOAL_NO_DIGIT * row.count:
@@ -256,21 +280,26 @@ def _shortfalls(row: Row, baseline: float) -> list[str]:
 
 def format_table(rows: Sequence[Row]) -> str:
     """The table as text: kind, accuracy %, delta in points against the 28x28 row, refused (all),
-    of them "no digit found", ECE %, ms/image, and whether the reading goal is met."""
+    of them "no digit found", ECE %, ms/image, and whether the reading goal is met; for a model
+    with a "not a digit" class also the digits it answered "not a digit" (counted wrong in the
+    accuracy)."""
     baseline = next(row.accuracy for row in rows if row.kind == BASELINE)
     width = max(len(row.kind) for row in rows)
+    refusals = any(row.not_a_digit is not None for row in rows)
     lines = [
         f"{'kind':<{width}}  {'accuracy':>8}  {'delta':>6}  {'refused':>7}  {'no digit':>8}  "
-        f"{'ECE':>6}  {'ms/image':>8}  goal"
+        + (f"{'not a digit':>11}  " if refusals else "")
+        + f"{'ECE':>6}  {'ms/image':>8}  goal"
     ]
     for row in rows:
         delta = 100.0 * (row.accuracy - baseline)
         ms = f"{1000.0 * row.seconds / row.count:8.1f}" if row.seconds else f"{'':8}"
         ece = f"{100.0 * row.ece:5.2f}%" if not math.isnan(row.ece) else f"{'':6}"
-        goal = "" if row.kind == BASELINE else ("MISSED" if _shortfalls(row, baseline) else "ok")
+        goal = "MISSED" if _shortfalls(row, baseline) else ("" if row.kind == BASELINE else "ok")
+        not_a_digit = f"{row.not_a_digit:>11}  " if refusals else ""
         lines.append(
             f"{row.kind:<{width}}  {100.0 * row.accuracy:7.2f}%  {delta:+6.2f}  {row.refused:>7} "
-            f" {row.no_digit:>8}  {ece}  {ms}  {goal}"
+            f" {row.no_digit:>8}  {not_a_digit}{ece}  {ms}  {goal}"
         )
     return "\n".join(lines)
 
@@ -285,6 +314,254 @@ def missed(rows: Sequence[Row]) -> list[str]:
 def miscalibrated(rows: Sequence[Row]) -> list[str]:
     """Rows whose expected calibration error is above GOAL_ECE."""
     return [row.kind for row in rows if not math.isnan(row.ece) and row.ece > GOAL_ECE]
+
+
+# ---------------------------------------------------------------------------------------------
+# Not a digit: what a model with a "not a digit" class refuses
+#
+# Nothing here was trained on: the reader learns from DejaVu glyphs and its own scribbles
+# (digitnet.training.nondigits); these are Liberation glyphs and another scribble generator
+# (a pen on a random walk of smoothly varying curvature rather than curves through random
+# points). Every image is a dark-on-white page that goes through preprocess_image, as a user's
+# file would.
+
+GOAL_SCRIBBLES = 0.95
+GOAL_LETTERS = 0.80
+GOAL_DIGITS_REFUSED = 0.005
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Liberation's Sans, Serif and Mono, each regular, bold and italic.
+FONT_STYLES = ("Regular", "Bold", "Italic")
+HAND_DRAWN_PER_GLYPH = 2
+_PAGE = 256
+
+
+def _page(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``ink`` coverage (h, w) in [0, 1] placed at random on a white page: uint8 (256, 256)."""
+    from renderings import _dark_on_white, _place
+
+    return np.asarray(_dark_on_white(_place(ink, _PAGE, _PAGE, rng), rng))
+
+
+def scribble_page(rng: np.random.Generator) -> np.ndarray:
+    """One to three pen strokes, each a random walk whose curvature drifts smoothly (an
+    Ornstein-Uhlenbeck process), 150-500 px long on a 256 px page: uint8 (256, 256)."""
+    size = 200
+    image = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(image)
+    width = int(rng.integers(3, 9))
+    for _ in range(int(rng.integers(1, 4))):
+        position = rng.uniform(40, size - 40, 2)
+        heading, curvature = rng.uniform(0, 2 * math.pi), 0.0
+        points = [tuple(position)]
+        for _ in range(int(rng.integers(40, 100))):
+            curvature = 0.85 * curvature + rng.normal(0, 0.15)
+            heading += curvature
+            step = rng.uniform(3, 6) * np.array([math.cos(heading), math.sin(heading)])
+            position = position + step
+            for axis in (0, 1):  # the pen turns back at the page's margin
+                if not 10 <= position[axis] <= size - 10:
+                    position[axis] = min(max(position[axis], 10), size - 10)
+                    heading = math.pi - heading if axis == 0 else -heading
+            points.append(tuple(position))
+        draw.line(points, fill=255, width=width, joint="curve")
+    return _page(np.asarray(image, np.float32) / 255.0, rng)
+
+
+def liberation_fonts() -> list[Any]:
+    """Liberation Sans, Serif and Mono in FONT_STYLES (9 files)."""
+    from digitnet.training.nondigits import find_fonts
+
+    fonts = [
+        path
+        for path in find_fonts("Liberation")
+        if path.stem.split("-")[-1] in FONT_STYLES and "Narrow" not in path.stem
+    ]
+    if len(fonts) != 9:
+        raise SystemExit(f"expected Liberation Sans, Serif and Mono in {FONT_STYLES}: {fonts}")
+    return fonts
+
+
+def _glyph(font_path: Any, char: str, pixels: int) -> np.ndarray:
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(str(font_path), pixels)
+    image = Image.new("L", (3 * pixels, 3 * pixels), 0)
+    ImageDraw.Draw(image).text((pixels, pixels // 2), char, fill=255, font=font)
+    ink = np.asarray(image, np.float32) / 255.0
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0] - 4 : rows[-1] + 5, cols[0] - 4 : cols[-1] + 5]
+
+
+def printed_letter(font_path: Any, char: str, rng: np.random.Generator) -> np.ndarray:
+    """``char`` printed in the font at 60-150 px on a page: uint8 (256, 256)."""
+    return _page(_glyph(font_path, char, int(rng.integers(60, 150))), rng)
+
+
+def hand_drawn_letter(font_path: Any, char: str, rng: np.random.Generator) -> np.ndarray:
+    """``char`` as if written by hand: the glyph's centre lines re-stroked with a pen of 4-9 px,
+    each point moved by a smooth random field (jitter), then the whole elastically distorted:
+    uint8 (256, 256)."""
+    from scipy import ndimage
+
+    from renderings import _skeleton, _smoothed_positions
+
+    glyph = _glyph(font_path, char, 120)
+    skeleton = _skeleton(glyph > 0.5)
+    rows, cols = _smoothed_positions(skeleton)
+    height, width = skeleton.shape
+
+    def smooth_field(shape: tuple[int, int], rms: float, sigma: float) -> np.ndarray:
+        """A smooth random displacement (shape) of ``rms`` pixels, correlated over ``sigma``."""
+        field = ndimage.gaussian_filter(rng.normal(0, 1, shape), sigma)
+        return field * rms / max(float(field.std()), 1e-9)
+
+    # Jitter: each centre-line point moves by about 3 px, smoothly along the stroke.
+    rows = rows + smooth_field((height, width), 3.0, 12.0)
+    cols = cols + smooth_field((height, width), 3.0, 12.0)
+    margin = 10
+    image = Image.new("L", (width + 2 * margin, height + 2 * margin), 0)
+    draw = ImageDraw.Draw(image)
+    pen = int(rng.integers(4, 10))
+    for row, col in zip(*np.nonzero(skeleton)):
+        for d_row, d_col in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            r, c = row + d_row, col + d_col
+            if r < height and 0 <= c < width and skeleton[r, c]:
+                start = (cols[row, col] + margin, rows[row, col] + margin)
+                draw.line([start, (cols[r, c] + margin, rows[r, c] + margin)], fill=255, width=pen)
+    ink = np.asarray(image, np.float32) / 255.0
+    # Elastic distortion of the whole letter (Simard et al.): about 3 px RMS at this size.
+    grid_rows, grid_cols = np.mgrid[0 : ink.shape[0], 0 : ink.shape[1]].astype(np.float64)
+    distorted = ndimage.map_coordinates(
+        ink,
+        [
+            grid_rows + smooth_field(ink.shape, 3.0, 15.0),
+            grid_cols + smooth_field(ink.shape, 3.0, 15.0),
+        ],
+        order=1,
+    )
+    return _page(np.clip(distorted, 0, 1).astype(np.float32), rng)
+
+
+@dataclass
+class RefusalSet:
+    """Non-digit images of one kind, preprocessed: float32 (n, 28, 28), ``no_digit`` (n,)
+    the ones the preprocessing found no ink in (a refusal too), ``names`` (n,) what each is,
+    ``twin`` (n,) whether it is a letter that is a digit's twin."""
+
+    kind: str
+    images: np.ndarray
+    no_digit: np.ndarray
+    names: list[str]
+    twin: np.ndarray
+
+
+def _preprocess_pages(pages: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    from digitnet.errors import NoDigitFound
+    from digitnet.inference.preprocess import preprocess_image
+
+    images = np.zeros((len(pages), 28, 28), np.float32)
+    no_digit = np.zeros(len(pages), bool)
+    for index, page in enumerate(pages):
+        try:
+            images[index] = preprocess_image(page, name=f"page {index}")
+        except NoDigitFound:
+            no_digit[index] = True
+    return images, no_digit
+
+
+def _refusal_task(kind: str, seed: int, items: list[tuple[int, Any, str]]) -> tuple[Any, ...]:
+    pages = []
+    for index, font, char in items:
+        rng = np.random.default_rng([seed, 1000 + len(kind), index])
+        if kind == "scribbles":
+            pages.append(scribble_page(rng))
+        elif kind == "printed letters":
+            pages.append(printed_letter(font, char, rng))
+        else:
+            pages.append(hand_drawn_letter(font, char, rng))
+    return _preprocess_pages(pages)
+
+
+def refusal_sets(n_scribbles: int, seed: int = 0, workers: int = 1) -> list[RefusalSet]:
+    """``n_scribbles`` scribbles, every letter in every Liberation font printed, and
+    HAND_DRAWN_PER_GLYPH hand-drawn versions of each, preprocessed on ``workers`` processes."""
+    from digitnet.models.classes import TWIN_LETTERS
+
+    fonts = liberation_fonts()
+    glyphs = [(font, char) for font in fonts for char in LETTERS]
+    plan: dict[str, list[tuple[int, Any, str]]] = {
+        "scribbles": [(i, None, "scribble") for i in range(n_scribbles)],
+        "printed letters": [(i, font, char) for i, (font, char) in enumerate(glyphs)],
+        "hand-drawn letters": [
+            (i, font, char)
+            for i, (font, char) in enumerate(
+                [g for g in glyphs for _ in range(HAND_DRAWN_PER_GLYPH)]
+            )
+        ],
+    }
+    context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+    with ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
+        futures = {
+            kind: [
+                pool.submit(_refusal_task, kind, seed, items[start : start + CHUNK])
+                for start in range(0, len(items), CHUNK)
+            ]
+            for kind, items in plan.items()
+        }
+        sets = []
+        for kind, items in plan.items():
+            parts = [future.result() for future in futures[kind]]
+            names = [char for _, _, char in items]
+            sets.append(
+                RefusalSet(
+                    kind,
+                    np.concatenate([part[0] for part in parts]),
+                    np.concatenate([part[1] for part in parts]),
+                    names,
+                    np.array([name in TWIN_LETTERS and len(name) == 1 for name in names], bool),
+                )
+            )
+    return sets
+
+
+def refusal_table(model: Any, sets: Sequence[RefusalSet]) -> tuple[str, list[str]]:
+    """The refusal rates of ``model`` (which has a "not a digit" class) on each set, letters
+    split into twins and the rest, and the goals missed."""
+    refusal = model.not_a_digit_class
+    lines = [
+        f"{'non-digits':<32}  {'images':>6}  {'refused':>8}  {'not a digit':>11}  "
+        f"{'no digit':>8}  goal"
+    ]
+    missed_goals = []
+    for refusal_set in sets:
+        predicted = model.predict_proba(refusal_set.images.reshape(-1, 784)).argmax(axis=1)
+        refused = (predicted == refusal) | refusal_set.no_digit
+        groups = (
+            [(refusal_set.kind, np.ones(len(refused), bool), GOAL_SCRIBBLES)]
+            if refusal_set.kind == "scribbles"
+            else [
+                (f"{refusal_set.kind}, not twins", ~refusal_set.twin, GOAL_LETTERS),
+                (f"{refusal_set.kind}, twins", refusal_set.twin, None),
+            ]
+        )
+        for name, members, goal in groups:
+            rate = float(refused[members].mean())
+            verdict = "" if goal is None else ("ok" if rate >= goal else "MISSED")
+            if verdict == "MISSED":
+                missed_goals.append(name)
+            lines.append(
+                f"{name:<32}  {int(members.sum()):>6}  {100 * rate:7.2f}%  "
+                f"{int((predicted[members] == refusal).sum()):>11}  "
+                f"{int(refusal_set.no_digit[members].sum()):>8}  {verdict}"
+            )
+        if refusal_set.kind != "scribbles":
+            read = [n for n, r in zip(refusal_set.names, refused) if not r]
+            common = Counter(read).most_common(8)
+            lines.append(
+                f"{'':<4}read as digits most often: "
+                + ", ".join(f"{name} {count}x" for name, count in common)
+            )
+    return "\n".join(lines), missed_goals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,6 +589,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=os.cpu_count() or 1,
         help="processes rendering and preprocessing (default: one per core)",
+    )
+    parser.add_argument(
+        "--scribbles",
+        type=int,
+        default=1000,
+        metavar="N",
+        help='models with a "not a digit" class: scribbles to refuse (default 1000); the '
+        "letters are every letter in every Liberation font, printed and hand-drawn",
     )
     parser.add_argument(
         "--show-refusals",
@@ -370,6 +655,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ECE above {100 * GOAL_ECE:g} %: {', '.join(loose)}")
         else:
             print(f"calibrated: ECE at most {100 * GOAL_ECE:g} % on every row")
+    refusing = [(p, m) for p, m in zip(args.model_files, models) if m.not_a_digit_class is not None]
+    if refusing:
+        started = time.perf_counter()
+        sets = refusal_sets(args.scribbles, args.seed, max(1, args.workers))
+        print(
+            f"\nNot a digit: {args.scribbles} scribbles, {len(LETTERS)} letters x 9 Liberation "
+            f"fonts printed and {HAND_DRAWN_PER_GLYPH}x hand-drawn, rendered and preprocessed in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        everything = arrays.test_images.reshape(-1, 784).astype(np.float32) / 255.0
+        for path, model in refusing:
+            table, missed_goals = refusal_table(model, sets)
+            accuracy = accuracy_of(model, everything, arrays.test_labels)
+            print(f"\n{path}: MNIST test accuracy {100 * accuracy:.2f} % of {len(everything):,}")
+            print(table)
+            goal = (
+                f"at least {100 * GOAL_SCRIBBLES:g} % of scribbles and {100 * GOAL_LETTERS:g} % "
+                "of letters (not twins) refused"
+            )
+            verdict = f"missed by: {', '.join(missed_goals)}" if missed_goals else "met"
+            print(f"goal ({goal}): {verdict}")
     return 0
 
 

@@ -38,7 +38,16 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     held_out, X, y = splits_of_model(model.metadata, args.data_dir).held_out()
-    calibrated = calibrate(model, X, y.argmax(axis=1), held_out)
+    labels = y.argmax(axis=1)
+    if model.not_a_digit_class is not None:
+        # As the training run did: the held-out digits and non-digits composed from them.
+        from digitnet.training.nondigits import calibration_set
+
+        training = model.metadata["training"]
+        X, labels = calibration_set(
+            X, labels, training["seed"], training["non_digits"], model.not_a_digit_class
+        )
+    calibrated = calibrate(model, X, labels, held_out)
     output = args.output or args.model
     save_model(calibrated, output)
     print(describe_calibration(calibrated))

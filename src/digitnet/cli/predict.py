@@ -40,7 +40,8 @@ def add_parser(
         "--json",
         action="store_true",
         help="print a JSON array: {file, digit, confidence, probabilities} or "
-        "{file, error} per image",
+        "{file, error} per image (digit null, not_a_digit true and a reason when a model "
+        'with a "not a digit" class refuses the image)',
     )
     parser.add_argument(
         "--save-preprocessed",
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
             save_preprocessed([result], args.save_preprocessed, saved)
         if args.json:
             sys.stdout.write(("[\n" if count == 1 else ",\n") + json.dumps(result.to_json()))
+        elif result.not_a_digit:
+            print(f"{printable(result.file)}\tnot a digit\t{result.confidence:.4f}")
         elif result.ok:
             # File names are escaped: a tab or newline in one must not forge a column or a line.
             mark = "\tlow confidence" if result.low_confidence else ""

@@ -89,6 +89,12 @@ def add_parser(
         type=int,
     )
     preset(
+        "non_digits",
+        "non-digits composed per epoch per training digit; above 0 the model gets an 11th "
+        'output, "not a digit"',
+        type=float,
+    )
+    preset(
         "patience",
         "stop after this many epochs without validation improvement (0: never)",
         type=int,
@@ -196,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         val_size=args.val_size,
         calibration_size=args.calibration_size,
         patience=args.patience,
+        non_digits=args.non_digits,
         seed=args.seed,
         dry_run=args.dry_run,
         strategy=args.strategy,

@@ -20,6 +20,7 @@ import numpy as np
 
 from digitnet.errors import ConfigError
 from digitnet.models import architectures
+from digitnet.models.classes import not_a_digit_index
 from digitnet.models.layers import DenseStep, NumpyStep
 
 # (weights (inputs, units), bias (1, units) or None, in-place activation) per layer.
@@ -161,6 +162,12 @@ class Model:
     @property
     def n_inputs(self) -> int:
         return architectures.n_inputs(self.architecture)
+
+    @property
+    def not_a_digit_class(self) -> int | None:
+        """The output meaning "not a digit" (the last, 10 for the reader model), or None: the
+        outputs are digits only (the seed, mlp and cnn models, every file written before)."""
+        return not_a_digit_index(self.metadata.get("classes"), self.n_classes)
 
     @property
     def name(self) -> str:

@@ -336,6 +336,13 @@ def load_model(path: str | os.PathLike[str]) -> Model:
             f"{path} holds a model that takes {model.n_inputs} values per image; digitnet's "
             f"images are 28x28 = {IMAGE_VALUES} values: retrain it on 28x28 images"
         )
+    classes = header.get("classes")
+    if classes is not None and (
+        len(classes) != model.n_classes or not all(isinstance(c, str) for c in classes)
+    ):
+        raise ModelFileError(
+            f"{path} names {len(classes)} classes for {model.n_classes} outputs: it is damaged"
+        )
     output = model.architecture["layers"][-1]["activation"]
     if model.n_classes < 2 or output not in ("softmax", "sigmoid"):
         raise ModelFileError(
@@ -378,6 +385,8 @@ _METADATA_TYPES: dict[str, type] = {
     "metrics": dict,
     "history": list,
     "data": dict,
+    # One name per output; only files of models with more than the ten digits have it.
+    "classes": list,
 }
 
 

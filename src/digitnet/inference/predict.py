@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 # without a calibration; calibrated files carry a threshold chosen on held-out data.
 LOW_CONFIDENCE = DEFAULT_LOW_CONFIDENCE
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+# Why a model with a "not a digit" class refused an image.
+NOT_A_DIGIT_REASON = (
+    'the model reads it as "not a digit" (a letter, symbol, shape or scribble), '
+    "more likely than any digit"
+)
 
 
 @dataclass
@@ -32,6 +37,11 @@ class ImagePrediction:
 
     ``digit`` and ``probabilities`` are None when the image could not be read or holds no
     digit; ``error`` then says why. ``image`` is the 28x28 float32 array the model saw.
+
+    A model with a "not a digit" class (``Model.not_a_digit_class``) may refuse the image:
+    ``not_a_digit`` is then True, ``digit`` None, ``confidence`` the probability of "not a
+    digit" and ``reason`` says why. With such a model ``probabilities`` always holds the ten
+    digits' probabilities (which then sum to one minus that of "not a digit").
     """
 
     file: str
@@ -42,6 +52,8 @@ class ImagePrediction:
     error: str | None = None
     no_digit: bool = False
     image: np.ndarray | None = field(default=None, repr=False)
+    not_a_digit: bool = False
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,6 +64,15 @@ class ImagePrediction:
         error}``."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
+        if self.not_a_digit:
+            return {
+                "file": self.file,
+                "digit": None,
+                "confidence": self.confidence,
+                "probabilities": self.probabilities,
+                "not_a_digit": True,
+                "reason": self.reason,
+            }
         return {
             "file": self.file,
             "digit": self.digit,
@@ -120,6 +141,19 @@ def _answer(
     confidence: float,
     probabilities: list[float],
 ) -> ImagePrediction:
+    refusal = model.not_a_digit_class
+    if refusal is not None:
+        probabilities = probabilities[:refusal]
+        if digit == refusal:
+            return ImagePrediction(
+                label,
+                None,
+                confidence,
+                probabilities,
+                image=seen,
+                not_a_digit=True,
+                reason=NOT_A_DIGIT_REASON,
+            )
     return ImagePrediction(
         label,
         digit,

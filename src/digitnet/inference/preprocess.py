@@ -1228,6 +1228,13 @@ def _crop_to_ink(ink: np.ndarray, name: str) -> np.ndarray:
 # Geometry
 
 
+def ink_to_mnist(ink: np.ndarray, *, name: str = "the ink") -> np.ndarray:
+    """Place ``ink`` (h, w) in [0, 1], white on black at any size, as ``preprocess_image``
+    places the digit it found: cropped to its box, strokes brought to MNIST's width, 20 px on
+    the longer side, centred by mass. Returns float32 (28, 28); ``NoDigitFound`` when blank."""
+    return _fit_into_mnist_frame(_crop_to_ink(np.asarray(ink, dtype=np.float32), name), name)
+
+
 def _fit_into_mnist_frame(ink: np.ndarray, name: str) -> np.ndarray:
     """(h, w) ink cropped to its bounding box -> float32 (28, 28) in MNIST's geometry."""
     ink = _to_crop_scale(ink)

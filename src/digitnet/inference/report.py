@@ -114,7 +114,8 @@ def report_data(
     for row in test["per_class"]:
         p, r = row["precision"], row["recall"]
         row["f1"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
-    test["macro_f1"] = float(np.mean([row["f1"] for row in test["per_class"]]))
+    # Over the classes the test set holds: a reader's "not a digit" has no test images.
+    test["macro_f1"] = float(np.mean([row["f1"] for row in test["per_class"] if row["support"]]))
 
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]

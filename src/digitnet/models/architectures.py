@@ -162,7 +162,7 @@ def named_architecture(
         return seed_architecture(layout, n_classes)
     if name == "mlp":
         return mlp_architecture(layout, dropout, n_classes)
-    if name == "cnn":
+    if name in ("cnn", "reader"):
         if layout is not None:
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
         return cnn_architecture(dropout, 10 if n_classes is None else n_classes)

@@ -148,6 +148,7 @@ MODEL_NAMES = Options(
     seed="the tutorial's 784-100-100-60-10 network",
     mlp="a wide dropout MLP",
     cnn="a batch-normalized CNN",
+    reader='the cnn with an eleventh output, "not a digit"',
 )
 COSTS = Options(
     mse="squared error on sigmoid outputs (the tutorial's)",

@@ -52,6 +52,10 @@ class ModelSummary(_Answer):
     architecture: str = Field(examples=["dense 784-100-100-60-10 (sigmoid output)"])
     inputs: int = Field(description="Values per instance")
     classes: int
+    not_a_digit_class: int | None = Field(
+        description='The output meaning "not a digit" (the last), or null when every output '
+        "is a digit"
+    )
     digitnet_version: str
 
     @classmethod
@@ -61,6 +65,7 @@ class ModelSummary(_Answer):
             architecture=architectures.describe(model.architecture),
             inputs=model.n_inputs,
             classes=model.n_classes,
+            not_a_digit_class=model.not_a_digit_class,
             digitnet_version=__version__,
         )
 
@@ -173,6 +178,23 @@ class DigitAnswer(_Answer):
         description="The 28x28 image the model saw: floats in [0, 1], white ink on black"
     )
     no_digit: Literal[False] = False
+    not_a_digit: Literal[False] = False
+
+
+class NotADigitAnswer(_Answer):
+    """An image that a model with a "not a digit" class refused: a letter, a symbol, a shape
+    or a scribble."""
+
+    digit: None = None
+    confidence: float = Field(description='The probability of "not a digit"')
+    low_confidence: Literal[False] = False
+    probabilities: list[float] = Field(description="The ten digits' probabilities, in [0, 1]")
+    image: list[list[float]] = Field(
+        description="The 28x28 image the model saw: floats in [0, 1], white ink on black"
+    )
+    no_digit: Literal[False] = False
+    not_a_digit: Literal[True] = True
+    reason: str = Field(description="Why it is not a digit")
 
 
 class NoDigitAnswer(_Answer):
@@ -184,16 +206,25 @@ class NoDigitAnswer(_Answer):
     probabilities: None = None
     image: None = None
     no_digit: Literal[True] = True
+    not_a_digit: Literal[False] = False
     message: str = NO_DIGIT_MESSAGE
     detail: str = Field(description="Why no digit was found")
 
 
-def image_answer(prediction: ImagePrediction) -> DigitAnswer | NoDigitAnswer:
+def image_answer(prediction: ImagePrediction) -> DigitAnswer | NotADigitAnswer | NoDigitAnswer:
     """The /api/predict answer for an ``ImagePrediction`` that is ok or ``no_digit``."""
     if prediction.no_digit:
         return NoDigitAnswer(detail=prediction.error or NO_DIGIT_MESSAGE)
-    assert prediction.digit is not None and prediction.confidence is not None
+    assert prediction.confidence is not None
     assert prediction.probabilities is not None and prediction.image is not None
+    if prediction.not_a_digit:
+        return NotADigitAnswer(
+            confidence=prediction.confidence,
+            probabilities=prediction.probabilities,
+            image=np.round(prediction.image.astype(np.float64), 4).tolist(),
+            reason=prediction.reason or "",
+        )
+    assert prediction.digit is not None
     return DigitAnswer(
         digit=prediction.digit,
         confidence=prediction.confidence,

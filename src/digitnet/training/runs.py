@@ -39,6 +39,7 @@ from digitnet.models.choices import (
     Interval,
     check,
 )
+from digitnet.models.classes import READER_CLASSES
 from digitnet.models.presets import PRESETS
 
 if TYPE_CHECKING:  # the engine imports TensorFlow: only inside train_and_evaluate at run time
@@ -65,6 +66,7 @@ _CONSTRAINTS: dict[str, Constraint] = {
     "precision": PRECISIONS,
     "strategy": STRATEGIES,
     "devices": Interval(int, 1, None),
+    "non_digits": Interval(float, 0, 10, note="0: digits only"),
 }
 
 
@@ -93,6 +95,9 @@ class TrainConfig:
     dry_run: bool = False
     strategy: str = "default"
     devices: int | None = None
+    # Non-digits composed per epoch, as a fraction of the training digits; above 0 the model
+    # gets an eleventh output, "not a digit" (``digitnet.training.nondigits``).
+    non_digits: float | None = None
 
     def resolved(self) -> ResolvedConfig:
         """A copy with every default filled in from the model's preset, checked."""
@@ -109,7 +114,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 check(name, value, constraint)
-        if self.layout is not None and self.model == "cnn":
+        if self.layout is not None and self.model in ("cnn", "reader"):
             raise ConfigError("--layout describes dense layers; the cnn model does not take one")
 
     def architecture(self, n_classes: int | None = None) -> dict[str, Any]:
@@ -150,6 +155,7 @@ class ResolvedConfig(TrainConfig):
     calibration_size: int
     patience: int
     precision: str
+    non_digits: float
 
     def __post_init__(self) -> None:
         unset = [
@@ -362,8 +368,20 @@ def train_and_evaluate(
     splits, data = load_splits(config, data_dir)
     X_train, y_train, X_val, y_val = splits.X_train, splits.y_train, splits.X_val, splits.y_val
     X_test, y_test = splits.X_test, splits.y_test
+    composer = None
+    n_extra = (0, 0, 0)
+    if config.non_digits:
+        from digitnet.training.nondigits import NonDigitComposer, extra_counts, with_class_column
+
+        # The test and validation sets stay digits only: their accuracy counts a refused
+        # digit as a mistake.
+        y_train, y_val, y_test = (with_class_column(y) for y in (y_train, y_val, y_test))
+        composer = NonDigitComposer(
+            X_train, y_train.argmax(axis=1), seed=config.seed, not_a_digit=y_train.shape[1] - 1
+        )
+        n_extra = extra_counts(len(X_train), config.non_digits)
     architecture = config.architecture(n_classes=y_train.shape[1])
-    steps_per_epoch = max(len(X_train) // config.batch_size, 1)
+    steps_per_epoch = max((len(X_train) + sum(n_extra)) // config.batch_size, 1)
     fitter = Fitter(
         architecture,
         cost=config.cost,
@@ -379,14 +397,28 @@ def train_and_evaluate(
         strategy=strategy,
     )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
+
+    def epoch_data(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training digits, plus the epoch's composed images when there are any."""
+        if composer is None:
+            return X_train, y_train
+        X_extra, labels = composer.compose(epoch, *n_extra)
+        y_extra = np.eye(y_train.shape[1], dtype=np.float32)[labels]
+        return np.concatenate([X_train, X_extra]), np.concatenate([y_train, y_extra])
+
     state = RunState()
     if resume:
         state = _restore(checkpoint_path, fitter, config, data)
         log(f"Resuming after epoch {state.epoch} from {checkpoint_path}")
     else:
-        fitter.set_output_bias_from_labels(y_train)
+        fitter.set_output_bias_from_labels(epoch_data(1)[1])
 
-    train = fitter.dataset(X_train, y_train)
+    # With composed images each epoch brings its own data.
+    digits_only = fitter.dataset(X_train, y_train) if composer is None else None
+
+    def epoch_tensors(epoch: int) -> Any:
+        return digits_only if digits_only is not None else fitter.dataset(*epoch_data(epoch))
+
     board = None
     if tensorboard is not None and chief:
         board = TensorBoardLog(tensorboard, config.to_json(), X_train, y_train, X_val, y_val)
@@ -394,7 +426,7 @@ def train_and_evaluate(
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started = time.perf_counter()
             try:
-                cost = fitter.train_epoch(train, epoch, progress=advance(epoch))
+                cost = fitter.train_epoch(epoch_tensors(epoch), epoch, progress=advance(epoch))
             except CLUSTER_ERRORS as error:
                 if strategy is None:
                     raise
@@ -443,19 +475,25 @@ def train_and_evaluate(
         )
     log(f"Accuracy on the test set: {metrics['test_accuracy'] * 100:.2f} %")
 
-    model = Model(
-        architecture,
-        fitter.parameters(),
-        {
-            "training": config.to_json(),
-            "metrics": metrics,
-            "history": state.history,
-            "data": data,
-        },
-    )
+    metadata: dict[str, Any] = {
+        "training": config.to_json(),
+        "metrics": metrics,
+        "history": state.history,
+        "data": data,
+    }
+    if composer is not None:
+        metadata["classes"] = list(READER_CLASSES)
+    model = Model(architecture, fitter.parameters(), metadata)
     held_out, X_held, y_held = splits.held_out()
     if len(X_held):
-        model = calibrate(model, X_held, y_held.argmax(axis=1), held_out)
+        labels_held = y_held.argmax(axis=1)
+        if composer is not None:
+            from digitnet.training.nondigits import calibration_set
+
+            X_held, labels_held = calibration_set(
+                X_held, labels_held, config.seed, config.non_digits
+            )
+        model = calibrate(model, X_held, labels_held, held_out)
         log(describe_calibration(model))
     if save_model_path is not None and chief:
         from digitnet.inference.modelfile import save_model
@@ -541,8 +579,9 @@ def _restore(path: Path, fitter: Fitter, config: ResolvedConfig, data: dict[str,
         )
     tensors, header = read_bundle(path, CHECKPOINT_KIND)
     check_checkpoint_header(path, header)
-    # Checkpoints from before calibration_size existed held nothing out for it.
-    saved = _comparable({"calibration_size": 0, **header["config"]})
+    # Checkpoints from before calibration_size and non_digits existed held nothing out for
+    # calibration and trained on digits only.
+    saved = _comparable({"calibration_size": 0, "non_digits": 0.0, **header["config"]})
     current = _comparable(config.to_json())
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:

@@ -17,6 +17,7 @@ from digitnet.serving.schemas import (
     Health,
     ModelSummary,
     NoDigitAnswer,
+    NotADigitAnswer,
     image_answer,
 )
 from digitnet.serving.work import light_image, predict_image_bytes
@@ -45,7 +46,8 @@ _IMAGE_REQUEST: dict[str, Any] = {
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The prediction, or `no_digit: true` for an image without a digit",
+        "description": "The prediction, `not_a_digit: true` for an image a reader model "
+        "refuses, or `no_digit: true` for an image without a digit",
         "content": {
             "application/json": {
                 "example": {
@@ -55,6 +57,7 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
                     "probabilities": [0.0, 0.0, 0.01, 0.0, 0.0, 0.0, 0.0, 0.98, 0.0, 0.01],
                     "image": "[[28 rows of 28 floats in [0, 1], white ink on black]]",
                     "no_digit": False,
+                    "not_a_digit": False,
                 }
             }
         },
@@ -103,15 +106,19 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     responses=_IMAGE_RESPONSES,
     openapi_extra=_IMAGE_REQUEST,
 )
-async def api_predict(request: Request, pool: PoolDep) -> DigitAnswer | NoDigitAnswer:
+async def api_predict(
+    request: Request, pool: PoolDep
+) -> DigitAnswer | NotADigitAnswer | NoDigitAnswer:
     """Any image `digitnet predict` reads (PNG, JPEG, ...: a photo, scan or drawing of one
     digit, dark on light or light on dark, transparency allowed), as multipart field `file`
     or as a raw `image/*` body. It is preprocessed into MNIST form (28x28, white ink on
     black) and predicted.
 
     An image with no digit in it answers **200** with `"digit": null, "no_digit": true,
-    "message": "no digit found"`: an empty drawing is a normal state, not an error. An
-    unreadable image answers 400."""
+    "message": "no digit found"`: an empty drawing is a normal state, not an error. A model
+    with a "not a digit" class (the reader) answers a letter, symbol, shape or scribble with
+    `"digit": null, "not_a_digit": true`, a `reason`, the probability of "not a digit" as
+    `confidence` and the ten digits' `probabilities`. An unreadable image answers 400."""
     data, name = await read_upload(request)
     if not data:
         raise RequestError("the image is empty (0 bytes)")

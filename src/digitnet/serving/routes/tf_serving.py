@@ -231,7 +231,8 @@ def predict_paths(model: Model) -> dict[str, Any]:
         "tags": TAGS,
         "summary": "Predict (TensorFlow Serving REST)",
         "description": (
-            'Row form `{"instances": [...]}` answers `{"predictions": [[p0..p9], ...]}`; '
+            'Row form `{"instances": [...]}` answers `{"predictions": [[p0..p9], ...]}` '
+            '(a reader model adds p10, the probability of "not a digit"; see /api/health); '
             'columnar form `{"inputs": ...}` answers `{"outputs": ...}`. At most '
             f"{MAX_INSTANCES:,} instances per request, of which at most {MAX_IMAGES} images. "
             "Values outside [0, 1], NaN, "
