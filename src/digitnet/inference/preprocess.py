@@ -42,6 +42,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Union
 
 import numpy as np
@@ -61,6 +62,9 @@ __all__ = [
     "MNIST_SIDE",
     "SUPPORTED_FORMATS",
     "ImageInput",
+    "InkMap",
+    "find_ink",
+    "fit_into_mnist_frame",
     "preprocess_image",
     "read_grey",
 ]
@@ -168,6 +172,56 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
     return _fit_into_mnist_frame(ink, label)
 
 
+@dataclass(frozen=True)
+class InkMap:
+    """The ink of an image, as ``preprocess_image`` finds it, and where it lies in the image.
+
+    ``ink`` is float32 (h, w) in [0, 1], 1 at stroke cores, cropped to its bounding box.
+    Ink pixel (row, col) covers the image's pixels from ``(top + row) * scale`` to
+    ``(top + row + 1) * scale`` down, and likewise across from ``left``; ``scale`` is the image's
+    pixels per ink pixel (above 1 for images reduced to 640 px, below 1 for enlarged small ones),
+    ``image_shape`` the (height, width) of the image as read (EXIF orientation applied).
+    """
+
+    ink: np.ndarray
+    top: int
+    left: int
+    scale: float
+    image_shape: tuple[int, int]
+
+    def to_image_box(
+        self, top: int, left: int, bottom: int, right: int
+    ) -> tuple[int, int, int, int]:
+        """Ink rows [top, bottom) and columns [left, right) as (x0, y0, x1, y1) in the image's
+        pixels, x1 and y1 exclusive, clipped to the image."""
+        height, width = self.image_shape
+        x0 = min(max(math.floor((self.left + left) * self.scale), 0), width)
+        y0 = min(max(math.floor((self.top + top) * self.scale), 0), height)
+        x1 = min(max(math.ceil((self.left + right) * self.scale), x0), width)
+        y1 = min(max(math.ceil((self.top + bottom) * self.scale), y0), height)
+        return x0, y0, x1, y1
+
+
+def find_ink(image: ImageInput, *, name: str | None = None) -> InkMap:
+    """The ink ``preprocess_image`` would fit into MNIST's frame, before fitting it.
+
+    Reads ``image`` as ``preprocess_image`` does, raising the same errors, and finds its ink by
+    the same steps (lighting, polarity, ruling, specks, page edges). Every component near the
+    largest is kept, so the ink of a number written on one line comes back whole.
+    """
+    label = _describe(image, name)
+    grey, image_shape = _read(image, label)
+    ink, top, left, upscale = _locate_ink(grey, label)
+    scale = max(image_shape[0] / grey.shape[0], image_shape[1] / grey.shape[1]) / upscale
+    return InkMap(ink, top, left, scale, image_shape)
+
+
+def fit_into_mnist_frame(ink: np.ndarray, *, name: str = "the image") -> np.ndarray:
+    """Ink float32 (h, w) in [0, 1] cropped to its bounding box -> float32 (28, 28) MNIST form,
+    as the last step of ``preprocess_image``. Raises ``NoDigitFound`` if nothing is left."""
+    return _fit_into_mnist_frame(ink, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading
 #
@@ -229,9 +283,14 @@ def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
     Raises ``ImageError`` with a one-line message naming the image for unreadable input, and
     for nothing else: every exception a decoder raises becomes one.
     """
-    label = _describe(image, name)
+    return _read(image, _describe(image, name))[0]
+
+
+def _read(image: ImageInput, label: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """``read_grey``'s image, and the (height, width) of the image before reduction, upright."""
     if isinstance(image, np.ndarray):
         grey, alpha = _array_to_grey(image, label)
+        shape = (int(image.shape[0]), int(image.shape[1]))
     elif isinstance(image, Image.Image):
         _check_size(image.size, label)
         if isinstance(image, ImageFile.ImageFile) and image.tile:
@@ -239,10 +298,19 @@ def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
             _check_decoding_cost(image, image.format or "", label)
             _load(image, label)
         grey, alpha = _pil_to_grey(image, label)
-        grey, alpha = _upright(grey, alpha, _orientation(image))
+        orientation = _orientation(image)
+        grey, alpha = _upright(grey, alpha, orientation)
+        shape = _upright_shape(image.size, orientation)
     else:
-        grey, alpha = _read_encoded(image, label)
-    return _composite(grey, alpha)
+        grey, alpha, shape = _read_encoded(image, label)
+    return _composite(grey, alpha), shape
+
+
+def _upright_shape(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(height, width) of an image of PIL ``size`` (width, height) turned upright."""
+    width, height = size
+    # Orientations 5-8 turn the image by a quarter.
+    return (width, height) if orientation >= 5 else (height, width)
 
 
 def _describe(image: object, name: str | None) -> str:
@@ -260,7 +328,9 @@ def _describe(image: object, name: str | None) -> str:
     return file_name if isinstance(file_name, str) else "the image file"
 
 
-def _read_encoded(image: object, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_encoded(
+    image: object, name: str
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     if isinstance(image, (str, os.PathLike)):
         with _open_regular_file(os.fspath(image), name) as stream:
             return _decode(stream, name)
@@ -318,8 +388,9 @@ def _check_file_size(size: int, name: str) -> None:
         )
 
 
-def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable)."""
+def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable), and its
+    upright (height, width) before reduction."""
     image_format = _format_from_signature(stream.read(16))
     if image_format is None:
         raise ImageError(
@@ -341,14 +412,17 @@ def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None
             f"corrupt ({_one_line(error)})"
         ) from None
     with opened:
-        _check_size(opened.size, name)
+        # Taken before a JPEG's draft mode shrinks what it reports.
+        size = opened.size
+        _check_size(size, name)
         if image_format == "JPEG":
             _check_jpeg(opened, stream, name)
             _draft_large_jpeg(opened)
         _check_decoding_cost(opened, image_format, name, file_bytes)
         _load(opened, name)
         grey, alpha = _pil_to_grey(opened, name)
-        return _upright(grey, alpha, _orientation(opened))
+        orientation = _orientation(opened)
+        return (*_upright(grey, alpha, orientation), _upright_shape(size, orientation))
 
 
 def _format_from_signature(data: bytes) -> str | None:
@@ -892,6 +966,12 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     # the border's level is the ink's: the fit then starts from the whole image's median, or
     # from its lightest level (paper under dark ink). Not from the darkest: on blank squared
     # paper that is the grid, and the paper between its lines would pass for light ink.
+    return _locate_ink(grey, name)[0]
+
+
+def _locate_ink(grey: np.ndarray, name: str) -> tuple[np.ndarray, int, int, int]:
+    """``_find_ink``'s ink, the row and column of its top left corner in ``grey`` enlarged by
+    the whole factor small images are enlarged by, and that factor."""
     for start in _BACKGROUND_STARTS[:-1]:
         try:
             return _find_ink_from(grey, name, start)
@@ -900,8 +980,8 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     return _find_ink_from(grey, name, _BACKGROUND_STARTS[-1])
 
 
-def _find_ink_from(grey: np.ndarray, name: str, start: str) -> np.ndarray:
-    """``_find_ink`` with the background fit started from ``start`` (see _fit_background)."""
+def _find_ink_from(grey: np.ndarray, name: str, start: str) -> tuple[np.ndarray, int, int, int]:
+    """``_locate_ink`` with the background fit started from ``start`` (see _fit_background)."""
     upscale = 1
     if max(grey.shape) < MNIST_SIDE:
         upscale = math.ceil(_SMALL_SIDE / max(grey.shape))
@@ -981,7 +1061,11 @@ def _find_ink_from(grey: np.ndarray, name: str, start: str) -> np.ndarray:
     left, right = max(int(cols.min()) - 1, 0), int(cols.max()) + 2
     keep = ndimage.binary_dilation(keep[top:bottom, left:right], structure=np.ones((3, 3), bool))
     ink = np.where(keep, ink[top:bottom, left:right], 0.0).astype(np.float32)
-    return _crop_to_ink(ink, name)
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        raise NoDigitFound(f"no digit found in {name}: the image is blank")
+    return _crop_to_ink(ink, name), top + int(rows[0]), left + int(cols[0]), upscale
 
 
 def _erase_ruling(residual: np.ndarray, candidates: np.ndarray, faint: np.ndarray) -> bool:
