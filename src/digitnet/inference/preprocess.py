@@ -110,6 +110,9 @@ _EDGE_CONTACT = 0.5
 # beside the strokes of a 12-px scan. (MNIST's own digits keep their 28 px: enlarged, they
 # would come out blurred.)
 _SMALL_SIDE = 48
+# Along a line of digits (find_ink), components this many of the line's heights apart still
+# belong to it.
+_LINE_GAP = 1.5
 # Ruling of notebook paper (see _erase_ruling): a band of rows or columns at least _RULING_COVER
 # ink, at most _RULING_THICKNESS of the image and _RULING_STROKE of the digit's stroke width
 # thick. Pixels over _RULING_INK times the line's own contrast are ink lying along it.
@@ -181,6 +184,7 @@ class InkMap:
     ``(top + row + 1) * scale`` down, and likewise across from ``left``; ``scale`` is the image's
     pixels per ink pixel (above 1 for images reduced to 640 px, below 1 for enlarged small ones),
     ``image_shape`` the (height, width) of the image as read (EXIF orientation applied).
+    ``more_along_line``: found without ``line``, more ink lies along the line than was kept.
     """
 
     ink: np.ndarray
@@ -188,6 +192,7 @@ class InkMap:
     left: int
     scale: float
     image_shape: tuple[int, int]
+    more_along_line: bool = False
 
     def to_image_box(
         self, top: int, left: int, bottom: int, right: int
@@ -202,18 +207,21 @@ class InkMap:
         return x0, y0, x1, y1
 
 
-def find_ink(image: ImageInput, *, name: str | None = None) -> InkMap:
-    """The ink ``preprocess_image`` would fit into MNIST's frame, before fitting it.
+def find_ink(image: ImageInput, *, name: str | None = None, line: bool = True) -> InkMap:
+    """The ink of ``image`` before it is fitted into MNIST's frame.
 
     Reads ``image`` as ``preprocess_image`` does, raising the same errors, and finds its ink by
-    the same steps (lighting, polarity, ruling, specks, page edges). Every component near the
-    largest is kept, so the ink of a number written on one line comes back whole.
+    the same steps (lighting, polarity, ruling, specks, page edges). With ``line`` the
+    components along the line of the largest one are kept too, gaps up to 1.5 times its height,
+    so that a number written on one line comes back whole; without it, exactly the ink
+    ``preprocess_image`` fits (``fit_into_mnist_frame(find_ink(image, line=False).ink)`` is
+    ``preprocess_image(image)``).
     """
     label = _describe(image, name)
     grey, image_shape = _read(image, label)
-    ink, top, left, upscale = _locate_ink(grey, label)
+    ink, top, left, upscale, more_along_line = _locate_ink(grey, label, line=line)
     scale = max(image_shape[0] / grey.shape[0], image_shape[1] / grey.shape[1]) / upscale
-    return InkMap(ink, top, left, scale, image_shape)
+    return InkMap(ink, top, left, scale, image_shape, more_along_line)
 
 
 def fit_into_mnist_frame(ink: np.ndarray, *, name: str = "the image") -> np.ndarray:
@@ -969,18 +977,24 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     return _locate_ink(grey, name)[0]
 
 
-def _locate_ink(grey: np.ndarray, name: str) -> tuple[np.ndarray, int, int, int]:
+def _locate_ink(
+    grey: np.ndarray, name: str, *, line: bool = False
+) -> tuple[np.ndarray, int, int, int, bool]:
     """``_find_ink``'s ink, the row and column of its top left corner in ``grey`` enlarged by
-    the whole factor small images are enlarged by, and that factor."""
+    the whole factor small images are enlarged by, that factor, and whether more ink lies along
+    the line than was kept. ``line``: keep the components of a line of digits (see
+    _digit_components)."""
     for start in _BACKGROUND_STARTS[:-1]:
         try:
-            return _find_ink_from(grey, name, start)
+            return _find_ink_from(grey, name, start, line)
         except NoDigitFound:
             pass
-    return _find_ink_from(grey, name, _BACKGROUND_STARTS[-1])
+    return _find_ink_from(grey, name, _BACKGROUND_STARTS[-1], line)
 
 
-def _find_ink_from(grey: np.ndarray, name: str, start: str) -> tuple[np.ndarray, int, int, int]:
+def _find_ink_from(
+    grey: np.ndarray, name: str, start: str, line: bool = False
+) -> tuple[np.ndarray, int, int, int, bool]:
     """``_locate_ink`` with the background fit started from ``start`` (see _fit_background)."""
     upscale = 1
     if max(grey.shape) < MNIST_SIDE:
@@ -1048,7 +1062,7 @@ def _find_ink_from(grey: np.ndarray, name: str, start: str) -> tuple[np.ndarray,
     # plateau of an over-exposed photo falling off into a grey corner. Kept, that haze joins
     # the digit and shrinks it in the frame.
     strokes = ndimage.binary_dilation(ink > 0.5, iterations=_FRINGE * upscale)
-    keep = _digit_components(candidates & strokes, ink, name)
+    keep, more_along_line = _digit_components(candidates & strokes, ink, name, line)
     rows, cols = np.nonzero(keep)
     extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
     if extent < max(_MIN_DIGIT_PIXELS, _MIN_DIGIT_FRACTION * max(grey.shape)):
@@ -1065,7 +1079,13 @@ def _find_ink_from(grey: np.ndarray, name: str, start: str) -> tuple[np.ndarray,
     cols = np.flatnonzero(ink.any(axis=0))
     if rows.size == 0:
         raise NoDigitFound(f"no digit found in {name}: the image is blank")
-    return _crop_to_ink(ink, name), top + int(rows[0]), left + int(cols[0]), upscale
+    return (
+        _crop_to_ink(ink, name),
+        top + int(rows[0]),
+        left + int(cols[0]),
+        upscale,
+        more_along_line,
+    )
 
 
 def _erase_ruling(residual: np.ndarray, candidates: np.ndarray, faint: np.ndarray) -> bool:
@@ -1234,8 +1254,12 @@ def _background_noise(residual: np.ndarray) -> float:
     return _one_sided_median(residual[::step, ::step]) / 0.6745
 
 
-def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.ndarray:
-    """Mask of the components that make up the digit: bool (H, W)."""
+def _digit_components(
+    candidates: np.ndarray, ink: np.ndarray, name: str, line: bool = False
+) -> tuple[np.ndarray, bool]:
+    """Mask of the components that make up the digit: bool (H, W). With ``line``, those of a
+    number written on one line: the gaps between digits reach farther along the line. Also
+    whether, without ``line``, the line's rule would have kept more components."""
     labels, count = ndimage.label(candidates, structure=np.ones((3, 3), bool))
     if count == 0:
         raise NoDigitFound(f"no digit found in {name}: the image is blank")
@@ -1274,30 +1298,37 @@ def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.
         raise NoDigitFound(f"no digit found in {name}: the image is blank")
     order = [i for i in order if masses[i] >= _SPECK_FRACTION * masses[largest]]
 
-    # Grow a cluster from the largest component: pieces of a broken stroke lie close to it,
-    # a smudge or a second scribble across the page does not.
-    top, bottom = boxes[largest][0].start, boxes[largest][0].stop
-    left, right = boxes[largest][1].start, boxes[largest][1].stop
-    chosen = {largest}
-    grown = True
-    while grown:
-        grown = False
-        reach = 0.5 * max(bottom - top, right - left)
-        for index in order:
-            if index in chosen:
-                continue
-            box = boxes[index]
-            gap_rows = max(box[0].start - bottom, top - box[0].stop, 0)
-            gap_cols = max(box[1].start - right, left - box[1].stop, 0)
-            if max(gap_rows, gap_cols) <= reach:
-                chosen.add(index)
-                top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
-                left, right = min(left, box[1].start), max(right, box[1].stop)
-                grown = True
+    def grow(along_line: bool) -> set[int]:
+        # Grow a cluster from the largest component: pieces of a broken stroke lie close to it,
+        # a smudge or a second scribble across the page does not.
+        top, bottom = boxes[largest][0].start, boxes[largest][0].stop
+        left, right = boxes[largest][1].start, boxes[largest][1].stop
+        chosen = {largest}
+        grown = True
+        while grown:
+            grown = False
+            reach = 0.5 * max(bottom - top, right - left)
+            # Between the digits of a number, gaps of a digit's width are common.
+            reach_cols = max(reach, _LINE_GAP * (bottom - top)) if along_line else reach
+            for index in order:
+                if index in chosen:
+                    continue
+                box = boxes[index]
+                gap_rows = max(box[0].start - bottom, top - box[0].stop, 0)
+                gap_cols = max(box[1].start - right, left - box[1].stop, 0)
+                if gap_rows <= reach and gap_cols <= reach_cols:
+                    chosen.add(index)
+                    top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
+                    left, right = min(left, box[1].start), max(right, box[1].stop)
+                    grown = True
+        return chosen
+
+    chosen = grow(line)
+    more_along_line = not line and len(grow(True)) > len(chosen)
     keep_labels = np.zeros(count + 1, bool)
     keep_labels[[i + 1 for i in chosen]] = True
     kept: np.ndarray = keep_labels[labels]
-    return kept
+    return kept, more_along_line
 
 
 def _crop_to_ink(ink: np.ndarray, name: str) -> np.ndarray:
