@@ -137,12 +137,12 @@ def read_number(
 def looks_like_several_digits(ink: np.ndarray) -> bool:
     """A cheap first look: could this ink (h, w), cropped, hold several digits side by side?
 
-    True when it is much wider than tall, or falls into several large blobs side by side. A
-    single MNIST digit never passes: none is wider than 1.3 times its height, and its pieces
-    (a broken stroke) overlap each other across the columns.
+    True when it is far wider than tall, or falls into several tall blobs side by side. A
+    single MNIST digit hardly ever passes: the widest, flat 0s and 2s, are twice as wide as
+    tall, and the pieces of a broken stroke are short or overlap each other across the columns.
     """
     height, width = ink.shape
-    if width > 1.3 * height:
+    if width > 2.2 * height:
         return True
     blobs = _components(ink)[1]
     large = [blob for blob in blobs if blob.mass >= 0.3 * max(b.mass for b in blobs)]
