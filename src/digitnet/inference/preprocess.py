@@ -189,8 +189,8 @@ class InkMap:
     """
 
     ink: np.ndarray
-    top: int
-    left: int
+    top: float
+    left: float
     scale: float
     image_shape: tuple[int, int]
     more_along_line: bool = False
