@@ -102,7 +102,7 @@ def _overlap(a, b) -> float:
         ("2104", [6, 3, 9]),
         ("31415", [2, 12, 4, 7]),
         ("7", []),
-        ("560", [10, 15]),
+        ("869", [10, 15]),
     ],
 )
 def test_read_number_reads_mnist_test_digits_and_boxes_them(mnist, number, gaps):

@@ -462,7 +462,7 @@ class _Weights:
     # Tuned on numbers composed from MNIST test digits with another seed than the benchmark's,
     # read by the cnn and by the reader model.
     bonus: float = 0.0
-    width_free: float = 1.0
+    width_free: float = 0.9
     width_cost: float = 6.0
     narrow: float = 0.3
     narrow_cost: float = 0.0
