@@ -61,7 +61,7 @@ _FRAGMENT = 0.12
 _WIDE = 0.7
 # Cut candidates keep this far (in digit heights) from a component's ends and from each other.
 _CUT_MARGIN = 0.15
-_CUT_SPACING = 0.25
+_CUT_SPACING = 0.15
 # A cut path strays at most this many digit heights from where it starts; it pays _CUT_STRAY
 # (ink pixels' worth) per digit height it strays, and _CUT_STEP per sideways step.
 _CUT_REACH = 0.3
