@@ -31,7 +31,9 @@ Kinds (``RENDERINGS``):
 - ``under_exposed``: a dark, noisy photo: paper at 15-35 % grey, ink little darker (JPEG).
 
 Digits are upsampled with Lanczos and thresholded softly, so they look like pen strokes with
-anti-aliased edges rather than enlarged pixels. No TensorFlow here.
+anti-aliased edges rather than enlarged pixels. Every rendering also takes a line of digits
+(h, w) drawn at MNIST's scale (``read_numbers.compose_number``): the frame widens by the
+line's extra length; a single digit renders exactly as before. No TensorFlow here.
 """
 
 from __future__ import annotations
