@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(("[\n" if count == 1 else ",\n") + json.dumps(result.to_json()))
         elif result.not_a_digit:
             print(f"{printable(result.file)}\tnot a digit\t{result.confidence:.4f}")
+        elif result.several_digits:
+            print(
+                f"{printable(result.file)}\tseveral digits {result.number}\t{result.confidence:.4f}"
+            )
         elif result.ok:
             # File names are escaped: a tab or newline in one must not forge a column or a line.
             mark = "\tlow confidence" if result.low_confidence else ""

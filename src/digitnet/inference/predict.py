@@ -53,6 +53,10 @@ class ImagePrediction:
     no_digit: bool = False
     image: np.ndarray | None = field(default=None, repr=False)
     not_a_digit: bool = False
+    # An image holding several digits: no ``digit``; ``number`` is what they read, and
+    # ``confidence`` that reading's.
+    number: str | None = None
+    several_digits: bool = False
     reason: str | None = None
 
     @property
@@ -71,6 +75,15 @@ class ImagePrediction:
                 "confidence": self.confidence,
                 "probabilities": self.probabilities,
                 "not_a_digit": True,
+                "reason": self.reason,
+            }
+        if self.several_digits:
+            return {
+                "file": self.file,
+                "digit": None,
+                "number": self.number,
+                "confidence": self.confidence,
+                "several_digits": True,
                 "reason": self.reason,
             }
         return {
@@ -102,7 +115,7 @@ def predict_image(model: Model, image: Any, name: str | None = None) -> ImagePre
         if name is not None
         else (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
     )
-    seen = _preprocessed(image, label)
+    seen = _preprocessed(model, image, label)
     if isinstance(seen, ImagePrediction):
         return seen
     ((digit, confidence, probabilities),) = predict_arrays(model, seen[None])
@@ -112,7 +125,7 @@ def predict_image(model: Model, image: Any, name: str | None = None) -> ImagePre
 def predict_image_batch(model: Model, images: Sequence[tuple[str, Any]]) -> list[ImagePrediction]:
     """``predict_image`` for each ``(name, image)``, with one forward pass for them all: the
     same answers (within float rounding), many times faster per image for a CNN."""
-    prepared = [_preprocessed(image, label) for label, image in images]
+    prepared = [_preprocessed(model, image, label) for label, image in images]
     ready = [seen for seen in prepared if not isinstance(seen, ImagePrediction)]
     answers = iter(predict_arrays(model, np.stack(ready)) if ready else [])
     return [
@@ -121,12 +134,29 @@ def predict_image_batch(model: Model, images: Sequence[tuple[str, Any]]) -> list
     ]
 
 
-def _preprocessed(image: Any, label: str) -> np.ndarray | ImagePrediction:
-    """The MNIST-form image, or the failed prediction saying why there is none."""
-    from digitnet.inference.preprocess import preprocess_image
+def _preprocessed(model: Model, image: Any, label: str) -> np.ndarray | ImagePrediction:
+    """The MNIST-form image, or the answer without a digit: an image that could not be read,
+    holds no digit, or holds several (read by ``model``)."""
+    from digitnet.inference.preprocess import find_ink, fit_into_mnist_frame
+    from digitnet.inference.reading import looks_like_several_digits, read_number
 
     try:
-        return preprocess_image(image, name=label)
+        # preprocess_image, keeping the ink to look at before it is fitted.
+        ink_map = find_ink(image, name=label, line=False)
+        seen = fit_into_mnist_frame(ink_map.ink, name=label)
+        if ink_map.more_along_line or looks_like_several_digits(ink_map.ink):
+            reading = read_number(model, image, name=label)
+            if reading.number is not None and len(reading.number) > 1:
+                return ImagePrediction(
+                    label,
+                    confidence=reading.confidence,
+                    image=seen,
+                    number=reading.number,
+                    several_digits=True,
+                    reason=f"the image holds {len(reading.number)} digits; "
+                    "use digitnet read for numbers",
+                )
+        return seen
     except NoDigitFound as error:
         return ImagePrediction(label, error=str(error), no_digit=True)
     except ImageError as error:
