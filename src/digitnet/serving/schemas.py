@@ -7,7 +7,7 @@ The hot ``:predict`` route answers ``Predictor``'s bytes directly and is describ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -202,3 +202,60 @@ def image_answer(prediction: ImagePrediction) -> DigitAnswer | NoDigitAnswer:
         # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
         image=np.round(prediction.image.astype(np.float64), 4).tolist(),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# /api/read
+
+
+class DigitInNumber(_Answer):
+    """One digit of a number, and where it was written."""
+
+    digit: int = Field(ge=0, le=9)
+    confidence: float = Field(description="The digit's probability")
+    box: list[int] = Field(
+        min_length=4,
+        max_length=4,
+        description="x0, y0, x1, y1: the digit's box in the image's pixels, from its top-left "
+        "corner",
+        examples=[[12, 30, 58, 102]],
+    )
+
+
+class NumberAnswer(_Answer):
+    """The number written in an image: ``NumberReading.to_json()``."""
+
+    number: str = Field(pattern=r"^[0-9]+$", examples=["2104"])
+    confidence: float = Field(description="The product of the digits' confidences")
+    digits: list[DigitInNumber] = Field(description="Left to right")
+
+
+class NotANumberAnswer(_Answer):
+    """Marks that are not digits (a letter, a symbol, a scribble): refused, with the reason."""
+
+    number: None = None
+    confidence: float = Field(description="The probability of 'not a digit'")
+    digits: list[DigitInNumber] = Field(description="The digits read before the refusal, if any")
+    not_a_digit: Literal[True] = True
+    reason: str
+
+
+class NoNumberAnswer(_Answer):
+    """An image without a digit: a normal state (an empty drawing), not an error."""
+
+    number: None = None
+    confidence: None = None
+    digits: list[DigitInNumber] = Field(default=[], max_length=0)
+    no_digit: Literal[True] = True
+    message: str = NO_DIGIT_MESSAGE
+    detail: str = Field(description="Why no digit was found")
+
+
+def number_answer(reading: dict[str, Any]) -> NumberAnswer | NotANumberAnswer | NoNumberAnswer:
+    """The /api/read answer for a ``NumberReading.to_json()``, or for ``{"no_digit": True,
+    "detail": ...}``."""
+    if reading.get("no_digit"):
+        return NoNumberAnswer(detail=reading.get("detail") or NO_DIGIT_MESSAGE)
+    if reading.get("not_a_digit"):
+        return NotANumberAnswer.model_validate({"reason": "not a digit", **reading})
+    return NumberAnswer.model_validate(reading)

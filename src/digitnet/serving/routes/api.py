@@ -67,8 +67,11 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def read_upload(request: Request) -> tuple[bytes, str]:
-    """(bytes, name) of the image in a multipart ``file`` field or a raw image body."""
+async def read_upload(request: Request, other_forms: str = "") -> tuple[bytes, str]:
+    """(bytes, name) of the image in a multipart ``file`` field or a raw image body.
+
+    ``other_forms`` names what else the route accepts, for the message refusing other content
+    types (", or ..." )."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
@@ -92,7 +95,7 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         return await request.body(), "the upload"
     raise RequestError(
         f"the content type is {content_type or 'missing'!r}; send the image as "
-        f"multipart/form-data (field 'file') or as a raw image/* body",
+        f"multipart/form-data (field 'file') or as a raw image/* body{other_forms}",
         415,
     )
 
