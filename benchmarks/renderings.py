@@ -66,16 +66,23 @@ def stroke_coverage(digit: np.ndarray, size: int, *, thicken: float = 0.0) -> np
 
     The 28x28 frame is scaled to ``size`` (so the digit itself spans about 20/28 of it).
     ``thicken`` widens every stroke by that many MNIST pixels on each side, like a felt pen.
+    A line of digits (h, w) at MNIST's scale (see ``_digit_values``) comes out as (size,
+    round(size * w / h)).
     """
     values = _digit_values(digit)
+    # One MNIST pixel in output pixels: size / 28 for a digit.
+    pixel = size / values.shape[0]
     upsampled = np.asarray(
-        Image.fromarray(values).resize((size, size), Image.Resampling.LANCZOS), np.float32
+        Image.fromarray(values).resize(
+            (_line_length(values, size), size), Image.Resampling.LANCZOS
+        ),
+        np.float32,
     )
     # Lanczos follows MNIST's pixel staircase; a blur over a third of an MNIST pixel smooths it
     # into the even edge of a pen stroke.
-    upsampled = ndimage.gaussian_filter(np.clip(upsampled, 0.0, 1.0), sigma=0.35 * size / 28.0)
+    upsampled = ndimage.gaussian_filter(np.clip(upsampled, 0.0, 1.0), sigma=0.35 * pixel)
     if thicken > 0:
-        radius = thicken * size / 28.0
+        radius = thicken * pixel
         upsampled = ndimage.grey_dilation(upsampled, footprint=_disk(radius))
     # MNIST's anti-aliased edges rise over about one MNIST pixel; a band of 0.35..0.65 around the
     # middle turns that into a crisp edge a few output pixels wide, like a scanned pen stroke.
@@ -87,6 +94,7 @@ def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     width, height = int(rng.integers(200, 401)), int(rng.integers(200, 401))
     size = int(rng.uniform(0.55, 0.9) * min(width, height))
     coverage = _place(stroke_coverage(digit, size), width, height, rng)
+    height, width = coverage.shape
     alpha = coverage * rng.uniform(0.85, 1.0)
 
     paper = np.array([rng.uniform(222, 248), rng.uniform(218, 242), rng.uniform(200, 232)]) / 255.0
@@ -112,7 +120,7 @@ def canvas_png(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     side = 280
     size = int(rng.uniform(0.85, 1.0) * side)
     coverage = _place(stroke_coverage(digit, size), side, side, rng)
-    rgba = np.zeros((side, side, 4), np.uint8)
+    rgba = np.zeros(coverage.shape + (4,), np.uint8)
     rgba[..., 3] = _to_uint8(coverage)
     return Rendering("canvas_png", "canvas_png.png", _encode(Image.fromarray(rgba, "RGBA"), "PNG"))
 
@@ -123,7 +131,7 @@ def small_in_large(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     digit_height = rng.uniform(26, 34)
     size = int(round(digit_height * 28 / 20))
     coverage = _place(stroke_coverage(digit, size), side, side, rng)
-    page = 1.0 - rng.uniform(0.0, 0.03) + rng.normal(0.0, 0.004, (side, side))
+    page = 1.0 - rng.uniform(0.0, 0.03) + rng.normal(0.0, 0.004, coverage.shape)
     ink = rng.uniform(0.05, 0.2)
     image = page * (1.0 - coverage) + ink * coverage
     return Rendering(
@@ -152,8 +160,10 @@ def rotated(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     size = int(rng.uniform(0.8, 0.95) * side)
     angle = rng.uniform(3.0, 10.0) * rng.choice([-1.0, 1.0])
     # MNIST's 4-px margin leaves room to turn the digit by 10 degrees without clipping it.
-    turned = Image.fromarray(stroke_coverage(digit, size)).rotate(
-        angle, Image.Resampling.BICUBIC, fillcolor=0.0
+    strokes = stroke_coverage(digit, size)
+    # A line is turned within a frame that holds its ends; a digit within its own margin.
+    turned = Image.fromarray(strokes).rotate(
+        angle, Image.Resampling.BICUBIC, fillcolor=0.0, expand=strokes.shape[1] > size
     )
     coverage = _place(np.clip(np.asarray(turned, np.float32), 0.0, 1.0), side, side, rng)
     return Rendering("rotated", "rotated.png", _encode(_dark_on_white(coverage, rng), "PNG"))
@@ -167,7 +177,8 @@ def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     # Drawn at twice the size and reduced with Lanczos, so the lines are anti-aliased.
     supersample = 2
     scale = size / 224 * supersample
-    canvas = Image.new("L", (size * supersample, size * supersample), 0)
+    length = round(skeleton.shape[1] * size / 224)
+    canvas = Image.new("L", (length * supersample, size * supersample), 0)
     draw = ImageDraw.Draw(canvas)
     line_width = int(round(rng.uniform(2.0, 3.0) * supersample))
     smooth_rows, smooth_cols = _smoothed_positions(skeleton)
@@ -187,7 +198,7 @@ def thin_pen(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
                 draw.ellipse(
                     [end[0] - radius, end[1] - radius, end[0] + radius, end[1] + radius], fill=255
                 )
-    lines = canvas.resize((size, size), Image.Resampling.LANCZOS)
+    lines = canvas.resize((length, size), Image.Resampling.LANCZOS)
     coverage = _place(np.asarray(lines, np.float32) / 255.0, side, side, rng)
     return Rendering("thin_pen", "thin_pen.png", _encode(_dark_on_white(coverage, rng), "PNG"))
 
@@ -216,19 +227,22 @@ def _cropped_to_edges(
     ``long_side``."""
     ink = _tight_coverage(digit, 224, thicken=rng.uniform(0.2, 0.6))
     height, width = ink.shape
+    # A line's long side is measured as its digits' would be.
+    aspect = _line_length(_digit_values(digit), 224) / 224
     margins = {
         side: 0 if side in touching else int(rng.uniform(0.05, 0.15) * max(height, width))
         for side in _SIDES
     }
     rows = height + margins["top"] + margins["bottom"]
     cols = width + margins["left"] + margins["right"]
-    # Square the frame by widening the margin on a free side of the shorter axis.
+    # Square the frame by widening the margin on a free side of the shorter axis (a digit's;
+    # a line keeps its shape).
     axis = ("left", "right") if rows > cols else ("top", "bottom")
     free = [side for side in axis if side not in touching]
-    if free:
+    if free and aspect == 1.0:
         margins[free[int(rng.integers(len(free)))]] += abs(rows - cols)
     frame = np.pad(ink, ((margins["top"], margins["bottom"]), (margins["left"], margins["right"])))
-    scale = long_side / max(frame.shape)
+    scale = long_side / max(frame.shape[0], frame.shape[1] / aspect)
     return _resize(
         frame,
         max(8, round(frame.shape[1] * scale)),
@@ -262,14 +276,16 @@ def small_scan(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     side = int(rng.integers(12, 25))
     ink = _tight_coverage(digit, 112)
     height = side - int(rng.integers(0, 2))
-    width = min(side, max(1, round(ink.shape[1] * height / ink.shape[0])))
+    # A line is as long as its digits need.
+    length = max(side, round(side * _line_length(_digit_values(digit), 112) / 112))
+    width = min(length, max(1, round(ink.shape[1] * height / ink.shape[0])))
     # Area-averaged, as a scanner's sensor integrates over each pixel.
     small = np.asarray(
         Image.fromarray(ink).resize((width, height), Image.Resampling.BOX), np.float32
     )
-    frame = np.zeros((side, side), np.float32)
+    frame = np.zeros((side, length), np.float32)
     top = int(rng.integers(0, side - height + 1))
-    left = int(rng.integers(0, side - width + 1))
+    left = int(rng.integers(0, length - width + 1))
     frame[top : top + height, left : left + width] = np.clip(small, 0.0, 1.0)
     image = _dark_on_white(frame, rng).filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.4)))
     return Rendering("small_scan", "small_scan.png", _encode(image, "PNG"))
@@ -300,6 +316,7 @@ def _ruled_page(
     size = int(rng.uniform(0.6, 0.85) * min(width, height))
     digit_height = size * 20 / 28
     coverage = _place(stroke_coverage(digit, size), width, height, rng)
+    height, width = coverage.shape
     if squared:
         # 5-mm squares: two to three of them per digit height.
         spacing = digit_height / rng.uniform(2.0, 3.0)
@@ -390,14 +407,14 @@ def perspective(digit: np.ndarray, rng: np.random.Generator) -> Rendering:
     random axis in the page, seen by a pinhole camera 1.5-3 frame widths away (so the far side
     shrinks: keystone)."""
     width, height = int(rng.integers(220, 341)), int(rng.integers(220, 341))
+    size = int(rng.uniform(0.5, 0.75) * min(width, height))
+    placed = _place(stroke_coverage(digit, size), width, height, rng)
+    height, width = placed.shape
     # The page is drawn at three times the frame and warped into it, so that the whole frame
     # is paper.
     page_w, page_h = 3 * width, 3 * height
-    size = int(rng.uniform(0.5, 0.75) * min(width, height))
     coverage = np.zeros((page_h, page_w), np.float32)
-    coverage[height : 2 * height, width : 2 * width] = _place(
-        stroke_coverage(digit, size), width, height, rng
-    )
+    coverage[height : 2 * height, width : 2 * width] = placed
     tilt = np.radians(rng.uniform(10.0, 30.0))
     axis = rng.uniform(0, np.pi)
     distance = rng.uniform(1.5, 3.0) * max(width, height)
@@ -444,6 +461,7 @@ def _exposed_photo(
     width, height = int(rng.integers(200, 341)), int(rng.integers(200, 341))
     size = int(rng.uniform(0.55, 0.85) * min(width, height))
     coverage = _place(stroke_coverage(digit, size), width, height, rng)
+    height, width = coverage.shape
     grey = paper + (ink - paper) * coverage
     # Light falling off across the page by 5-20 %: the exposure is set for the bright side.
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -511,17 +529,29 @@ def render(name: str, digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 
 def _digit_values(digit: np.ndarray) -> np.ndarray:
+    """A digit (28, 28) or (784,), or a line of digits (h, w) with h >= 28 and w >= h drawn at
+    MNIST's scale (digits about 20 px tall), as float32 in [0, 1]."""
     values = np.asarray(digit)
     if values.shape == (784,):
         values = values.reshape(28, 28)
-    if values.shape != (28, 28):
-        raise ValueError(f"an MNIST digit is (28, 28) or (784,), got shape {values.shape}")
+    if values.shape != (28, 28) and not (
+        values.ndim == 2 and 28 <= values.shape[0] <= values.shape[1]
+    ):
+        raise ValueError(
+            f"an MNIST digit is (28, 28) or (784,), a line (h, w) with 28 <= h <= w; got shape "
+            f"{values.shape}"
+        )
     if np.issubdtype(values.dtype, np.integer):
         return (values / 255.0).astype(np.float32)
     values = values.astype(np.float32)
     if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 1:
         raise ValueError("a float MNIST digit must have finite values in [0, 1]")
     return values
+
+
+def _line_length(values: np.ndarray, size: int) -> int:
+    """Output columns of ``values`` (h, w) drawn ``size`` pixels tall: ``size`` for a digit."""
+    return max(size, round(size * values.shape[1] / values.shape[0]))
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -531,9 +561,13 @@ def _disk(radius: float) -> np.ndarray:
 
 
 def _place(coverage: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """Put a (size, size) coverage image at a random position in a (height, width) frame."""
-    frame = np.zeros((height, width), np.float32)
+    """Put a (size, size) coverage image at a random position in a (height, width) frame. A
+    line (size, length) widens the frame by its extra length, length - size."""
     size_rows, size_cols = coverage.shape
+    if size_cols > size_rows:
+        width = max(width + size_cols - size_rows, size_cols)
+        height = max(height, size_rows)
+    frame = np.zeros((height, width), np.float32)
     # A frame smaller than the image crops its empty margin symmetrically: MNIST's 4-px border.
     crop_rows, crop_cols = max(0, size_rows - height), max(0, size_cols - width)
     coverage = coverage[

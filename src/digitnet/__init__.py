@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_model": "digitnet.inference.modelfile",
     "preprocess_image": "digitnet.inference.preprocess",
     "predict_images": "digitnet.inference.predict",
+    "read_number": "digitnet.inference.reading",
     "DigitnetError": "digitnet.errors",
 }
 

@@ -15,7 +15,7 @@ import sys
 from digitnet import __version__
 from digitnet.errors import DigitnetError
 
-COMMANDS = ("train", "evaluate", "calibrate", "predict", "report", "serve", "export")
+COMMANDS = ("train", "evaluate", "calibrate", "predict", "read", "report", "serve", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

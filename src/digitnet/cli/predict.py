@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         for result in results:
             # File names are escaped: a tab or newline in one must not forge a column or a line.
-            if result.ok:
+            if result.several_digits:
+                print(
+                    f"{printable(result.file)}\tseveral digits {result.number}"
+                    f"\t{result.confidence:.4f}"
+                )
+            elif result.ok:
                 mark = "\tlow confidence" if result.low_confidence else ""
                 print(f"{printable(result.file)}\t{result.digit}\t{result.confidence:.4f}{mark}")
             else:

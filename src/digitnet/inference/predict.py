@@ -42,6 +42,11 @@ class ImagePrediction:
     error: str | None = None
     no_digit: bool = False
     image: np.ndarray | None = field(default=None, repr=False)
+    # An image holding several digits: no ``digit``; ``number`` is what they read, and
+    # ``confidence`` that reading's.
+    number: str | None = None
+    several_digits: bool = False
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,6 +57,15 @@ class ImagePrediction:
         error}``."""
         if self.error is not None:
             return {"file": self.file, "error": self.error}
+        if self.several_digits:
+            return {
+                "file": self.file,
+                "digit": None,
+                "number": self.number,
+                "confidence": self.confidence,
+                "several_digits": True,
+                "reason": self.reason,
+            }
         return {
             "file": self.file,
             "digit": self.digit,
@@ -76,7 +90,8 @@ def low_confidence_threshold(model: Any) -> float:
 
 def predict_image(model: Model, image: Any, name: str | None = None) -> ImagePrediction:
     """Preprocess and predict one image: a path, encoded bytes, a PIL image or an array."""
-    from digitnet.inference.preprocess import preprocess_image
+    from digitnet.inference.preprocess import find_ink, fit_into_mnist_frame
+    from digitnet.inference.reading import looks_like_several_digits, read_number
 
     label = (
         name
@@ -84,7 +99,21 @@ def predict_image(model: Model, image: Any, name: str | None = None) -> ImagePre
         else (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
     )
     try:
-        seen = preprocess_image(image, name=label)
+        # preprocess_image, keeping the ink to look at before it is fitted.
+        ink_map = find_ink(image, name=label, line=False)
+        seen = fit_into_mnist_frame(ink_map.ink, name=label)
+        if ink_map.more_along_line or looks_like_several_digits(ink_map.ink):
+            reading = read_number(model, image, name=label)
+            if reading.number is not None and len(reading.number) > 1:
+                return ImagePrediction(
+                    label,
+                    confidence=reading.confidence,
+                    image=seen,
+                    number=reading.number,
+                    several_digits=True,
+                    reason=f"the image holds {len(reading.number)} digits; "
+                    "use digitnet read for numbers",
+                )
     except NoDigitFound as error:
         return ImagePrediction(label, error=str(error), no_digit=True)
     except ImageError as error:

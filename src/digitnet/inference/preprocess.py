@@ -42,6 +42,7 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Union
 
 import numpy as np
@@ -61,6 +62,9 @@ __all__ = [
     "MNIST_SIDE",
     "SUPPORTED_FORMATS",
     "ImageInput",
+    "InkMap",
+    "find_ink",
+    "fit_into_mnist_frame",
     "preprocess_image",
     "read_grey",
 ]
@@ -106,6 +110,9 @@ _EDGE_CONTACT = 0.5
 # beside the strokes of a 12-px scan. (MNIST's own digits keep their 28 px: enlarged, they
 # would come out blurred.)
 _SMALL_SIDE = 48
+# Along a line of digits (find_ink), components this many of the line's heights apart still
+# belong to it.
+_LINE_GAP = 1.5
 # Ruling of notebook paper (see _erase_ruling): a band of rows or columns at least _RULING_COVER
 # ink, at most _RULING_THICKNESS of the image and _RULING_STROKE of the digit's stroke width
 # thick. Pixels over _RULING_INK times the line's own contrast are ink lying along it.
@@ -166,6 +173,61 @@ def preprocess_image(image: ImageInput, *, name: str | None = None) -> np.ndarra
     grey = read_grey(image, name=label)
     ink = _find_ink(grey, label)
     return _fit_into_mnist_frame(ink, label)
+
+
+@dataclass(frozen=True)
+class InkMap:
+    """The ink of an image, as ``preprocess_image`` finds it, and where it lies in the image.
+
+    ``ink`` is float32 (h, w) in [0, 1], 1 at stroke cores, cropped to its bounding box.
+    Ink pixel (row, col) covers the image's pixels from ``(top + row) * scale`` to
+    ``(top + row + 1) * scale`` down, and likewise across from ``left``; ``scale`` is the image's
+    pixels per ink pixel (above 1 for images reduced to 640 px, below 1 for enlarged small ones),
+    ``image_shape`` the (height, width) of the image as read (EXIF orientation applied).
+    ``more_along_line``: found without ``line``, more ink lies along the line than was kept.
+    """
+
+    ink: np.ndarray
+    top: int
+    left: int
+    scale: float
+    image_shape: tuple[int, int]
+    more_along_line: bool = False
+
+    def to_image_box(
+        self, top: int, left: int, bottom: int, right: int
+    ) -> tuple[int, int, int, int]:
+        """Ink rows [top, bottom) and columns [left, right) as (x0, y0, x1, y1) in the image's
+        pixels, x1 and y1 exclusive, clipped to the image."""
+        height, width = self.image_shape
+        x0 = min(max(math.floor((self.left + left) * self.scale), 0), width)
+        y0 = min(max(math.floor((self.top + top) * self.scale), 0), height)
+        x1 = min(max(math.ceil((self.left + right) * self.scale), x0), width)
+        y1 = min(max(math.ceil((self.top + bottom) * self.scale), y0), height)
+        return x0, y0, x1, y1
+
+
+def find_ink(image: ImageInput, *, name: str | None = None, line: bool = True) -> InkMap:
+    """The ink of ``image`` before it is fitted into MNIST's frame.
+
+    Reads ``image`` as ``preprocess_image`` does, raising the same errors, and finds its ink by
+    the same steps (lighting, polarity, ruling, specks, page edges). With ``line`` the
+    components along the line of the largest one are kept too, gaps up to 1.5 times its height,
+    so that a number written on one line comes back whole; without it, exactly the ink
+    ``preprocess_image`` fits (``fit_into_mnist_frame(find_ink(image, line=False).ink)`` is
+    ``preprocess_image(image)``).
+    """
+    label = _describe(image, name)
+    grey, image_shape = _read(image, label)
+    ink, top, left, upscale, more_along_line = _locate_ink(grey, label, line=line)
+    scale = max(image_shape[0] / grey.shape[0], image_shape[1] / grey.shape[1]) / upscale
+    return InkMap(ink, top, left, scale, image_shape, more_along_line)
+
+
+def fit_into_mnist_frame(ink: np.ndarray, *, name: str = "the image") -> np.ndarray:
+    """Ink float32 (h, w) in [0, 1] cropped to its bounding box -> float32 (28, 28) MNIST form,
+    as the last step of ``preprocess_image``. Raises ``NoDigitFound`` if nothing is left."""
+    return _fit_into_mnist_frame(ink, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,9 +291,14 @@ def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
     Raises ``ImageError`` with a one-line message naming the image for unreadable input, and
     for nothing else: every exception a decoder raises becomes one.
     """
-    label = _describe(image, name)
+    return _read(image, _describe(image, name))[0]
+
+
+def _read(image: ImageInput, label: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """``read_grey``'s image, and the (height, width) of the image before reduction, upright."""
     if isinstance(image, np.ndarray):
         grey, alpha = _array_to_grey(image, label)
+        shape = (int(image.shape[0]), int(image.shape[1]))
     elif isinstance(image, Image.Image):
         _check_size(image.size, label)
         if isinstance(image, ImageFile.ImageFile) and image.tile:
@@ -239,10 +306,19 @@ def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
             _check_decoding_cost(image, image.format or "", label)
             _load(image, label)
         grey, alpha = _pil_to_grey(image, label)
-        grey, alpha = _upright(grey, alpha, _orientation(image))
+        orientation = _orientation(image)
+        grey, alpha = _upright(grey, alpha, orientation)
+        shape = _upright_shape(image.size, orientation)
     else:
-        grey, alpha = _read_encoded(image, label)
-    return _composite(grey, alpha)
+        grey, alpha, shape = _read_encoded(image, label)
+    return _composite(grey, alpha), shape
+
+
+def _upright_shape(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(height, width) of an image of PIL ``size`` (width, height) turned upright."""
+    width, height = size
+    # Orientations 5-8 turn the image by a quarter.
+    return (width, height) if orientation >= 5 else (height, width)
 
 
 def _describe(image: object, name: str | None) -> str:
@@ -260,7 +336,9 @@ def _describe(image: object, name: str | None) -> str:
     return file_name if isinstance(file_name, str) else "the image file"
 
 
-def _read_encoded(image: object, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_encoded(
+    image: object, name: str
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     if isinstance(image, (str, os.PathLike)):
         with _open_regular_file(os.fspath(image), name) as stream:
             return _decode(stream, name)
@@ -318,8 +396,9 @@ def _check_file_size(size: int, name: str) -> None:
         )
 
 
-def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable)."""
+def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable), and its
+    upright (height, width) before reduction."""
     image_format = _format_from_signature(stream.read(16))
     if image_format is None:
         raise ImageError(
@@ -341,14 +420,17 @@ def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None
             f"corrupt ({_one_line(error)})"
         ) from None
     with opened:
-        _check_size(opened.size, name)
+        # Taken before a JPEG's draft mode shrinks what it reports.
+        size = opened.size
+        _check_size(size, name)
         if image_format == "JPEG":
             _check_jpeg(opened, stream, name)
             _draft_large_jpeg(opened)
         _check_decoding_cost(opened, image_format, name, file_bytes)
         _load(opened, name)
         grey, alpha = _pil_to_grey(opened, name)
-        return _upright(grey, alpha, _orientation(opened))
+        orientation = _orientation(opened)
+        return (*_upright(grey, alpha, orientation), _upright_shape(size, orientation))
 
 
 def _format_from_signature(data: bytes) -> str | None:
@@ -892,16 +974,28 @@ def _find_ink(grey: np.ndarray, name: str) -> np.ndarray:
     # the border's level is the ink's: the fit then starts from the whole image's median, or
     # from its lightest level (paper under dark ink). Not from the darkest: on blank squared
     # paper that is the grid, and the paper between its lines would pass for light ink.
+    return _locate_ink(grey, name)[0]
+
+
+def _locate_ink(
+    grey: np.ndarray, name: str, *, line: bool = False
+) -> tuple[np.ndarray, int, int, int, bool]:
+    """``_find_ink``'s ink, the row and column of its top left corner in ``grey`` enlarged by
+    the whole factor small images are enlarged by, that factor, and whether more ink lies along
+    the line than was kept. ``line``: keep the components of a line of digits (see
+    _digit_components)."""
     for start in _BACKGROUND_STARTS[:-1]:
         try:
-            return _find_ink_from(grey, name, start)
+            return _find_ink_from(grey, name, start, line)
         except NoDigitFound:
             pass
-    return _find_ink_from(grey, name, _BACKGROUND_STARTS[-1])
+    return _find_ink_from(grey, name, _BACKGROUND_STARTS[-1], line)
 
 
-def _find_ink_from(grey: np.ndarray, name: str, start: str) -> np.ndarray:
-    """``_find_ink`` with the background fit started from ``start`` (see _fit_background)."""
+def _find_ink_from(
+    grey: np.ndarray, name: str, start: str, line: bool = False
+) -> tuple[np.ndarray, int, int, int, bool]:
+    """``_locate_ink`` with the background fit started from ``start`` (see _fit_background)."""
     upscale = 1
     if max(grey.shape) < MNIST_SIDE:
         upscale = math.ceil(_SMALL_SIDE / max(grey.shape))
@@ -968,7 +1062,7 @@ def _find_ink_from(grey: np.ndarray, name: str, start: str) -> np.ndarray:
     # plateau of an over-exposed photo falling off into a grey corner. Kept, that haze joins
     # the digit and shrinks it in the frame.
     strokes = ndimage.binary_dilation(ink > 0.5, iterations=_FRINGE * upscale)
-    keep = _digit_components(candidates & strokes, ink, name)
+    keep, more_along_line = _digit_components(candidates & strokes, ink, name, line)
     rows, cols = np.nonzero(keep)
     extent = max(int(rows.max() - rows.min()), int(cols.max() - cols.min())) + 1
     if extent < max(_MIN_DIGIT_PIXELS, _MIN_DIGIT_FRACTION * max(grey.shape)):
@@ -981,7 +1075,17 @@ def _find_ink_from(grey: np.ndarray, name: str, start: str) -> np.ndarray:
     left, right = max(int(cols.min()) - 1, 0), int(cols.max()) + 2
     keep = ndimage.binary_dilation(keep[top:bottom, left:right], structure=np.ones((3, 3), bool))
     ink = np.where(keep, ink[top:bottom, left:right], 0.0).astype(np.float32)
-    return _crop_to_ink(ink, name)
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        raise NoDigitFound(f"no digit found in {name}: the image is blank")
+    return (
+        _crop_to_ink(ink, name),
+        top + int(rows[0]),
+        left + int(cols[0]),
+        upscale,
+        more_along_line,
+    )
 
 
 def _erase_ruling(residual: np.ndarray, candidates: np.ndarray, faint: np.ndarray) -> bool:
@@ -1150,8 +1254,12 @@ def _background_noise(residual: np.ndarray) -> float:
     return _one_sided_median(residual[::step, ::step]) / 0.6745
 
 
-def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.ndarray:
-    """Mask of the components that make up the digit: bool (H, W)."""
+def _digit_components(
+    candidates: np.ndarray, ink: np.ndarray, name: str, line: bool = False
+) -> tuple[np.ndarray, bool]:
+    """Mask of the components that make up the digit: bool (H, W). With ``line``, those of a
+    number written on one line: the gaps between digits reach farther along the line. Also
+    whether, without ``line``, the line's rule would have kept more components."""
     labels, count = ndimage.label(candidates, structure=np.ones((3, 3), bool))
     if count == 0:
         raise NoDigitFound(f"no digit found in {name}: the image is blank")
@@ -1190,30 +1298,37 @@ def _digit_components(candidates: np.ndarray, ink: np.ndarray, name: str) -> np.
         raise NoDigitFound(f"no digit found in {name}: the image is blank")
     order = [i for i in order if masses[i] >= _SPECK_FRACTION * masses[largest]]
 
-    # Grow a cluster from the largest component: pieces of a broken stroke lie close to it,
-    # a smudge or a second scribble across the page does not.
-    top, bottom = boxes[largest][0].start, boxes[largest][0].stop
-    left, right = boxes[largest][1].start, boxes[largest][1].stop
-    chosen = {largest}
-    grown = True
-    while grown:
-        grown = False
-        reach = 0.5 * max(bottom - top, right - left)
-        for index in order:
-            if index in chosen:
-                continue
-            box = boxes[index]
-            gap_rows = max(box[0].start - bottom, top - box[0].stop, 0)
-            gap_cols = max(box[1].start - right, left - box[1].stop, 0)
-            if max(gap_rows, gap_cols) <= reach:
-                chosen.add(index)
-                top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
-                left, right = min(left, box[1].start), max(right, box[1].stop)
-                grown = True
+    def grow(along_line: bool) -> set[int]:
+        # Grow a cluster from the largest component: pieces of a broken stroke lie close to it,
+        # a smudge or a second scribble across the page does not.
+        top, bottom = boxes[largest][0].start, boxes[largest][0].stop
+        left, right = boxes[largest][1].start, boxes[largest][1].stop
+        chosen = {largest}
+        grown = True
+        while grown:
+            grown = False
+            reach = 0.5 * max(bottom - top, right - left)
+            # Between the digits of a number, gaps of a digit's width are common.
+            reach_cols = max(reach, _LINE_GAP * (bottom - top)) if along_line else reach
+            for index in order:
+                if index in chosen:
+                    continue
+                box = boxes[index]
+                gap_rows = max(box[0].start - bottom, top - box[0].stop, 0)
+                gap_cols = max(box[1].start - right, left - box[1].stop, 0)
+                if gap_rows <= reach and gap_cols <= reach_cols:
+                    chosen.add(index)
+                    top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
+                    left, right = min(left, box[1].start), max(right, box[1].stop)
+                    grown = True
+        return chosen
+
+    chosen = grow(line)
+    more_along_line = not line and len(grow(True)) > len(chosen)
     keep_labels = np.zeros(count + 1, bool)
     keep_labels[[i + 1 for i in chosen]] = True
     kept: np.ndarray = keep_labels[labels]
-    return kept
+    return kept, more_along_line
 
 
 def _crop_to_ink(ink: np.ndarray, name: str) -> np.ndarray:

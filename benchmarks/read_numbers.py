@@ -1,0 +1,370 @@
+"""Reading whole numbers: numbers composed from MNIST test digits, rendered every way people do.
+
+Each number of 1 to 8 digits is composed from MNIST **test** digits the way people write them
+on one line (``compose_number``): gaps between neighbours from -20 % to +60 % of a digit's
+width, a quarter of the neighbouring pairs touching or overlapping, heights varying by 15 %,
+a baseline that drifts and tilts, and a slant. The line is then rendered with every kind of
+``renderings`` (phone photo, canvas export, pens, pencil, tight crops, small scans, fax, ruled
+paper, ...), encoded, and read back by ``digitnet.read_number`` exactly as ``digitnet read``
+would. The row ``line`` is the composed line itself, white ink on black as MNIST stores its
+digits (the untouched rendering).
+
+    python benchmarks/read_numbers.py MODEL_FILE [--n 40] [--lengths 1-8] [--kinds photo_jpeg,...]
+        [--seed 0] [--workers N] [--quick] [--data-dir DIR] [--show-errors K]
+
+Printed: exact whole-number accuracy by rendering kind and length, and per-digit accuracy
+(each reading aligned to the truth by edit distance; a digit counts when the alignment matches
+it, so a missed or extra digit costs one, not the rest of the number). Images the reader
+refuses (no digit found, not a digit) count as wrong. The targets: on 4-digit numbers at least
+97 % exact for the untouched line and 95 % for every other kind; per-digit accuracy at least
+99.3 %.
+
+Everything is seeded per (seed, length, number, kind): a run is reproducible, does not depend
+on the number of workers, and a kind's images do not change when other kinds are added.
+``--quick``: 10 numbers each of 1, 4 and 8 digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+UNTOUCHED = "line"
+GOAL_EXACT_UNTOUCHED = 0.97
+GOAL_EXACT_OTHER = 0.95
+GOAL_PER_DIGIT = 0.993
+GOAL_LENGTH = 4
+# Layout, in units of the line's nominal digit width (the MNIST digits' mean ink width at
+# their height, 14 of 20 px) and height.
+NOMINAL_WIDTH = 14.0
+GAP_RANGE = (0.0, 0.6)
+OVERLAP_RANGE = (0.0, 0.2)
+TOUCHING_SHARE = 0.25
+HEIGHT_RANGE = (0.85, 1.15)
+BASELINE_TILT = 0.08
+BASELINE_JITTER = 0.05
+SLANT = 0.2
+MARGIN = 4
+# Numbers per task handed to a worker process.
+CHUNK = 5
+
+
+@dataclass
+class Outcome:
+    kind: str
+    length: int
+    truth: str
+    read: str | None
+    error: str | None = None
+
+
+def compose_number(
+    digits: Sequence[np.ndarray], rng: np.random.Generator
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """Lay MNIST digits (each (28, 28) uint8 or float, white on black) out on one line.
+
+    Returns the line float32 (h, w) in [0, 1], white on black, h >= 28, w >= h, digits about
+    20 px tall as in MNIST, and each digit's box (x0, y0, x1, y1) in it before the slant.
+    """
+    scales = rng.uniform(*HEIGHT_RANGE, size=len(digits))
+    crops = []
+    for digit, scale in zip(digits, scales):
+        values = np.asarray(digit, np.float32).reshape(28, 28)
+        if values.max() > 1.0:
+            values = values / 255.0
+        rows = np.flatnonzero(values.max(axis=1) > 0.1)
+        cols = np.flatnonzero(values.max(axis=0) > 0.1)
+        crop = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        height = max(1, round(crop.shape[0] * scale))
+        width = max(1, round(crop.shape[1] * scale))
+        resized = Image.fromarray(crop).resize((width, height), Image.Resampling.BILINEAR)
+        crops.append(np.clip(np.asarray(resized, np.float32), 0.0, 1.0))
+    tilt = rng.uniform(-BASELINE_TILT, BASELINE_TILT)
+    nominal = NOMINAL_WIDTH * float(np.mean(scales))
+    # Positions: x of each digit's left edge, y of its baseline (bottom), on an unbounded plane.
+    lefts, bottoms = [0], [0.0]
+    for index in range(1, len(crops)):
+        previous, current = crops[index - 1], crops[index]
+        bottom = tilt * lefts[-1] + rng.normal(0.0, BASELINE_JITTER * 20)
+        if rng.random() < TOUCHING_SHARE:
+            contact = _contact(previous, lefts[-1], bottoms[-1], current, bottom)
+            left = contact - round(rng.uniform(*OVERLAP_RANGE) * nominal)
+        else:
+            left = lefts[-1] + previous.shape[1] + round(rng.uniform(*GAP_RANGE) * nominal)
+        lefts.append(left)
+        bottoms.append(bottom)
+    tops = [round(b) - crop.shape[0] for b, crop in zip(bottoms, crops)]
+    min_top, min_left = min(tops), min(lefts)
+    max_bottom = max(t + crop.shape[0] for t, crop in zip(tops, crops))
+    max_right = max(left + crop.shape[1] for left, crop in zip(lefts, crops))
+    ink_height, ink_width = max_bottom - min_top, max_right - min_left
+    height = max(28, ink_height + 2 * MARGIN)
+    width = max(height, ink_width + 2 * MARGIN)
+    line = np.zeros((height, width), np.float32)
+    row0 = (height - ink_height) // 2 - min_top
+    col0 = (width - ink_width) // 2 - min_left
+    boxes = []
+    for top, left, crop in zip(tops, lefts, crops):
+        y, x = top + row0, left + col0
+        region = line[y : y + crop.shape[0], x : x + crop.shape[1]]
+        np.maximum(region, crop, out=region)
+        boxes.append((x, y, x + crop.shape[1], y + crop.shape[0]))
+    # Slant: rows sheared about the middle, as italic handwriting leans.
+    shear = rng.uniform(-SLANT, SLANT)
+    slanted = Image.fromarray(line).transform(
+        line.shape[::-1],
+        Image.Transform.AFFINE,
+        (1.0, shear, -shear * height / 2, 0.0, 1.0, 0.0),
+        Image.Resampling.BILINEAR,
+    )
+    return np.clip(np.asarray(slanted, np.float32), 0.0, 1.0), boxes
+
+
+def _contact(
+    previous: np.ndarray,
+    previous_left: int,
+    previous_bottom: float,
+    current: np.ndarray,
+    bottom: float,
+) -> int:
+    """The left edge at which ``current`` just touches ``previous`` (ink above 0.3, rows aligned
+    by their bottoms)."""
+    top_previous = round(previous_bottom) - previous.shape[0]
+    top_current = round(bottom) - current.shape[0]
+    best = None
+    for row in range(current.shape[0]):
+        other = row + top_current - top_previous
+        if not 0 <= other < previous.shape[0]:
+            continue
+        mine = np.flatnonzero(current[row] > 0.3)
+        theirs = np.flatnonzero(previous[other] > 0.3)
+        if mine.size and theirs.size:
+            # current's leftmost ink lands one pixel right of previous's rightmost.
+            left = previous_left + int(theirs[-1]) + 1 - int(mine[0])
+            best = left if best is None else max(best, left)
+    if best is None:
+        return previous_left + previous.shape[1]
+    return best
+
+
+def matches(truth: str, read: str | None) -> int:
+    """Digits of ``truth`` matched in an optimal edit-distance alignment with ``read``."""
+    if not read:
+        return 0
+    rows, cols = len(truth) + 1, len(read) + 1
+    # (distance, -matches): fewest edits first, then most matches among them.
+    cost = [[(0, 0)] * cols for _ in range(rows)]
+    for i in range(rows):
+        cost[i][0] = (i, 0)
+    for j in range(cols):
+        cost[0][j] = (j, 0)
+    for i in range(1, rows):
+        for j in range(1, cols):
+            same = truth[i - 1] == read[j - 1]
+            diagonal = cost[i - 1][j - 1]
+            cost[i][j] = min(
+                (diagonal[0] + (0 if same else 1), diagonal[1] - (1 if same else 0)),
+                (cost[i - 1][j][0] + 1, cost[i - 1][j][1]),
+                (cost[i][j - 1][0] + 1, cost[i][j - 1][1]),
+            )
+    return -cost[-1][-1][1]
+
+
+def number_digits(
+    seed: int, length: int, index: int, images: np.ndarray, labels: np.ndarray
+) -> tuple[list[np.ndarray], str, np.random.Generator]:
+    rng = np.random.default_rng([seed, length, index])
+    chosen = rng.integers(0, len(images), size=length)
+    return [images[i] for i in chosen], "".join(str(int(labels[i])) for i in chosen), rng
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init(model_path: str, images: np.ndarray, labels: np.ndarray) -> None:
+    from digitnet.inference.modelfile import load_model
+
+    _WORKER.update(model=load_model(model_path), images=images, labels=labels)
+
+
+def _task(seed: int, length: int, indices: list[int], kinds: list[str]) -> list[Outcome]:
+    from digitnet.errors import ImageError
+    from digitnet.inference.reading import read_number
+    from renderings import RENDERINGS
+
+    model, images, labels = _WORKER["model"], _WORKER["images"], _WORKER["labels"]
+    outcomes = []
+    for index in indices:
+        digits, truth, rng = number_digits(seed, length, index, images, labels)
+        line, _ = compose_number(digits, rng)
+        for kind in kinds:
+            if kind == UNTOUCHED:
+                image: Any = line
+            else:
+                kind_index = list(RENDERINGS).index(kind)
+                render_rng = np.random.default_rng([seed, length, index, kind_index])
+                image = RENDERINGS[kind](line, render_rng).data
+            try:
+                reading = read_number(model, image, name=f"{kind}[{length}, {index}]")
+            except ImageError as error:
+                outcomes.append(Outcome(kind, length, truth, None, str(error)))
+                continue
+            outcomes.append(Outcome(kind, length, truth, reading.number, reading.reason))
+    return outcomes
+
+
+def run(
+    model_path: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    lengths: Sequence[int],
+    n: int,
+    kinds: list[str],
+    seed: int = 0,
+    workers: int = 1,
+) -> list[Outcome]:
+    tasks = [
+        (seed, length, list(range(start, min(start + CHUNK, n))), kinds)
+        for length in lengths
+        for start in range(0, n, CHUNK)
+    ]
+    if workers <= 1:
+        _init(model_path, images, labels)
+        return [outcome for task in tasks for outcome in _task(*task)]
+    # Forked workers inherit the imported modules and sys.path (where `renderings` lives).
+    context = multiprocessing.get_context("fork" if sys.platform != "win32" else "spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init, initargs=(model_path, images, labels)
+    ) as pool:
+        futures = [pool.submit(_task, *task) for task in tasks]
+        return [outcome for future in futures for outcome in future.result()]
+
+
+def format_tables(outcomes: Sequence[Outcome], kinds: Sequence[str], lengths: Sequence[int]) -> str:
+    header = ["kind"] + [f"{length} digits" for length in lengths] + ["all", "per digit"]
+    rows = [header, ["---"] * len(header)]
+    for kind in list(kinds) + ["all kinds"]:
+        mine = [o for o in outcomes if kind == "all kinds" or o.kind == kind]
+        cells = [kind]
+        for length in lengths:
+            those = [o for o in mine if o.length == length]
+            cells.append(_percent(sum(o.read == o.truth for o in those), len(those)))
+        cells.append(_percent(sum(o.read == o.truth for o in mine), len(mine)))
+        matched = sum(matches(o.truth, o.read) for o in mine)
+        cells.append(_percent(matched, sum(len(o.truth) for o in mine), 2))
+        rows.append(cells)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _percent(count: int, total: int, decimals: int = 1) -> str:
+    return "-" if total == 0 else f"{100 * count / total:.{decimals}f} %"
+
+
+def shortfalls(outcomes: Sequence[Outcome], kinds: Sequence[str]) -> list[str]:
+    missed = []
+    for kind in kinds:
+        those = [o for o in outcomes if o.kind == kind and o.length == GOAL_LENGTH]
+        if not those:
+            continue
+        exact = sum(o.read == o.truth for o in those) / len(those)
+        goal = GOAL_EXACT_UNTOUCHED if kind == UNTOUCHED else GOAL_EXACT_OTHER
+        if exact < goal:
+            missed.append(f"{kind} {100 * exact:.1f} % < {100 * goal:g} %")
+    total = sum(len(o.truth) for o in outcomes)
+    if total:
+        per_digit = sum(matches(o.truth, o.read) for o in outcomes) / total
+        if per_digit < GOAL_PER_DIGIT:
+            missed.append(f"per digit {100 * per_digit:.2f} % < {100 * GOAL_PER_DIGIT:g} %")
+    return missed
+
+
+def _lengths(text: str) -> list[int]:
+    values: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        values.extend(range(int(first), int(last or first) + 1))
+    if not values or min(values) < 1 or max(values) > 12:
+        raise argparse.ArgumentTypeError("lengths must lie between 1 and 12")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("model_file", metavar="MODEL_FILE", help="a model file")
+    parser.add_argument("--n", type=int, default=40, help="numbers per length (default 40)")
+    parser.add_argument(
+        "--lengths", type=_lengths, default=list(range(1, 9)), help="e.g. 1-8 or 1,4,8"
+    )
+    parser.add_argument("--kinds", default=None, help="comma-separated kinds (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)"
+    )
+    parser.add_argument("--quick", action="store_true", help="10 numbers each of 1, 4, 8 digits")
+    parser.add_argument(
+        "--data-dir", default=None, help="MNIST IDX files (default: DIGITNET_DATA_DIR or cache)"
+    )
+    parser.add_argument(
+        "--show-errors", type=int, default=0, metavar="K", help="print K misreadings per kind"
+    )
+    args = parser.parse_args(argv)
+
+    from digitnet.data.mnist import load_mnist_arrays
+    from digitnet.errors import DigitnetError
+    from renderings import RENDERINGS
+
+    kinds = [UNTOUCHED] + list(RENDERINGS)
+    if args.kinds is not None:
+        kinds = [kind.strip() for kind in args.kinds.split(",") if kind.strip()]
+        unknown = sorted(set(kinds) - set(RENDERINGS) - {UNTOUCHED})
+        if unknown:
+            parser.error(f"unknown kinds {', '.join(unknown)}")
+    lengths, n = args.lengths, args.n
+    if args.quick:
+        lengths, n = [1, 4, 8], 10
+    try:
+        arrays = load_mnist_arrays(args.data_dir)
+    except DigitnetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    outcomes = run(
+        args.model_file,
+        arrays.test_images,
+        arrays.test_labels,
+        lengths=lengths,
+        n=n,
+        kinds=kinds,
+        seed=args.seed,
+        workers=max(1, args.workers),
+    )
+    print(
+        f"{args.model_file}: {n} numbers per length, {len(kinds)} kinds, seed {args.seed}: "
+        f"{len(outcomes)} images read in {time.perf_counter() - started:.0f} s on "
+        f"{max(1, args.workers)} worker(s)"
+    )
+    print(format_tables(outcomes, kinds, lengths))
+    if args.show_errors:
+        for kind in kinds:
+            wrong = [o for o in outcomes if o.kind == kind and o.read != o.truth]
+            for o in wrong[: args.show_errors]:
+                print(f"  {kind}: {o.truth} read {o.read}" + (f" ({o.error})" if o.error else ""))
+    missed = shortfalls(outcomes, kinds)
+    if GOAL_LENGTH in lengths:
+        print("targets missed: " + "; ".join(missed) if missed else "targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

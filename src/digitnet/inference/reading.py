@@ -1,0 +1,445 @@
+"""Read a number written on one line: segmentation hypotheses scored by the digit classifier.
+
+The line's ink is found by the same steps as a single digit's (``preprocess.find_ink``). It is
+over-segmented into pieces: its connected components, and inside components too wide for one
+digit (touching or overlapping neighbours) the pieces between cut candidates at the valleys of
+the column ink profile. Every run of consecutive pieces that could be one digit (by its width
+relative to the line's digit height) is fitted into MNIST's frame, all of them classified in
+one batched ``predict_proba`` call, and dynamic programming picks the partition of the pieces
+into digits with the best total score: the log-probability of each digit, a prior on its
+width, and a cost for every cut through ink. With a model that has a "not a digit" class, a
+span answered "not a digit" is a bad segment, and ink that cannot be read as digits at all is
+refused.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage
+
+from digitnet.errors import ConfigError, NoDigitFound
+from digitnet.inference.preprocess import (
+    MNIST_SIDE,
+    ImageInput,
+    InkMap,
+    find_ink,
+    fit_into_mnist_frame,
+)
+
+if TYPE_CHECKING:
+    from digitnet.inference.model import Model
+
+__all__ = [
+    "MAX_DIGITS",
+    "DigitReading",
+    "NumberReading",
+    "looks_like_several_digits",
+    "read_number",
+]
+
+MAX_DIGITS = 12
+# Ink above this is a stroke's body: components are taken at this level, so that the faint
+# anti-aliased fringe of two digits a pixel apart does not join them.
+_CORE = 0.3
+# Components below this fraction of the largest one's ink are fragments (a broken stroke, the
+# detached bar of a 5): never a digit on their own.
+_FRAGMENT = 0.12
+# A component wider than this many digit heights may hold several digits: cut candidates are
+# looked for inside it. MNIST's widest single digits (0, 2, 7) are about as wide as tall.
+_WIDE = 0.7
+# Cut candidates keep this far (in digit heights) from a component's ends and from each other.
+_CUT_MARGIN = 0.12
+_CUT_SPACING = 0.12
+# A span of pieces wider than this many digit heights is not one digit, and a span holds at
+# most this many pieces.
+_MAX_SPAN_WIDTH = 1.5
+_MAX_SPAN_PIECES = 6
+# Bound on the spans classified for one image (memory: 3 KB each; time: about 1 ms each).
+_MAX_SPANS = 1500
+# Score terms (log-probability units): a digit wider than _WIDTH_FREE digit heights pays
+# _WIDTH_COST per digit height beyond it; a cut through ink pays _CUT_COST per digit height of
+# ink cut (in the column profile), plus _CUT_BASE; a piece of a fragment's size alone, far
+# shorter than the line's digits, pays _SHORT_COST.
+_WIDTH_FREE = 1.0
+_WIDTH_COST = 6.0
+_CUT_BASE = 0.3
+_CUT_COST = 4.0
+_SHORT = 0.45
+_SHORT_COST = 4.0
+# Floor under probabilities before taking logs.
+_EPS = 1e-6
+
+
+@dataclass
+class DigitReading:
+    """One digit of a number: ``box`` is (x0, y0, x1, y1) in the image's pixels, x1 and y1
+    exclusive; ``confidence`` the model's probability of ``digit``."""
+
+    digit: int
+    confidence: float
+    box: tuple[int, int, int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digit": self.digit, "confidence": self.confidence, "box": list(self.box)}
+
+
+@dataclass
+class NumberReading:
+    """The number read from an image.
+
+    ``number`` is the digits as a string ("2104"), None when the image was refused as not a
+    number (``not_a_digit`` True, ``reason`` saying why). ``confidence`` is the product of the
+    digits' confidences, or for a refusal the probability that the ink is not a digit.
+    """
+
+    number: str | None
+    confidence: float
+    digits: list[DigitReading] = field(default_factory=list)
+    not_a_digit: bool = False
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"number", "confidence", "digits": [{"digit", "confidence", "box"}]}``, plus
+        ``"not_a_digit"`` and ``"reason"`` for a refusal."""
+        out: dict[str, Any] = {
+            "number": self.number,
+            "confidence": self.confidence,
+            "digits": [digit.to_json() for digit in self.digits],
+        }
+        if self.not_a_digit:
+            out["not_a_digit"] = True
+            out["reason"] = self.reason
+        return out
+
+
+def read_number(
+    model: Model, image: ImageInput, *, name: str | None = None, max_digits: int = MAX_DIGITS
+) -> NumberReading:
+    """Read the number of 1 to ``max_digits`` digits written on one line in ``image``.
+
+    ``image`` is anything ``preprocess_image`` accepts (path, bytes, file, PIL image, array).
+    Raises ``ImageError`` for an unreadable image and ``NoDigitFound`` for a blank one, exactly
+    as ``preprocess_image`` does; ``ConfigError`` for ``max_digits`` outside 1..12.
+    """
+    if not 1 <= max_digits <= MAX_DIGITS:
+        raise ConfigError(f"max_digits must be between 1 and {MAX_DIGITS}, got {max_digits}")
+    label = name if name else None
+    ink_map = find_ink(image, name=label)
+    return read_ink(model, ink_map, max_digits=max_digits)
+
+
+def looks_like_several_digits(ink: np.ndarray) -> bool:
+    """A cheap first look: could this ink (h, w), cropped, hold several digits side by side?
+
+    True when it is far wider than tall, or falls into several tall blobs side by side. A
+    single MNIST digit hardly ever passes: the widest, flat 0s and 2s, are twice as wide as
+    tall, and the pieces of a broken stroke are short or overlap each other across the columns.
+    """
+    height, width = ink.shape
+    if width > 2.2 * height:
+        return True
+    blobs = _components(ink)[1]
+    large = [blob for blob in blobs if blob.mass >= 0.3 * max(b.mass for b in blobs)]
+    large.sort(key=lambda blob: blob.left)
+    for first, second in zip(large, large[1:]):
+        overlap = first.right - second.left
+        narrower = min(first.right - first.left, second.right - second.left)
+        tall = min(first.bottom - first.top, second.bottom - second.top) >= 0.5 * height
+        if tall and overlap < 0.25 * narrower:
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Blob:
+    """A piece of ink: its label in the piece map, bounding box [top, bottom) x [left, right),
+    ink mass and the mean column of its ink."""
+
+    label: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+    mass: float
+    centre: float
+    fragment: bool = False
+
+
+def _components(ink: np.ndarray) -> tuple[np.ndarray, list[_Blob]]:
+    """Connected components of the strokes' cores, every ink pixel given to the nearest core:
+    the label map (h, w) int32 (0 where no ink) and a blob per label."""
+    core = ink > _CORE
+    if not core.any():
+        core = ink > 0
+    labels, count = ndimage.label(core, structure=np.ones((3, 3), bool))
+    if count == 0:
+        raise NoDigitFound("no digit found: the image is blank")
+    # Fringe pixels take the label of the nearest core pixel.
+    _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    full = np.where(ink > 0, labels[near_rows, near_cols], 0).astype(np.int32)
+    return full, _blobs(full, ink, count)
+
+
+def _blobs(labels: np.ndarray, ink: np.ndarray, count: int) -> list[_Blob]:
+    index = np.arange(1, count + 1)
+    masses = np.asarray(ndimage.sum_labels(ink, labels, index), float)
+    cols = np.arange(labels.shape[1], dtype=float)[None, :] * np.ones_like(ink)
+    centres = np.asarray(ndimage.sum_labels(ink * cols, labels, index), float) / np.maximum(
+        masses, 1e-9
+    )
+    blobs = []
+    for number, box in enumerate(ndimage.find_objects(labels, count)):
+        if box is None or masses[number] <= 0:
+            continue
+        blobs.append(
+            _Blob(
+                number + 1,
+                box[0].start,
+                box[0].stop,
+                box[1].start,
+                box[1].stop,
+                float(masses[number]),
+                float(centres[number]),
+            )
+        )
+    return blobs
+
+
+def _digit_height(blobs: list[_Blob]) -> float:
+    """The line's typical digit height in ink pixels, from its large components."""
+    largest = max(blob.mass for blob in blobs)
+    heights = [blob.bottom - blob.top for blob in blobs if blob.mass >= 0.25 * largest]
+    return max(float(np.percentile(heights, 75)), 1.0)
+
+
+def _cut_candidates(labels: np.ndarray, ink: np.ndarray, blob: _Blob, height: float) -> list[int]:
+    """Columns where a wide component may be cut between two digits: valleys of its column ink
+    profile, best first, at most about one per third of a digit height."""
+    box = (slice(blob.top, blob.bottom), slice(blob.left, blob.right))
+    mine = np.where(labels[box] == blob.label, ink[box], 0.0)
+    profile = ndimage.uniform_filter1d(mine.sum(axis=0), size=3, mode="nearest")
+    width = blob.right - blob.left
+    margin = max(2, round(_CUT_MARGIN * height))
+    spacing = max(2, round(_CUT_SPACING * height))
+    order = np.argsort(profile, kind="stable")
+    wanted = max(1, math.ceil(width / (0.3 * height)))
+    chosen: list[int] = []
+    for column in order.tolist():
+        if column < margin or column > width - margin:
+            continue
+        # A valley: no lower neighbour within the spacing on either side.
+        low, high = max(0, column - spacing), min(width, column + spacing + 1)
+        if profile[column] > profile[low:high].min() + 1e-6:
+            continue
+        if any(abs(column - other) < spacing for other in chosen):
+            continue
+        chosen.append(column)
+        if len(chosen) >= wanted:
+            break
+    return sorted(blob.left + column for column in chosen)
+
+
+@dataclass
+class _Pieces:
+    """The over-segmentation: ``labels`` (h, w) int32 piece map, pieces in reading order,
+    ``height`` the line's digit height, ``cut_ink[label]`` the ink in the column where the
+    piece ``label`` was cut off its component (absent for whole components)."""
+
+    labels: np.ndarray
+    pieces: list[_Blob]
+    height: float
+    cut_ink: dict[int, float]
+
+
+def _over_segment(ink: np.ndarray) -> _Pieces:
+    labels, blobs = _components(ink)
+    height = _digit_height(blobs)
+    largest = max(blob.mass for blob in blobs)
+    next_label = int(labels.max()) + 1
+    cut_ink: dict[int, float] = {}
+    for blob in list(blobs):
+        if blob.right - blob.left <= _WIDE * height:
+            continue
+        cuts = _cut_candidates(labels, ink, blob, height)
+        if not cuts:
+            continue
+        box = (slice(blob.top, blob.bottom), slice(blob.left, blob.right))
+        region = labels[box]
+        mine = region == blob.label
+        columns = np.arange(blob.left, blob.right)[None, :]
+        profile = np.where(mine, ink[box], 0.0).sum(axis=0)
+        for cut in cuts:
+            region[mine & (columns >= cut)] = next_label
+            cut_ink[next_label] = float(profile[cut - blob.left])
+            next_label += 1
+    pieces = _blobs(labels, ink, next_label - 1)
+    for piece in pieces:
+        piece.fragment = piece.mass < _FRAGMENT * largest
+    pieces.sort(key=lambda piece: piece.centre)
+    return _Pieces(labels, pieces, height, cut_ink)
+
+
+@dataclass
+class _Span:
+    first: int
+    stop: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> NumberReading:
+    """``read_number`` on ink already found by ``find_ink``."""
+    ink = ink_map.ink
+    segmented = _over_segment(ink)
+    pieces, height = segmented.pieces, segmented.height
+    cut_ink = segmented.cut_ink
+    count = len(pieces)
+
+    spans: list[_Span] = []
+    reach = _MAX_SPAN_PIECES
+    while True:
+        spans = _enumerate_spans(pieces, height, reach)
+        if len(spans) <= _MAX_SPANS or reach == 1:
+            break
+        reach -= 1
+    spans = spans[:_MAX_SPANS]
+
+    images = np.zeros((len(spans), MNIST_SIDE, MNIST_SIDE), np.float32)
+    usable = np.zeros(len(spans), bool)
+    for index, span in enumerate(spans):
+        span_labels = [piece.label for piece in pieces[span.first : span.stop]]
+        box = (slice(span.top, span.bottom), slice(span.left, span.right))
+        crop = np.where(np.isin(segmented.labels[box], span_labels), ink[box], 0.0).astype(
+            np.float32
+        )
+        crop = _crop_nonzero(crop)
+        if crop.size == 0:
+            continue
+        try:
+            images[index] = fit_into_mnist_frame(crop)
+            usable[index] = True
+        except NoDigitFound:
+            continue
+    probabilities = np.asarray(model.predict_proba(images.reshape(len(spans), -1)), np.float64)
+    not_a_digit = getattr(model, "not_a_digit_class", None)
+    digit_probabilities = probabilities[:, :10]
+    digits = digit_probabilities.argmax(axis=1)
+    confidences = digit_probabilities.max(axis=1)
+    valid = usable.copy()
+    if not_a_digit is not None:
+        valid &= probabilities.argmax(axis=1) != not_a_digit
+
+    scores = np.full(len(spans), -np.inf)
+    for index, span in enumerate(spans):
+        if not valid[index]:
+            continue
+        score = math.log(max(float(confidences[index]), _EPS))
+        width = (span.right - span.left) / height
+        score -= _WIDTH_COST * max(0.0, width - _WIDTH_FREE)
+        members = pieces[span.first : span.stop]
+        if all(piece.fragment for piece in members) and (span.bottom - span.top) < _SHORT * height:
+            score -= _SHORT_COST
+        # A span starting at a cut candidate inside a component makes that cut.
+        if members[0].label in cut_ink:
+            score -= _CUT_BASE + _CUT_COST * cut_ink[members[0].label] / height
+        scores[index] = score
+
+    best = _best_path(spans, scores, count, max_digits)
+    if best is None:
+        return _refusal(model, ink, not_a_digit, max_digits)
+    readings = []
+    for index in best:
+        span = spans[index]
+        readings.append(
+            DigitReading(
+                int(digits[index]),
+                float(confidences[index]),
+                ink_map.to_image_box(span.top, span.left, span.bottom, span.right),
+            )
+        )
+    confidence = float(np.prod([reading.confidence for reading in readings]))
+    return NumberReading("".join(str(r.digit) for r in readings), confidence, readings)
+
+
+def _enumerate_spans(pieces: list[_Blob], height: float, reach: int) -> list[_Span]:
+    spans = []
+    for first in range(len(pieces)):
+        top, bottom = pieces[first].top, pieces[first].bottom
+        left, right = pieces[first].left, pieces[first].right
+        for stop in range(first + 1, min(len(pieces), first + reach) + 1):
+            piece = pieces[stop - 1]
+            top, bottom = min(top, piece.top), max(bottom, piece.bottom)
+            left, right = min(left, piece.left), max(right, piece.right)
+            if right - left > _MAX_SPAN_WIDTH * height and stop > first + 1:
+                break
+            spans.append(_Span(first, stop, top, bottom, left, right))
+    return spans
+
+
+def _best_path(
+    spans: list[_Span],
+    scores: np.ndarray,
+    count: int,
+    max_digits: int,
+) -> list[int] | None:
+    """Indices of the spans partitioning pieces 0..count-1 with the highest total score, in
+    reading order, using at most ``max_digits`` spans; None if no partition exists."""
+    ending: list[list[int]] = [[] for _ in range(count + 1)]
+    for index, span in enumerate(spans):
+        if np.isfinite(scores[index]):
+            ending[span.stop].append(index)
+    # best[stop][k]: best score covering pieces [0, stop) with k digits.
+    best = np.full((count + 1, max_digits + 1), -np.inf)
+    back = np.full((count + 1, max_digits + 1), -1, int)
+    best[0, 0] = 0.0
+    for stop in range(1, count + 1):
+        for index in ending[stop]:
+            first = spans[index].first
+            gain = scores[index]
+            candidates = best[first, :-1] + gain
+            improved = candidates > best[stop, 1:]
+            best[stop, 1:] = np.where(improved, candidates, best[stop, 1:])
+            back[stop, 1:] = np.where(improved, index, back[stop, 1:])
+    if not np.isfinite(best[count]).any():
+        return None
+    digits = int(np.argmax(best[count]))
+    path = []
+    stop = count
+    while stop > 0:
+        index = int(back[stop, digits])
+        path.append(index)
+        stop = spans[index].first
+        digits -= 1
+    return path[::-1]
+
+
+def _refusal(
+    model: Model, ink: np.ndarray, not_a_digit: int | None, max_digits: int
+) -> NumberReading:
+    probability = 0.0
+    if not_a_digit is not None:
+        whole = fit_into_mnist_frame(ink)
+        probability = float(model.predict_proba(whole.reshape(1, -1))[0, not_a_digit])
+        reason = "the ink does not read as digits (a letter, a symbol, a scribble or a shape)"
+    else:
+        reason = f"the ink cannot be split into at most {max_digits} digits"
+    return NumberReading(None, probability, [], not_a_digit=True, reason=reason)
+
+
+def _crop_nonzero(ink: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return ink[:0, :0]
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
