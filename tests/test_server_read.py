@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from digitnet.inference.predict import predict_image
 from digitnet.inference.reading import read_number
 from digitnet.serving.app import create_app
 from digitnet.serving.limits import ServerLimits
@@ -131,6 +132,22 @@ def test_openapi_documents_the_request_forms_and_answers(client):
     assert set(blank) == set(no_digit["properties"])
     for status in ("400", "403", "413", "415", "503"):
         assert status in operation["responses"], status
+
+
+def test_predict_says_when_an_image_holds_several_digits(client, model):
+    png = number_png()
+    expected = predict_image(model, png, "n.png")
+    assert expected.several_digits  # three marks far apart: the case this test is about
+    response = client.post("/api/predict", files={"file": ("n.png", png, "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["digit"] is None and answer["several_digits"] is True
+    assert answer["number"] == expected.number and "3 digits" in answer["reason"]
+    assert answer["confidence"] == pytest.approx(expected.confidence, rel=1e-5)
+    assert np.array(answer["image"]).shape == (28, 28)
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert set(answer) == set(schemas["SeveralDigitsAnswer"]["required"])
 
 
 # ---------------------------------------------------------------------------------------------

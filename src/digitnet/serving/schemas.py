@@ -188,10 +188,33 @@ class NoDigitAnswer(_Answer):
     detail: str = Field(description="Why no digit was found")
 
 
-def image_answer(prediction: ImagePrediction) -> DigitAnswer | NoDigitAnswer:
+class SeveralDigitsAnswer(_Answer):
+    """An image holding several digits: the number they read, and a pointer to /api/read."""
+
+    digit: None = None
+    number: str = Field(pattern=r"^[0-9]+$", examples=["42"])
+    confidence: float = Field(description="The number's confidence: its digits' product")
+    several_digits: Literal[True] = True
+    reason: str = Field(examples=["the image holds 2 digits; use digitnet read for numbers"])
+    image: list[list[float]] = Field(
+        description="The 28x28 image a single digit would have been: all the ink, fitted"
+    )
+    no_digit: Literal[False] = False
+
+
+def image_answer(prediction: ImagePrediction) -> DigitAnswer | NoDigitAnswer | SeveralDigitsAnswer:
     """The /api/predict answer for an ``ImagePrediction`` that is ok or ``no_digit``."""
     if prediction.no_digit:
         return NoDigitAnswer(detail=prediction.error or NO_DIGIT_MESSAGE)
+    if prediction.several_digits:
+        assert prediction.number is not None and prediction.confidence is not None
+        assert prediction.image is not None
+        return SeveralDigitsAnswer(
+            number=prediction.number,
+            confidence=prediction.confidence,
+            reason=prediction.reason or f"the image holds {len(prediction.number)} digits",
+            image=_image_list(prediction.image),
+        )
     assert prediction.digit is not None and prediction.confidence is not None
     assert prediction.probabilities is not None and prediction.image is not None
     return DigitAnswer(
@@ -199,9 +222,14 @@ def image_answer(prediction: ImagePrediction) -> DigitAnswer | NoDigitAnswer:
         confidence=prediction.confidence,
         low_confidence=prediction.low_confidence,
         probabilities=prediction.probabilities,
-        # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
-        image=np.round(prediction.image.astype(np.float64), 4).tolist(),
+        image=_image_list(prediction.image),
     )
+
+
+def _image_list(image: np.ndarray) -> list[list[float]]:
+    # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
+    values: list[list[float]] = np.round(image.astype(np.float64), 4).tolist()
+    return values
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from digitnet.serving.schemas import (
     Health,
     ModelSummary,
     NoDigitAnswer,
+    SeveralDigitsAnswer,
     image_answer,
 )
 from digitnet.serving.work import predict_image_bytes
@@ -45,7 +46,8 @@ _IMAGE_REQUEST: dict[str, Any] = {
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The prediction, or `no_digit: true` for an image without a digit",
+        "description": "The prediction; `no_digit: true` for an image without a digit; "
+        "`several_digits: true` and the `number` for an image holding several",
         "content": {
             "application/json": {
                 "example": {
@@ -106,7 +108,9 @@ async def read_upload(request: Request, other_forms: str = "") -> tuple[bytes, s
     responses=_IMAGE_RESPONSES,
     openapi_extra=_IMAGE_REQUEST,
 )
-async def api_predict(request: Request, pool: PoolDep) -> DigitAnswer | NoDigitAnswer:
+async def api_predict(
+    request: Request, pool: PoolDep
+) -> DigitAnswer | NoDigitAnswer | SeveralDigitsAnswer:
     """Any image `digitnet predict` reads (PNG, JPEG, ...: a photo, scan or drawing of one
     digit, dark on light or light on dark, transparency allowed), as multipart field `file`
     or as a raw `image/*` body. It is preprocessed into MNIST form (28x28, white ink on
@@ -114,7 +118,8 @@ async def api_predict(request: Request, pool: PoolDep) -> DigitAnswer | NoDigitA
 
     An image with no digit in it answers **200** with `"digit": null, "no_digit": true,
     "message": "no digit found"`: an empty drawing is a normal state, not an error. An
-    unreadable image answers 400."""
+    unreadable image answers 400. An image holding several digits answers `"digit": null,
+    "several_digits": true` with the `number` they read (`/api/read` reads numbers)."""
     data, name = await read_upload(request)
     if not data:
         raise RequestError("the image is empty (0 bytes)")
