@@ -244,8 +244,8 @@ class DigitInNumber(_Answer):
     box: list[int] = Field(
         min_length=4,
         max_length=4,
-        description="x0, y0, x1, y1: the digit's box in the image's pixels, from its top-left "
-        "corner",
+        description="x0, y0, x1, y1: the digit's box in the image's pixels from its top-left "
+        "corner, x1 and y1 exclusive",
         examples=[[12, 30, 58, 102]],
     )
 

@@ -51,10 +51,10 @@ _READ_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/json": {
                 "example": {
                     "number": "42",
-                    "confidence": 0.97,
+                    "confidence": 0.99878,
                     "digits": [
-                        {"digit": 4, "confidence": 0.99, "box": [31, 40, 120, 168]},
-                        {"digit": 2, "confidence": 0.98, "box": [142, 44, 230, 170]},
+                        {"digit": 4, "confidence": 0.99926, "box": [201, 51, 285, 158]},
+                        {"digit": 2, "confidence": 0.99951, "box": [302, 39, 399, 150]},
                     ],
                 }
             }
