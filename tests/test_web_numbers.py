@@ -19,7 +19,15 @@ from PIL import Image, ImageDraw
 
 import renderings
 from digitnet.inference.reading import read_number
-from test_web import DESKTOP, artifacts, browser, open_page, screenshot, serving  # noqa: F401
+from test_web import (  # noqa: F401 - fixtures used by name
+    DESKTOP,
+    PHONE,
+    artifacts,
+    browser,
+    open_page,
+    screenshot,
+    serving,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -42,9 +50,9 @@ TOP = 0.1
 PEN = 17 / 280 * 28 / FRAME
 GAP = 3.0  # MNIST pixels between the inks of neighbours that do not touch
 SKELETON_SIDE = 112  # digits are thinned at 4x MNIST's resolution
-# The mouse draws every SAMPLE-th point of a stroke (a point every 1.5 MNIST pixels): the page
+# The mouse draws every SAMPLE-th point of a stroke (a point every 2.5 MNIST pixels): the page
 # draws smooth curves through them.
-SAMPLE = 6
+SAMPLE = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,24 +249,22 @@ def settled(page) -> str:
 
 
 def drawn_boxes(page) -> list[dict]:
-    """The boxes on the pad: digit, confidence, and x0..x1 in pad pixels."""
-    pad_width = page.locator("#pad").bounding_box()["width"]
-    view_width = float(page.locator("#boxes").get_attribute("viewBox").split()[2])
-    found = []
-    for group in page.locator("#boxes g.box").all():
-        rect = group.locator("rect")
-        x0 = float(rect.get_attribute("x"))
-        x1 = x0 + float(rect.get_attribute("width"))
-        found.append(
-            {
-                "digit": group.get_attribute("data-digit"),
-                "confidence": float(group.get_attribute("data-confidence")),
-                "x0": x0 * pad_width / view_width,
-                "x1": x1 * pad_width / view_width,
-                "label": group.locator("text").text_content(),
-            }
-        )
-    return found
+    """The boxes as shown on the pad: digit, confidence, label, and where each rectangle is on
+    the screen (x0, y0, x1, y1 in CSS pixels from the pad's top-left corner)."""
+    return page.evaluate(
+        """() => {
+        const pad = document.getElementById("pad").getBoundingClientRect();
+        return [...document.querySelectorAll("#boxes g.box")].map((group) => {
+          const box = group.querySelector("rect").getBoundingClientRect();
+          return {
+            digit: group.dataset.digit, confidence: Number(group.dataset.confidence),
+            label: group.querySelector("text").textContent,
+            x0: box.left - pad.left, y0: box.top - pad.top,
+            x1: box.right - pad.left, y1: box.bottom - pad.top,
+          };
+        });
+      }"""
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,11 +300,14 @@ def test_numbers_of_one_to_six_digits_are_read_with_a_box_per_digit(page, test_d
         assert [box["digit"] for box in boxes] == list(number)
         chips = page.locator("#digits li .digit").all_inner_texts()
         assert chips == list(number)
+        pad_height = page.locator("#pad").bounding_box()["height"]
+        frame_top, frame_bottom = TOP * pad_height, TOP * pad_height + 28 * scale
         for box, (x0, x1) in zip(boxes, extents):
-            # Each box sits on its own digit: its centre within the digit's ink, its edges
-            # near the ink's (a box may keep a sliver of a touching neighbour).
+            # Each box sits on its own digit: its centre within the digit's ink across, and
+            # within the digit's frame down.
             centre = (box["x0"] + box["x1"]) / 2
             assert left + x0 * scale <= centre <= left + x1 * scale, (number, box, x0, x1)
+            assert frame_top <= (box["y0"] + box["y1"]) / 2 <= frame_bottom, (number, box)
             assert box["label"].startswith(box["digit"]) and box["label"].endswith("%")
             assert 0 < box["confidence"] <= 1
     assert not problems, problems
@@ -327,12 +336,16 @@ def test_modes_keep_their_own_drawing(page, test_digits):
     assert box["width"] == pytest.approx(3 * box["height"], abs=2)
 
 
-def test_number_mode_opens_from_the_address(browser, server_url):  # noqa: F811
-    page = browser.new_context(**DESKTOP).new_page()
+def test_number_mode_opens_from_the_address_and_fits_a_phone(browser, server_url, artifacts):  # noqa: F811
+    page = browser.new_context(**PHONE).new_page()
     page.goto(server_url + "/#number")
     page.wait_for_function("() => window.digitnet !== undefined")
     assert page.evaluate("() => window.digitnet.mode") == "number"
     assert page.locator("#mode-number").get_attribute("aria-pressed") == "true"
+    box = page.locator("#pad").bounding_box()
+    assert 300 < box["width"] <= 390 and box["width"] == pytest.approx(3 * box["height"], abs=2)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways
+    screenshot(page, artifacts / "phone-number-mode.png")
     page.context.close()
 
 
