@@ -16,7 +16,6 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,24 +53,19 @@ _FRAGMENT = 0.12
 # looked for inside it. MNIST's widest single digits (0, 2, 7) are about as wide as tall.
 _WIDE = 0.7
 # Cut candidates keep this far (in digit heights) from a component's ends and from each other.
-_CUT_MARGIN = 0.12
-_CUT_SPACING = 0.12
+_CUT_MARGIN = 0.15
+_CUT_SPACING = 0.25
+# A cut path strays at most this many digit heights from where it starts; it pays _CUT_STRAY
+# (ink pixels' worth) per digit height it strays, and _CUT_STEP per sideways step.
+_CUT_REACH = 0.3
+_CUT_STRAY = 1.0
+_CUT_STEP = 0.05
 # A span of pieces wider than this many digit heights is not one digit, and a span holds at
 # most this many pieces.
 _MAX_SPAN_WIDTH = 1.5
-_MAX_SPAN_PIECES = 6
+_MAX_SPAN_PIECES = 10
 # Bound on the spans classified for one image (memory: 3 KB each; time: about 1 ms each).
 _MAX_SPANS = 1500
-# Score terms (log-probability units): a digit wider than _WIDTH_FREE digit heights pays
-# _WIDTH_COST per digit height beyond it; a cut through ink pays _CUT_COST per digit height of
-# ink cut (in the column profile), plus _CUT_BASE; a piece of a fragment's size alone, far
-# shorter than the line's digits, pays _SHORT_COST.
-_WIDTH_FREE = 1.0
-_WIDTH_COST = 6.0
-_CUT_BASE = 0.3
-_CUT_COST = 4.0
-_SHORT = 0.45
-_SHORT_COST = 4.0
 # Floor under probabilities before taking logs.
 _EPS = 1e-6
 
@@ -221,31 +215,61 @@ def _digit_height(blobs: list[_Blob]) -> float:
     return max(float(np.percentile(heights, 75)), 1.0)
 
 
-def _cut_candidates(labels: np.ndarray, ink: np.ndarray, blob: _Blob, height: float) -> list[int]:
-    """Columns where a wide component may be cut between two digits: valleys of its column ink
-    profile, best first, at most about one per third of a digit height."""
-    box = (slice(blob.top, blob.bottom), slice(blob.left, blob.right))
-    mine = np.where(labels[box] == blob.label, ink[box], 0.0)
-    profile = ndimage.uniform_filter1d(mine.sum(axis=0), size=3, mode="nearest")
-    width = blob.right - blob.left
+def _cut_starts(mine: np.ndarray, height: float) -> list[int]:
+    """Columns (in the component's box) around which a wide component may be cut between two
+    digits: the valleys of its column ink profile, and columns spaced evenly across it, for
+    overlapping digits leave no valley."""
+    width = mine.shape[1]
     margin = max(2, round(_CUT_MARGIN * height))
     spacing = max(2, round(_CUT_SPACING * height))
-    order = np.argsort(profile, kind="stable")
-    wanted = max(1, math.ceil(width / (0.3 * height)))
-    chosen: list[int] = []
-    for column in order.tolist():
+    profile = ndimage.uniform_filter1d(mine.sum(axis=0), size=3, mode="nearest")
+    starts: list[int] = []
+    for column in np.argsort(profile, kind="stable").tolist():
         if column < margin or column > width - margin:
             continue
-        # A valley: no lower neighbour within the spacing on either side.
         low, high = max(0, column - spacing), min(width, column + spacing + 1)
-        if profile[column] > profile[low:high].min() + 1e-6:
-            continue
-        if any(abs(column - other) < spacing for other in chosen):
-            continue
-        chosen.append(column)
-        if len(chosen) >= wanted:
-            break
-    return sorted(blob.left + column for column in chosen)
+        if profile[column] <= profile[low:high].min() + 1e-6:
+            starts.append(column)
+    steps = max(1, round((width - 2 * margin) / spacing))
+    starts += [round(c) for c in np.linspace(margin, width - margin, steps + 1)]
+    # Valleys first: an evenly spaced start too close to one is dropped.
+    kept: list[int] = []
+    for column in starts:
+        if all(abs(column - other) >= max(2, round(0.6 * spacing)) for other in kept):
+            kept.append(column)
+    return sorted(kept)
+
+
+def _cut_path(mine: np.ndarray, start: int, height: float) -> tuple[np.ndarray, float]:
+    """The cheapest top-to-bottom path through ``mine`` (h, w) ink near column ``start``.
+
+    Each row the path moves at most one column, within ``_CUT_REACH`` digit heights of
+    ``start``; it pays the ink it crosses, plus a little per column it strays and per sideways
+    step, so it runs between touching digits where they meet and follows a slant. Returns the
+    path's column per row (h,) and the ink it crosses.
+    """
+    rows, width = mine.shape
+    reach = max(2, round(_CUT_REACH * height))
+    low, high = max(0, start - reach), min(width, start + reach + 1)
+    columns = np.arange(low, high)
+    stray = _CUT_STRAY * np.abs(columns - start) / max(height, 1.0)
+    cost = mine[0, low:high] + stray
+    moves = np.zeros((rows, high - low), np.int8)
+    for row in range(1, rows):
+        left = np.concatenate([[np.inf], cost[:-1]]) + _CUT_STEP
+        right = np.concatenate([cost[1:], [np.inf]]) + _CUT_STEP
+        options = np.stack([left, cost, right])
+        choice = options.argmin(axis=0)
+        moves[row] = choice - 1
+        cost = options[choice, np.arange(high - low)] + mine[row, low:high] + stray
+    position = int(cost.argmin())
+    path = np.zeros(rows, int)
+    crossed = 0.0
+    for row in range(rows - 1, -1, -1):
+        path[row] = low + position
+        crossed += float(mine[row, low + position])
+        position += int(moves[row, position])
+    return path, crossed
 
 
 @dataclass
@@ -266,26 +290,47 @@ def _over_segment(ink: np.ndarray) -> _Pieces:
     largest = max(blob.mass for blob in blobs)
     next_label = int(labels.max()) + 1
     cut_ink: dict[int, float] = {}
+    stroke = _stroke_width(ink)
     for blob in list(blobs):
         if blob.right - blob.left <= _WIDE * height:
-            continue
-        cuts = _cut_candidates(labels, ink, blob, height)
-        if not cuts:
             continue
         box = (slice(blob.top, blob.bottom), slice(blob.left, blob.right))
         region = labels[box]
         mine = region == blob.label
-        columns = np.arange(blob.left, blob.right)[None, :]
-        profile = np.where(mine, ink[box], 0.0).sum(axis=0)
-        for cut in cuts:
-            region[mine & (columns >= cut)] = next_label
-            cut_ink[next_label] = float(profile[cut - blob.left])
+        weights = np.where(mine, ink[box], 0.0)
+        paths: list[tuple[float, np.ndarray, float]] = []
+        seen: set[bytes] = set()
+        for start in _cut_starts(weights, height):
+            path, crossed = _cut_path(weights, start, height)
+            key = path.tobytes()
+            if key not in seen:
+                seen.add(key)
+                paths.append((float(path.mean()), path, crossed))
+        paths.sort(key=lambda item: item[0])
+        columns = np.arange(region.shape[1])[None, :]
+        # Each pixel goes to the segment right of as many paths as lie left of it.
+        segment = np.zeros(region.shape, np.int32)
+        for _, path, _ in paths:
+            segment += columns > path[:, None]
+        for number, (_, _, crossed) in enumerate(paths, start=1):
+            part = mine & (segment == number)
+            if not part.any():
+                continue
+            region[part] = next_label
+            cut_ink[next_label] = crossed / stroke
             next_label += 1
     pieces = _blobs(labels, ink, next_label - 1)
     for piece in pieces:
         piece.fragment = piece.mass < _FRAGMENT * largest
     pieces.sort(key=lambda piece: piece.centre)
     return _Pieces(labels, pieces, height, cut_ink)
+
+
+def _stroke_width(ink: np.ndarray) -> float:
+    """Typical stroke width in pixels: 2 * area / boundary length of the pixels above 0.5."""
+    mask = ink > 0.5
+    boundary = int((mask & ~ndimage.binary_erosion(mask)).sum())
+    return max(1.0, 2.0 * float(mask.sum()) / max(boundary, 1))
 
 
 @dataclass
@@ -300,13 +345,42 @@ class _Span:
 
 def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> NumberReading:
     """``read_number`` on ink already found by ``find_ink``."""
+    hypotheses = _hypotheses(model, ink_map)
+    not_a_digit = getattr(model, "not_a_digit_class", None)
+    best = _decide(hypotheses, not_a_digit, max_digits)
+    if best is None:
+        return _refusal(model, ink_map.ink, not_a_digit, max_digits)
+    readings = []
+    for index in best:
+        span = hypotheses.spans[index]
+        digit_probabilities = hypotheses.probabilities[index, :10]
+        digit = int(digit_probabilities.argmax())
+        readings.append(
+            DigitReading(
+                digit,
+                float(digit_probabilities[digit]),
+                ink_map.to_image_box(span.top, span.left, span.bottom, span.right),
+            )
+        )
+    confidence = float(np.prod([reading.confidence for reading in readings]))
+    return NumberReading("".join(str(r.digit) for r in readings), confidence, readings)
+
+
+@dataclass
+class _Hypotheses:
+    """Every span considered and the model's answer for it: ``probabilities`` (n_spans,
+    n_classes), ``usable`` (n_spans,) False where the span could not be fitted."""
+
+    segmented: _Pieces
+    spans: list[_Span]
+    probabilities: np.ndarray
+    usable: np.ndarray
+
+
+def _hypotheses(model: Model, ink_map: InkMap) -> _Hypotheses:
     ink = ink_map.ink
     segmented = _over_segment(ink)
     pieces, height = segmented.pieces, segmented.height
-    cut_ink = segmented.cut_ink
-    count = len(pieces)
-
-    spans: list[_Span] = []
     reach = _MAX_SPAN_PIECES
     while True:
         spans = _enumerate_spans(pieces, height, reach)
@@ -314,16 +388,14 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
             break
         reach -= 1
     spans = spans[:_MAX_SPANS]
-
     images = np.zeros((len(spans), MNIST_SIDE, MNIST_SIDE), np.float32)
     usable = np.zeros(len(spans), bool)
     for index, span in enumerate(spans):
         span_labels = [piece.label for piece in pieces[span.first : span.stop]]
         box = (slice(span.top, span.bottom), slice(span.left, span.right))
-        crop = np.where(np.isin(segmented.labels[box], span_labels), ink[box], 0.0).astype(
-            np.float32
+        crop = _crop_nonzero(
+            np.where(np.isin(segmented.labels[box], span_labels), ink[box], 0.0).astype(np.float32)
         )
-        crop = _crop_nonzero(crop)
         if crop.size == 0:
             continue
         try:
@@ -332,44 +404,69 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
         except NoDigitFound:
             continue
     probabilities = np.asarray(model.predict_proba(images.reshape(len(spans), -1)), np.float64)
-    not_a_digit = getattr(model, "not_a_digit_class", None)
+    return _Hypotheses(segmented, spans, probabilities, usable)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The terms of a span's score, in log-probability units (see ``_span_scores``)."""
+
+    bonus: float = 0.0
+    width_free: float = 1.0
+    width_cost: float = 6.0
+    narrow: float = 0.3
+    narrow_cost: float = 0.0
+    short: float = 0.45
+    short_cost: float = 4.0
+    cut_base: float = 0.3
+    cut_cost: float = 4.0
+
+
+_WEIGHTS = _Weights()
+
+
+def _span_scores(
+    hypotheses: _Hypotheses, not_a_digit: int | None, weights: _Weights = _WEIGHTS
+) -> np.ndarray:
+    """Score of each span as one digit (n_spans,), -inf where it cannot be one: the log of the
+    model's probability of its digit, plus ``bonus`` per digit; minus ``width_cost`` per digit
+    height of width beyond ``width_free`` heights, ``narrow_cost`` per digit height below
+    ``narrow`` for any digit but 1, ``short_cost`` per digit height of height below ``short``;
+    and, where it starts at a cut inside a component, ``cut_base`` plus ``cut_cost`` per stroke
+    width of ink the cut crosses."""
+    segmented, spans = hypotheses.segmented, hypotheses.spans
+    pieces, height, cut_ink = segmented.pieces, segmented.height, segmented.cut_ink
+    probabilities = hypotheses.probabilities
     digit_probabilities = probabilities[:, :10]
     digits = digit_probabilities.argmax(axis=1)
-    confidences = digit_probabilities.max(axis=1)
-    valid = usable.copy()
+    scores: np.ndarray = np.log(np.maximum(digit_probabilities.max(axis=1), _EPS)) + weights.bonus
+    valid = hypotheses.usable.copy()
     if not_a_digit is not None:
         valid &= probabilities.argmax(axis=1) != not_a_digit
-
-    scores = np.full(len(spans), -np.inf)
     for index, span in enumerate(spans):
-        if not valid[index]:
-            continue
-        score = math.log(max(float(confidences[index]), _EPS))
         width = (span.right - span.left) / height
-        score -= _WIDTH_COST * max(0.0, width - _WIDTH_FREE)
-        members = pieces[span.first : span.stop]
-        if all(piece.fragment for piece in members) and (span.bottom - span.top) < _SHORT * height:
-            score -= _SHORT_COST
-        # A span starting at a cut candidate inside a component makes that cut.
-        if members[0].label in cut_ink:
-            score -= _CUT_BASE + _CUT_COST * cut_ink[members[0].label] / height
-        scores[index] = score
+        tall = (span.bottom - span.top) / height
+        penalty = weights.width_cost * max(0.0, width - weights.width_free)
+        if digits[index] != 1:
+            penalty += weights.narrow_cost * max(0.0, weights.narrow - width)
+        penalty += weights.short_cost * max(0.0, weights.short - tall)
+        first = pieces[span.first].label
+        if first in cut_ink:
+            penalty += weights.cut_base + weights.cut_cost * cut_ink[first]
+        scores[index] -= penalty
+    scores[~valid] = -np.inf
+    return scores
 
-    best = _best_path(spans, scores, count, max_digits)
-    if best is None:
-        return _refusal(model, ink, not_a_digit, max_digits)
-    readings = []
-    for index in best:
-        span = spans[index]
-        readings.append(
-            DigitReading(
-                int(digits[index]),
-                float(confidences[index]),
-                ink_map.to_image_box(span.top, span.left, span.bottom, span.right),
-            )
-        )
-    confidence = float(np.prod([reading.confidence for reading in readings]))
-    return NumberReading("".join(str(r.digit) for r in readings), confidence, readings)
+
+def _decide(
+    hypotheses: _Hypotheses,
+    not_a_digit: int | None,
+    max_digits: int,
+    weights: _Weights = _WEIGHTS,
+) -> list[int] | None:
+    """The spans read as the number's digits, in reading order; None if none fit."""
+    scores = _span_scores(hypotheses, not_a_digit, weights)
+    return _best_path(hypotheses.spans, scores, len(hypotheses.segmented.pieces), max_digits)
 
 
 def _enumerate_spans(pieces: list[_Blob], height: float, reach: int) -> list[_Span]:
