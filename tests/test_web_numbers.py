@@ -336,6 +336,19 @@ def test_modes_keep_their_own_drawing(page, test_digits):
     assert box["width"] == pytest.approx(3 * box["height"], abs=2)
 
 
+def test_several_digits_on_the_digit_pad_are_read_as_a_number(page, test_digits):
+    page, _ = page
+    page.click("#mode-digit")
+    page.keyboard.press("Escape")
+    placed, extents = lay_out([test_digits[4][0], test_digits[2][0]], None)
+    draw_number(page, placed, extents)
+    assert settled(page) == "42"
+    assert "several digits" in page.locator("#confidence").inner_text().lower()
+    assert page.locator("#bars li.best").count() == 0
+    page.keyboard.press("Escape")
+    page.click("#mode-number")
+
+
 def test_number_mode_opens_from_the_address_and_fits_a_phone(browser, server_url, artifacts):  # noqa: F811
     page = browser.new_context(**PHONE).new_page()
     page.goto(server_url + "/#number")

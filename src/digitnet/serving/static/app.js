@@ -238,6 +238,7 @@
       shownVersion = myVersion;
       if (mode === "number") showReading(answer);
       else show(answer);
+      boxes.classList.toggle("stale", version !== myVersion);
     } catch (error) {
       if (error.name === "AbortError" || myEpoch !== epoch) return;
       status.textContent = `Cannot reach the model: ${error.message}`;
