@@ -244,8 +244,9 @@
       status.textContent = `Cannot reach the model: ${error.message}`;
     } finally {
       if (inFlight && inFlight.controller === controller) inFlight = null;
-      // Latest wins: whatever changed while this request was out goes next.
-      if (myEpoch === epoch && strokes.length && version !== sentVersion) schedule();
+      // Latest wins: whatever changed while this request was out goes next (after a clear or a
+      // mode switch too: a debounce that fired while this aborted request was ending is lost).
+      if (strokes.length && version !== sentVersion) schedule();
     }
   }
 
