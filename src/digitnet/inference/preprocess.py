@@ -185,14 +185,16 @@ class InkMap:
     pixels per ink pixel (above 1 for images reduced to 640 px, below 1 for enlarged small ones),
     ``image_shape`` the (height, width) of the image as read (EXIF orientation applied).
     ``more_along_line``: found without ``line``, more ink lies along the line than was kept.
+    ``origin``: the (x, y) of the image's pixel where the region read starts (see ``find_ink``).
     """
 
     ink: np.ndarray
-    top: int
-    left: int
+    top: float
+    left: float
     scale: float
     image_shape: tuple[int, int]
     more_along_line: bool = False
+    origin: tuple[int, int] = (0, 0)
 
     def to_image_box(
         self, top: int, left: int, bottom: int, right: int
@@ -200,14 +202,21 @@ class InkMap:
         """Ink rows [top, bottom) and columns [left, right) as (x0, y0, x1, y1) in the image's
         pixels, x1 and y1 exclusive, clipped to the image."""
         height, width = self.image_shape
-        x0 = min(max(math.floor((self.left + left) * self.scale), 0), width)
-        y0 = min(max(math.floor((self.top + top) * self.scale), 0), height)
-        x1 = min(max(math.ceil((self.left + right) * self.scale), x0), width)
-        y1 = min(max(math.ceil((self.top + bottom) * self.scale), y0), height)
+        x, y = self.origin
+        x0 = min(max(x + math.floor((self.left + left) * self.scale), 0), width)
+        y0 = min(max(y + math.floor((self.top + top) * self.scale), 0), height)
+        x1 = min(max(x + math.ceil((self.left + right) * self.scale), x0), width)
+        y1 = min(max(y + math.ceil((self.top + bottom) * self.scale), y0), height)
         return x0, y0, x1, y1
 
 
-def find_ink(image: ImageInput, *, name: str | None = None, line: bool = True) -> InkMap:
+def find_ink(
+    image: ImageInput,
+    *,
+    name: str | None = None,
+    line: bool = True,
+    region: tuple[int, int, int, int] | None = None,
+) -> InkMap:
     """The ink of ``image`` before it is fitted into MNIST's frame.
 
     Reads ``image`` as ``preprocess_image`` does, raising the same errors, and finds its ink by
@@ -216,12 +225,16 @@ def find_ink(image: ImageInput, *, name: str | None = None, line: bool = True) -
     so that a number written on one line comes back whole; without it, exactly the ink
     ``preprocess_image`` fits (``fit_into_mnist_frame(find_ink(image, line=False).ink)`` is
     ``preprocess_image(image)``).
+
+    ``region`` (x0, y0, x1, y1 in the image's pixels, clipped to it) reads only that part of
+    the image, reduced to 640 px only if it is larger: a closer look at a small number in a
+    large photo (an image stored turned, by its EXIF orientation, is read whole).
     """
     label = _describe(image, name)
-    grey, image_shape = _read(image, label)
+    grey, image_shape, (x0, y0, x1, y1) = _read(image, label, region)
     ink, top, left, upscale, more_along_line = _locate_ink(grey, label, line=line)
-    scale = max(image_shape[0] / grey.shape[0], image_shape[1] / grey.shape[1]) / upscale
-    return InkMap(ink, top, left, scale, image_shape, more_along_line)
+    scale = max((y1 - y0) / grey.shape[0], (x1 - x0) / grey.shape[1]) / upscale
+    return InkMap(ink, top, left, scale, image_shape, more_along_line, (x0, y0))
 
 
 def fit_into_mnist_frame(ink: np.ndarray, *, name: str = "the image") -> np.ndarray:
@@ -294,24 +307,48 @@ def read_grey(image: ImageInput, *, name: str | None = None) -> np.ndarray:
     return _read(image, _describe(image, name))[0]
 
 
-def _read(image: ImageInput, label: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """``read_grey``'s image, and the (height, width) of the image before reduction, upright."""
+Region = tuple[int, int, int, int]
+
+
+def _read(
+    image: ImageInput, label: str, region: Region | None = None
+) -> tuple[np.ndarray, tuple[int, int], Region]:
+    """``read_grey``'s image (of ``region`` only, if given), the (height, width) of the whole
+    image before reduction, upright, and the region read (x0, y0, x1, y1)."""
     if isinstance(image, np.ndarray):
+        shape = (int(image.shape[0]), int(image.shape[1])) if image.ndim >= 2 else (0, 0)
+        box = _clip_region(region, shape)
+        if region is not None and image.ndim >= 2:
+            image = image[box[1] : box[3], box[0] : box[2]]
         grey, alpha = _array_to_grey(image, label)
-        shape = (int(image.shape[0]), int(image.shape[1]))
     elif isinstance(image, Image.Image):
         _check_size(image.size, label)
         if isinstance(image, ImageFile.ImageFile) and image.tile:
             # Opened but not decoded yet: decoding it here is ours to bound.
             _check_decoding_cost(image, image.format or "", label)
             _load(image, label)
-        grey, alpha = _pil_to_grey(image, label)
         orientation = _orientation(image)
-        grey, alpha = _upright(grey, alpha, orientation)
         shape = _upright_shape(image.size, orientation)
+        # A region is cut from the image as stored, so only from an upright one.
+        if orientation != 1:
+            region = None
+        box = _clip_region(region, shape)
+        if region is not None:
+            image = image.crop(box)
+        grey, alpha = _pil_to_grey(image, label)
+        grey, alpha = _upright(grey, alpha, orientation)
     else:
-        grey, alpha, shape = _read_encoded(image, label)
-    return _composite(grey, alpha), shape
+        grey, alpha, shape, box = _read_encoded(image, label, region)
+    return _composite(grey, alpha), shape, box
+
+
+def _clip_region(region: Region | None, shape: tuple[int, int]) -> Region:
+    height, width = shape
+    if region is None:
+        return 0, 0, width, height
+    x0, y0, x1, y1 = region
+    x0, y0 = min(max(x0, 0), max(width - 1, 0)), min(max(y0, 0), max(height - 1, 0))
+    return x0, y0, min(max(x1, x0 + 1), width), min(max(y1, y0 + 1), height)
 
 
 def _upright_shape(size: tuple[int, int], orientation: int) -> tuple[int, int]:
@@ -337,11 +374,11 @@ def _describe(image: object, name: str | None) -> str:
 
 
 def _read_encoded(
-    image: object, name: str
-) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    image: object, name: str, region: Region | None = None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], Region]:
     if isinstance(image, (str, os.PathLike)):
         with _open_regular_file(os.fspath(image), name) as stream:
-            return _decode(stream, name)
+            return _decode(stream, name, region)
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif hasattr(image, "read"):
@@ -360,7 +397,7 @@ def _read_encoded(
             "a numpy array"
         )
     _check_file_size(len(data), name)
-    return _decode(io.BytesIO(data), name)
+    return _decode(io.BytesIO(data), name, region)
 
 
 def _open_regular_file(path: str, name: str) -> IO[bytes]:
@@ -396,9 +433,12 @@ def _check_file_size(size: int, name: str) -> None:
         )
 
 
-def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
-    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable), and its
-    upright (height, width) before reduction."""
+def _decode(
+    stream: IO[bytes], name: str, region: Region | None = None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int], Region]:
+    """Grey and alpha (reduced, upright) of the encoded image in ``stream`` (seekable), or of
+    ``region`` of it (when upright), its upright (height, width) before reduction, and the
+    region read."""
     image_format = _format_from_signature(stream.read(16))
     if image_format is None:
         raise ImageError(
@@ -425,12 +465,19 @@ def _decode(stream: IO[bytes], name: str) -> tuple[np.ndarray, np.ndarray | None
         _check_size(size, name)
         if image_format == "JPEG":
             _check_jpeg(opened, stream, name)
-            _draft_large_jpeg(opened)
+            if region is None:
+                _draft_large_jpeg(opened)
         _check_decoding_cost(opened, image_format, name, file_bytes)
-        _load(opened, name)
-        grey, alpha = _pil_to_grey(opened, name)
         orientation = _orientation(opened)
-        return (*_upright(grey, alpha, orientation), _upright_shape(size, orientation))
+        shape = _upright_shape(size, orientation)
+        if orientation != 1:
+            region = None
+        box = _clip_region(region, shape)
+        _load(opened, name)
+        # A region is cut from the decoded image: a copy of that part only.
+        source = opened if region is None else opened.crop(box)
+        grey, alpha = _pil_to_grey(source, name)
+        return (*_upright(grey, alpha, orientation), shape, box)
 
 
 def _format_from_signature(data: bytes) -> str | None:
