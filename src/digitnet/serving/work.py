@@ -155,6 +155,7 @@ def _start_worker(
     # Heavy work yields the CPU to the event loop's short tasks when both want it.
     os.nice(WORK_NICENESS)
     import digitnet.inference.preprocess  # noqa: F401 - loaded before the first request
+    import digitnet.inference.reading  # noqa: F401
 
     _model = Model(architecture, parameters, metadata)
     _predictor = Predictor(_model)
