@@ -652,7 +652,7 @@ def test_openapi_describes_the_answers_the_routes_give(client):
             not_found = client.get(url.replace("digitnet", "other"))
             assert set(not_found.json()) == keys_of(answer_schema(path, status="404"))
     # The not-a-digit answer (a reader model's) is checked in test_notdigit.py.
-    digit, _, no_digit = answer_schema("/api/predict", "post")["anyOf"]
+    digit, _, no_digit, _several = answer_schema("/api/predict", "post")["anyOf"]
     for image, reference in ((digit_png(), digit), (blank_png(), no_digit)):
         answer = client.post("/api/predict", files={"file": ("d.png", image, "image/png")})
         assert answer.status_code == 200 and set(answer.json()) == keys_of(reference)

@@ -29,7 +29,7 @@ from digitnet import __version__
 from digitnet.serving.asgi import LimitAndLogMiddleware
 from digitnet.serving.limits import ServerLimits
 from digitnet.serving.protocol import MODEL_NAME, RequestError, dumps_json
-from digitnet.serving.routes import api, docs, pages, report, tf_serving
+from digitnet.serving.routes import api, docs, pages, read, report, tf_serving
 from digitnet.serving.trust import allowed_host_names
 from digitnet.serving.work import WorkLanes
 
@@ -72,7 +72,8 @@ def create_app(
         title="digitnet",
         version=__version__,
         description="Handwritten-digit recognition. TensorFlow Serving's REST API at "
-        f"/v1/models/{MODEL_NAME}, and a simpler image API at /api/predict.",
+        f"/v1/models/{MODEL_NAME}, and a simpler image API: /api/predict reads a digit, "
+        "/api/read a number.",
         docs_url=None,
         redoc_url=None,  # both load from a CDN; routes.docs serves /docs itself
         lifespan=lifespan,
@@ -87,6 +88,7 @@ def create_app(
     app.mount("/static", pages.static_files(), name="static")
     app.include_router(tf_serving.router)
     app.include_router(api.router)
+    app.include_router(read.router)
     app.include_router(report.router)
     app.add_middleware(
         LimitAndLogMiddleware,

@@ -7,7 +7,7 @@ The hot ``:predict`` route answers ``Predictor``'s bytes directly and is describ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -211,17 +211,43 @@ class NoDigitAnswer(_Answer):
     detail: str = Field(description="Why no digit was found")
 
 
-def image_answer(prediction: ImagePrediction) -> DigitAnswer | NotADigitAnswer | NoDigitAnswer:
+class SeveralDigitsAnswer(_Answer):
+    """An image holding several digits: the number they read, and a pointer to /api/read."""
+
+    digit: None = None
+    number: str = Field(pattern=r"^[0-9]+$", examples=["42"])
+    confidence: float = Field(description="The number's confidence: its digits' product")
+    several_digits: Literal[True] = True
+    reason: str = Field(examples=["the image holds 2 digits; use digitnet read for numbers"])
+    image: list[list[float]] = Field(
+        description="The 28x28 image a single digit would have been: all the ink, fitted"
+    )
+    no_digit: Literal[False] = False
+    not_a_digit: Literal[False] = False
+
+
+def image_answer(
+    prediction: ImagePrediction,
+) -> DigitAnswer | NotADigitAnswer | NoDigitAnswer | SeveralDigitsAnswer:
     """The /api/predict answer for an ``ImagePrediction`` that is ok or ``no_digit``."""
     if prediction.no_digit:
         return NoDigitAnswer(detail=prediction.error or NO_DIGIT_MESSAGE)
+    if prediction.several_digits:
+        assert prediction.number is not None and prediction.confidence is not None
+        assert prediction.image is not None
+        return SeveralDigitsAnswer(
+            number=prediction.number,
+            confidence=prediction.confidence,
+            reason=prediction.reason or f"the image holds {len(prediction.number)} digits",
+            image=_image_list(prediction.image),
+        )
     assert prediction.confidence is not None
     assert prediction.probabilities is not None and prediction.image is not None
     if prediction.not_a_digit:
         return NotADigitAnswer(
             confidence=prediction.confidence,
             probabilities=prediction.probabilities,
-            image=np.round(prediction.image.astype(np.float64), 4).tolist(),
+            image=_image_list(prediction.image),
             reason=prediction.reason or "",
         )
     assert prediction.digit is not None
@@ -230,6 +256,68 @@ def image_answer(prediction: ImagePrediction) -> DigitAnswer | NotADigitAnswer |
         confidence=prediction.confidence,
         low_confidence=prediction.low_confidence,
         probabilities=prediction.probabilities,
-        # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
-        image=np.round(prediction.image.astype(np.float64), 4).tolist(),
+        image=_image_list(prediction.image),
     )
+
+
+def _image_list(image: np.ndarray) -> list[list[float]]:
+    # Four decimals: 0.0001 is far below one grey level, and it keeps the answer small.
+    values: list[list[float]] = np.round(image.astype(np.float64), 4).tolist()
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# /api/read
+
+
+class DigitInNumber(_Answer):
+    """One digit of a number, and where it was written."""
+
+    digit: int = Field(ge=0, le=9)
+    confidence: float = Field(description="The digit's probability")
+    box: list[int] = Field(
+        min_length=4,
+        max_length=4,
+        description="x0, y0, x1, y1: the digit's box in the image's pixels from its top-left "
+        "corner, x1 and y1 exclusive",
+        examples=[[12, 30, 58, 102]],
+    )
+
+
+class NumberAnswer(_Answer):
+    """The number written in an image: ``NumberReading.to_json()``."""
+
+    number: str = Field(pattern=r"^[0-9]+$", examples=["2104"])
+    confidence: float = Field(description="The product of the digits' confidences")
+    digits: list[DigitInNumber] = Field(description="Left to right")
+
+
+class NotANumberAnswer(_Answer):
+    """Marks that are not digits (a letter, a symbol, a scribble): refused, with the reason."""
+
+    number: None = None
+    confidence: float = Field(description="The probability of 'not a digit'")
+    digits: list[DigitInNumber] = Field(description="The digits read before the refusal, if any")
+    not_a_digit: Literal[True] = True
+    reason: str
+
+
+class NoNumberAnswer(_Answer):
+    """An image without a digit: a normal state (an empty drawing), not an error."""
+
+    number: None = None
+    confidence: None = None
+    digits: list[DigitInNumber] = Field(default=[], max_length=0)
+    no_digit: Literal[True] = True
+    message: str = NO_DIGIT_MESSAGE
+    detail: str = Field(description="Why no digit was found")
+
+
+def number_answer(reading: dict[str, Any]) -> NumberAnswer | NotANumberAnswer | NoNumberAnswer:
+    """The /api/read answer for a ``NumberReading.to_json()``, or for ``{"no_digit": True,
+    "detail": ...}``."""
+    if reading.get("no_digit"):
+        return NoNumberAnswer(detail=reading.get("detail") or NO_DIGIT_MESSAGE)
+    if reading.get("not_a_digit"):
+        return NotANumberAnswer.model_validate({"reason": "not a digit", **reading})
+    return NumberAnswer.model_validate(reading)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import anyio
 import numpy as np
 
-from digitnet.serving.protocol import Predictor, RequestError
+from digitnet.serving.protocol import Predictor, RequestError, decode_b64, loads_json
 
 if TYPE_CHECKING:
     from digitnet.inference.model import Model
@@ -205,6 +205,7 @@ def _start_worker(
     if niceness:
         os.nice(niceness)
     import digitnet.inference.preprocess  # noqa: F401 - loaded before the first request
+    import digitnet.inference.reading  # noqa: F401
 
     _model = Model(architecture, parameters, metadata)
     _predictor = Predictor(_model)
@@ -256,3 +257,35 @@ def predict_image_bytes(data: bytes, name: str) -> ImagePrediction:
         return predict_image(worker_model(), data, name)
     finally:
         _release_memory()
+
+
+def read_number_bytes(data: bytes, name: str) -> dict[str, Any]:
+    """``read_number`` on encoded image bytes with the served model: ``NumberReading.to_json()``,
+    or ``{"no_digit": True, "detail": why}`` for an image without a digit. RequestError for an
+    image that cannot be read."""
+    from digitnet.errors import ImageError, NoDigitFound
+    from digitnet.inference.reading import read_number
+
+    try:
+        return read_number(worker_model(), data, name=name).to_json()
+    except NoDigitFound as error:
+        return {"no_digit": True, "detail": str(error)}
+    except ImageError as error:
+        raise RequestError(str(error)) from None
+    finally:
+        _release_memory()
+
+
+def read_number_json(body: bytes) -> dict[str, Any]:
+    """``read_number_bytes`` for a JSON body ``{"b64": "<base64 image>"}``: parsed here, in the
+    work process, because it may be megabytes."""
+    if not body.strip():
+        raise RequestError('the request body is empty: send {"b64": "<base64 image>"}')
+    payload = loads_json(body)
+    if not isinstance(payload, dict) or set(payload) != {"b64"}:
+        keys = sorted(payload) if isinstance(payload, dict) else None
+        raise RequestError(
+            'the JSON body must be an object with one field, {"b64": "<base64 image>"}'
+            + (f"; it has {keys}" if keys is not None else "")
+        )
+    return read_number_bytes(decode_b64(payload["b64"], "the body"), "the image")

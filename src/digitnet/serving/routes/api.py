@@ -18,6 +18,7 @@ from digitnet.serving.schemas import (
     ModelSummary,
     NoDigitAnswer,
     NotADigitAnswer,
+    SeveralDigitsAnswer,
     image_answer,
 )
 from digitnet.serving.work import light_image, predict_image_bytes
@@ -46,8 +47,9 @@ _IMAGE_REQUEST: dict[str, Any] = {
 
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The prediction, `not_a_digit: true` for an image a reader model "
-        "refuses, or `no_digit: true` for an image without a digit",
+        "description": "The prediction; `not_a_digit: true` for an image a reader model "
+        "refuses; `no_digit: true` for an image without a digit; `several_digits: true` and "
+        "the `number` for an image holding several",
         "content": {
             "application/json": {
                 "example": {
@@ -70,8 +72,11 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def read_upload(request: Request) -> tuple[bytes, str]:
-    """(bytes, name) of the image in a multipart ``file`` field or a raw image body."""
+async def read_upload(request: Request, other_forms: str = "") -> tuple[bytes, str]:
+    """(bytes, name) of the image in a multipart ``file`` field or a raw image body.
+
+    ``other_forms`` names what else the route accepts, for the message refusing other content
+    types (", or ..." )."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
@@ -95,7 +100,7 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         return await request.body(), "the upload"
     raise RequestError(
         f"the content type is {content_type or 'missing'!r}; send the image as "
-        f"multipart/form-data (field 'file') or as a raw image/* body",
+        f"multipart/form-data (field 'file') or as a raw image/* body{other_forms}",
         415,
     )
 
@@ -108,7 +113,7 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
 )
 async def api_predict(
     request: Request, pool: PoolDep
-) -> DigitAnswer | NotADigitAnswer | NoDigitAnswer:
+) -> DigitAnswer | NotADigitAnswer | NoDigitAnswer | SeveralDigitsAnswer:
     """Any image `digitnet predict` reads (PNG, JPEG, ...: a photo, scan or drawing of one
     digit, dark on light or light on dark, transparency allowed), as multipart field `file`
     or as a raw `image/*` body. It is preprocessed into MNIST form (28x28, white ink on
@@ -118,7 +123,9 @@ async def api_predict(
     "message": "no digit found"`: an empty drawing is a normal state, not an error. A model
     with a "not a digit" class (the reader) answers a letter, symbol, shape or scribble with
     `"digit": null, "not_a_digit": true`, a `reason`, the probability of "not a digit" as
-    `confidence` and the ten digits' `probabilities`. An unreadable image answers 400."""
+    `confidence` and the ten digits' `probabilities`. An image holding several digits answers
+    `"digit": null, "several_digits": true` with the `number` they read (`/api/read` reads
+    numbers). An unreadable image answers 400."""
     data, name = await read_upload(request)
     if not data:
         raise RequestError("the image is empty (0 bytes)")

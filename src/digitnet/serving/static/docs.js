@@ -78,7 +78,11 @@
     const content = (operation.requestBody && operation.requestBody.content) || {};
     if (content["application/json"]) {
       body = element("textarea", { "aria-label": `JSON body for ${url}`, spellcheck: "false" });
-      body.value = JSON.stringify({ instances: [{ b64: sevenAsBase64() }] }, null, 1);
+      // A route taking one image as {"b64": ...} says so in its schema; :predict takes a batch.
+      const schema = content["application/json"].schema || {};
+      const oneImage = Boolean(schema.properties && schema.properties.b64);
+      const example = oneImage ? { b64: sevenAsBase64() } : { instances: [{ b64: sevenAsBase64() }] };
+      body.value = JSON.stringify(example, null, 1);
       panel.append(body);
     } else if (content["multipart/form-data"]) {
       body = element("input", { type: "file", accept: "image/*", "aria-label": "Image file" });
