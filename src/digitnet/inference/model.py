@@ -319,11 +319,10 @@ class Model:
         workspace: Workspace | None = None
         if len(values) == 1 or len(values) == self._block_rows:
             workspace = self._workspaces.__dict__.setdefault("buffers", {})
+        # The last layer is dense (architectures require it): its product is a new array, so
+        # no buffer escapes.
         for step in self._fast_plan:
             values = step(values, workspace)
-        if values.base is not None:
-            # A view of a buffer (a model ending in a convolution): the caller gets its own.
-            values = values.copy()
         return values
 
     def layer_output(self, X: np.ndarray, layer: int) -> np.ndarray:
