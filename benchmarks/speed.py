@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py            # the full run: about 12 minutes on 2 idle cores
     python benchmarks/speed.py --quick    # a smoke run in 2-3 minutes: one seed, 3 epochs
+    python benchmarks/speed.py --isa avx2 --skip-training   # prediction rows, held to AVX2
 
 Needs the MNIST files (``--data-dir`` or ``DIGITNET_DATA_DIR``). PyTorch is optional
 (``pip install -e '.[bench]'``); without it its rows say "n/a: torch not installed".
@@ -32,6 +33,15 @@ What it measures, and how it keeps the comparison fair:
   (``Model.predict_proba``) against Keras ``model.predict``, ``model(x)`` and a reused
   ``tf.function``; prediction of the 10,000 test images; and ``digitnet predict MODEL
   one.png`` in a new process, start to output, next to ``import tensorflow`` alone.
+* The same prediction figures for the seed (the model trained here), mlp and cnn (random but
+  fixed weights of their architectures: speed needs the shapes) against ONNX Runtime (CPU) on
+  the model ``digitnet.inference.onnx_export`` builds from the same weights. Both engines get
+  as many threads as the machine has cores: ONNX Runtime ``intra_op_num_threads`` = cores;
+  digitnet BLAS's default (cores) and its worker pool (cores).
+* Everything twice (``--isa both``, the default): with the CPU's own instruction sets and held
+  to AVX2 (``ISA_ENVIRONMENTS``: oneDNN, OpenBLAS, NumPy's SIMD loops, PyTorch, MKL), where
+  digitnet trains in float32 and bfloat16 peers are left out; each table says which
+  instruction sets each library reported. ONNX Runtime cannot be held: it keeps AVX-512.
 
 Each measurement runs in a fresh Python process (this script with ``--worker``), one after
 another, so no framework's threads or imports compete with another's. Other processes on
@@ -712,7 +722,7 @@ def worker_isa(options: dict) -> dict:
 
 
 def worker_make_model(options: dict) -> dict:
-    """A model of ``options["name"]``'s architecture with random but fixed weights (Glorot
+    """A model of ``options["name"]``'s architecture with random but fixed weights (He-uniform
     for the weights, small biases, batchnorm statistics away from their start), saved to
     ``options["path"]``: prediction speed needs the shapes, not training."""
     import numpy as np
@@ -738,10 +748,10 @@ def worker_make_model(options: dict) -> dict:
         elif key.startswith("gamma"):
             value = rng.uniform(0.8, 1.2, shape)
         else:
+            # He-uniform: activations keep their scale through the ReLUs, so the outputs are
+            # not a near-uniform distribution (which would hide any disagreement).
             fan_in = math.prod(shape[:-1]) if len(shape) == 4 else shape[1]
-            fan_out = shape[-1] * (math.prod(shape[:2]) if len(shape) == 4 else 1)
-            fan_out = shape[0] if len(shape) == 2 else fan_out
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            limit = math.sqrt(6.0 / fan_in)
             value = rng.uniform(-limit, limit, shape)
         parameters[key] = value.astype(np.float32)
     model = Model(architecture, parameters, {"training": {"model": name}})
