@@ -1314,8 +1314,8 @@ def render_isa(results: dict) -> str:
             ("seed_digitnet_float32", "seed", architectures.seed_architecture()),
             ("cnn_digitnet", "cnn", _cnn_architecture()),
         ]:
-            result = results.get(key, {})
-            if missing(result):
+            result = results.get(key)
+            if result is None or missing(result):
                 continue
             achieved = result["samples_per_second"] * training_flops_per_sample(architecture) / 1e9
             rows.append(
