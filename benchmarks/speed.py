@@ -1,7 +1,7 @@
 """digitnet's speed against Keras, PyTorch and scikit-learn, measured side by side in one run.
 
-    python benchmarks/speed.py            # the full run: about 12 minutes on 2 idle cores
-    python benchmarks/speed.py --quick    # a smoke run in 2-3 minutes: one seed, 3 epochs
+    python benchmarks/speed.py            # the full run: about 12 minutes per --isa on 2 idle cores
+    python benchmarks/speed.py --quick    # a smoke run: one seed, 3 epochs, fewer calls
     python benchmarks/speed.py --isa avx2 --skip-training   # prediction rows, held to AVX2
 
 Needs the MNIST files (``--data-dir`` or ``DIGITNET_DATA_DIR``). PyTorch is optional
