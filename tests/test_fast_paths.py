@@ -165,6 +165,37 @@ def test_blocks_on_worker_threads_equal_one_block_and_restore_blas(bfloat16_mode
     assert blas_threads() == before
 
 
+@pytest.mark.parametrize("name, held", [("seed", False), ("mlp", True), ("cnn", True)])
+def test_one_image_holds_blas_at_one_thread_only_when_blas_would_thread(
+    bfloat16_models, mnist_like, monkeypatch, name, held
+):
+    """OpenBLAS threads products above its threshold (the mlp's and cnn's layers, not the
+    seed network's): one image runs with BLAS at one thread, then BLAS has its threads back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [
+            info["num_threads"]
+            for info in threadpoolctl.threadpool_info()
+            if info["user_api"] == "blas"
+        ]
+
+    model, _ = bfloat16_models[name]
+    before = blas_threads()
+    seen = []
+    forward_block = model._forward_block
+
+    def recording(values):
+        seen.append(blas_threads())
+        return forward_block(values)
+
+    monkeypatch.setattr(model, "_forward_block", recording)
+    expected = model.forward(mnist_like[:2], block_rows=1)  # blocks: the pool's own hold
+    np.testing.assert_allclose(model.forward(mnist_like[:1]), expected[:1], rtol=1e-5, atol=1e-6)
+    assert seen[-1] == ([1] * len(before) if held else before)
+    assert blas_threads() == before
+
+
 def test_the_dense_path_leaves_the_input_alone(bfloat16_models, mnist_like):
     model, _ = bfloat16_models["seed"]
     X = mnist_like[:50].copy()

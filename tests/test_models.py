@@ -16,11 +16,14 @@ from digitnet.models.activations import ACTIVATION_FUNCTIONS, activation
 from digitnet.models.choices import Boolean, Interval, Options
 from digitnet.models.layers import (
     LAYER_TYPES,
+    BatchNormStep,
+    ConvStep,
     Field,
     LayerType,
     NumpyStep,
     Parameter,
     conv2d,
+    fold_batchnorm,
     register,
 )
 from digitnet.models.presets import PRESETS, preset_defaults
@@ -273,6 +276,117 @@ def test_numpy_convolution_matches_tensorflow(height, width, kernel, stride, pad
     np.testing.assert_allclose(
         conv2d(images, weights, stride, padding), expected, rtol=1e-5, atol=1e-6
     )
+
+
+def plain_convolution(images, kernel, stride, padding):
+    """The convolution by its definition, in float64: a sum over every kernel tap."""
+    size = kernel.shape[0]
+    n, height, width, _ = images.shape
+    if padding == "same":
+        out_h, out_w = -(-height // stride), -(-width // stride)
+        pad_h = max((out_h - 1) * stride + size - height, 0)
+        pad_w = max((out_w - 1) * stride + size - width, 0)
+        images = np.pad(
+            images,
+            ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+        )
+    else:
+        out_h, out_w = (height - size) // stride + 1, (width - size) // stride + 1
+    result = np.zeros((n, out_h, out_w, kernel.shape[3]))
+    for i in range(size):
+        for j in range(size):
+            taps = images[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
+            result += taps.astype(np.float64) @ kernel[i, j].astype(np.float64)
+    return result
+
+
+@pytest.mark.parametrize("stride, padding", [(1, "valid"), (2, "same"), (1, "same")])
+def test_convolution_with_buffers_bias_and_relu_matches_the_definition(stride, padding):
+    """A workspace's buffers are reused from call to call: a second input with other values
+    (the padded border included) gives its own answer, and the bias and ReLU apply."""
+    rng = np.random.default_rng(stride)
+    kernel = rng.normal(0, 0.3, (5 if stride == 2 else 3, 5 if stride == 2 else 3, 3, 4))
+    kernel = kernel.astype(np.float32)
+    bias = rng.normal(0, 0.3, 4).astype(np.float32)
+    workspace: dict = {}
+    for seed in (1, 2):
+        images = np.random.default_rng(seed).normal(size=(2, 9, 8, 3)).astype(np.float32)
+        expected = np.maximum(plain_convolution(images, kernel, stride, padding) + bias, 0)
+        result = conv2d(images, kernel, stride, padding, bias, True, workspace, owner=0)
+        assert result.dtype == np.float32
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+    assert len(workspace) == (3 if padding == "same" else 2)  # reused, not made again
+
+
+def test_a_folded_batchnorm_equals_the_convolution_then_the_batchnorm():
+    rng = np.random.default_rng(4)
+    kernel = rng.normal(0, 0.3, (3, 3, 2, 5)).astype(np.float32)
+    scale = rng.uniform(0.5, 2, 5).astype(np.float32)
+    shift = rng.normal(0, 1, 5).astype(np.float32)
+    images = rng.random((3, 7, 7, 2), dtype=np.float32)
+    for bias in (None, rng.normal(0, 1, 5).astype(np.float32)):
+        conv = LAYER_TYPES["conv"].numpy(
+            {"stride": 1, "padding": "valid", "activation": "linear"},
+            {"W": kernel} if bias is None else {"W": kernel, "b": bias},
+        )
+        norm = BatchNormStep(
+            lambda values: values * scale + shift, activation("relu"), scale, shift
+        )
+        assert isinstance(conv, ConvStep)
+        folded = fold_batchnorm(conv, norm)
+        assert folded.kernel.dtype == np.float32 and folded.bias.dtype == np.float32
+        assert folded.activation.name == "relu"
+        expected = np.maximum(conv.apply(images) * scale + shift, 0)
+        np.testing.assert_allclose(
+            folded.activation.numpy(folded.apply(images)), expected, rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        # conv + batchnorm pairs (folded), a conv with a bias and its own ReLU, maxpool, dense.
+        [
+            {"type": "conv", "filters": 4, "activation": "linear", "use_bias": False},
+            {"type": "batchnorm", "activation": "relu"},
+            {"type": "conv", "filters": 6, "kernel": 5, "stride": 2, "padding": "same"},
+            {"type": "maxpool"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10, "activation": "softmax"},
+        ],
+        # A batchnorm after a conv that has its own activation is not folded.
+        [
+            {"type": "conv", "filters": 4, "activation": "relu"},
+            {"type": "batchnorm", "activation": "linear"},
+            {"type": "conv", "filters": 3, "kernel": 12, "padding": "valid"},
+            {"type": "flatten"},
+            {"type": "dense", "units": 10, "activation": "linear"},
+        ],
+    ],
+)
+def test_the_fused_convolutional_path_equals_the_layer_by_layer_plan(layers):
+    architecture = architectures.validate_architecture(
+        {"input_shape": [14, 14, 1], "layers": layers}
+    )
+    rng = np.random.default_rng(5)
+    parameters = {}
+    for name, spec in architectures.parameter_specs(architecture).items():
+        low = 0.5 if name.startswith("variance") else -0.5
+        parameters[name] = rng.uniform(low, 1.0, spec.shape).astype(np.float32)
+    model = Model(architecture, parameters)
+    images = rng.random((20, 196), dtype=np.float32)
+    expected = model._run_plan(images, model._plan)
+    # One image and a whole block use this thread's buffers; 20 rows go in blocks.
+    first = model.forward(images[:1])
+    np.testing.assert_allclose(model.forward(images), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.forward(images[: model._block_rows]),
+        expected[: model._block_rows],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    model.forward(images[1:2])
+    np.testing.assert_allclose(first, expected[:1], rtol=1e-5, atol=1e-5)  # not overwritten
 
 
 @pytest.fixture

@@ -21,7 +21,15 @@ import numpy as np
 from digitnet.errors import ConfigError
 from digitnet.models import architectures
 from digitnet.models.classes import not_a_digit_index
-from digitnet.models.layers import DenseStep, NumpyStep
+from digitnet.models.layers import (
+    BatchNormStep,
+    ConvStep,
+    DenseStep,
+    NumpyStep,
+    Workspace,
+    conv2d,
+    fold_batchnorm,
+)
 
 # (weights (inputs, units), bias (1, units) or None, in-place activation) per layer.
 DenseLayers = list[tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], None]]]
@@ -46,9 +54,18 @@ def _dense_forward(values: np.ndarray, layers: DenseLayers) -> np.ndarray:
 PROBABILITY_FLOOR = 1e-12
 
 # Large batches go in blocks of rows: dense stacks 1024 at a time (their activations stay in
-# the core's cache), convolutional models 256 (im2col windows take memory per image).
+# the core's cache), convolutional models 16 (the im2col matrix of the cnn's widest layer,
+# 0.66 MB an image, then stays near the core's 4 MB cache).
 DENSE_BLOCK_ROWS = 1024
-CONV_BLOCK_ROWS = 256
+CONV_BLOCK_ROWS = 8
+
+# OpenBLAS runs a product on several threads from this many multiply-adds on (its
+# GEMM_MULTITHREAD_THRESHOLD); its threads spin at barriers, which goes badly when other
+# processes share the cores, so smaller work skips the hold on BLAS's threads.
+BLAS_THREADING_MACS = 65536 * 4
+
+# One fused step of the convolutional path: (values, this thread's workspace or None) -> values.
+FastStep = Callable[[np.ndarray, Workspace | None], np.ndarray]
 
 _pool: ThreadPoolExecutor | None = None
 _blas: Any = None
@@ -64,6 +81,41 @@ def _worker_pool() -> ThreadPoolExecutor:
                 min(os.cpu_count() or 1, 8), thread_name_prefix="digitnet-forward"
             )
         return _pool
+
+
+class _OneBlasThread:
+    """Holds the BLAS libraries at one thread while any caller is inside (a count shared by
+    all threads; the last one out gives BLAS its threads back). Cheaper than threadpoolctl's
+    ``limit`` (about 2 us against 27): it calls the libraries' setters it found once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved: list[tuple[Any, int]] = []
+
+    def __enter__(self) -> None:
+        controller = _blas_controller()
+        if not controller:
+            return
+        with self._lock:
+            if self._inside == 0:
+                libraries = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+                self._saved = [(lib, lib.get_num_threads()) for lib in libraries]
+                for lib, _ in self._saved:
+                    lib.set_num_threads(1)
+            self._inside += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if not _blas_controller():
+            return
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                for lib, threads in self._saved:
+                    lib.set_num_threads(threads)
+
+
+_one_blas_thread = _OneBlasThread()
 
 
 def _blas_controller() -> Any:
@@ -97,17 +149,46 @@ def _in_row_blocks(
         out[start : start + rows] = function(values[start : start + rows])
 
     starts = range(0, len(values), rows)
-    controller = _blas_controller()
-    if not controller:
+    if not _blas_controller():
         for start in starts:
             block(start)
         return out
-    # One large batch at a time: each already has every core, and BLAS's thread count is
-    # process-wide (threadpoolctl lets one thread at a time change it and change it back).
-    with _blocks_lock, controller.limit(limits=1, user_api="blas"):
+    # One large batch at a time: each already has every core.
+    with _blocks_lock, _one_blas_thread:
         # list() waits for every block and raises the first block's error, if any.
         list(_worker_pool().map(block, starts))
     return out
+
+
+def _largest_layer_macs(architecture: dict[str, Any]) -> int:
+    """The most multiply-adds one dense or convolutional layer does per sample."""
+    shapes = architectures.layer_shapes(architecture)
+    inputs = [tuple(architecture["input_shape"]), *shapes[:-1]]
+    macs = [1]
+    for layer, shape, previous in zip(architecture["layers"], shapes, inputs):
+        if layer["type"] == "dense":
+            macs.append(previous[0] * shape[0])
+        elif layer["type"] == "conv":
+            macs.append(int(np.prod(shape)) * layer["kernel"] ** 2 * previous[-1])
+    return max(macs)
+
+
+def _fused_conv(step: ConvStep, owner: int) -> FastStep:
+    relu = step.activation.name == "relu"
+
+    def run(values: np.ndarray, workspace: Workspace | None) -> np.ndarray:
+        return conv2d(
+            values, step.kernel, step.stride, step.padding, step.bias, relu, workspace, owner
+        )
+
+    return run
+
+
+def _plain_step(step: NumpyStep) -> FastStep:
+    def run(values: np.ndarray, workspace: Workspace | None) -> np.ndarray:
+        return step.activation.numpy(step.apply(values))
+
+    return run
 
 
 @dataclass
@@ -154,6 +235,11 @@ class Model:
             else None
         )
         self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None else CONV_BLOCK_ROWS
+        self._fast_plan = self._fuse(self._plan) if self._dense_layers is None else []
+        self._workspaces = threading.local()
+        # The most multiply-adds one layer does per sample: above OpenBLAS's threshold for
+        # threads, forward holds BLAS at one thread (its own threads take large batches).
+        self._macs_per_sample = _largest_layer_macs(self.architecture)
 
     @property
     def n_classes(self) -> int:
@@ -186,6 +272,29 @@ class Model:
         self._steps_through = list(itertools.accumulate(step is not None for step in steps))
         return [step for step in steps if step is not None]
 
+    @staticmethod
+    def _fuse(plan: list[NumpyStep]) -> list[FastStep]:
+        """The convolutional path's steps: each convolution with the batchnorm after it
+        folded in (once, here) and its ReLU applied in place; other steps as they are."""
+        fast: list[FastStep] = []
+        index = 0
+        while index < len(plan):
+            step = plan[index]
+            following = plan[index + 1] if index + 1 < len(plan) else None
+            if (
+                isinstance(step, ConvStep)
+                and isinstance(following, BatchNormStep)
+                and step.activation.name == "linear"
+            ):
+                step = fold_batchnorm(step, following)
+                index += 1
+            index += 1
+            if isinstance(step, ConvStep) and step.activation.name in ("relu", "linear"):
+                fast.append(_fused_conv(step, owner=len(fast)))
+            else:
+                fast.append(_plain_step(step))
+        return fast
+
     def forward(self, X: np.ndarray, block_rows: int | None = None) -> np.ndarray:
         """Output activations for ``X`` (n, n_inputs) float32 in [0, 1] -> (n, n_classes),
         a new array.
@@ -203,13 +312,25 @@ class Model:
         rows = block_rows or self._block_rows
         if len(values) > rows:
             return _in_row_blocks(self._forward_block, values, rows, self.n_classes)
+        if len(values) * self._macs_per_sample >= BLAS_THREADING_MACS:
+            with _one_blas_thread:
+                return self._forward_block(values)
         return self._forward_block(values)
 
     def _forward_block(self, values: np.ndarray) -> np.ndarray:
         """``forward`` on checked float32 rows (n, n_inputs), on this thread."""
         if self._dense_layers is not None:
             return _dense_forward(values, self._dense_layers)
-        return self._run_plan(values, self._plan)
+        values = values.reshape(len(values), *self.architecture["input_shape"])
+        # One image and whole blocks, the sizes that recur, reuse this thread's buffers.
+        workspace: Workspace | None = None
+        if len(values) == 1 or len(values) == self._block_rows:
+            workspace = self._workspaces.__dict__.setdefault("buffers", {})
+        # The last layer is dense (architectures require it): its product is a new array, so
+        # no buffer escapes.
+        for step in self._fast_plan:
+            values = step(values, workspace)
+        return values
 
     def layer_output(self, X: np.ndarray, layer: int) -> np.ndarray:
         """What layer number ``layer`` (1-based, counted over ``architecture["layers"]``)
@@ -234,17 +355,48 @@ class Model:
         tutorial's network) scores each class independently; its scores are normalised so
         every model answers with a distribution. ``batch_size`` is ``forward``'s ``block_rows``.
         """
-        calibration = self.calibration
-        if calibration is not None:
+        scorer, temperature, normalize = self._probability_path()
+        outputs = scorer.forward(X, batch_size)
+        if temperature is not None:
             from digitnet.inference.calibration import softmax
 
-            return softmax(self.logits(X, batch_size), calibration.temperature)
-        outputs = self.forward(X, batch_size)
-        if self.architecture["layers"][-1]["activation"] != "softmax":
+            return softmax(outputs, temperature)
+        if normalize:
             # forward's result is a fresh array: normalise it in place.
             np.maximum(outputs, PROBABILITY_FLOOR, out=outputs)
             outputs /= outputs.sum(axis=1, keepdims=True)
         return outputs
+
+    def _probability_path(self) -> tuple[Model, float | None, bool]:
+        """The model whose forward pass gives ``predict_proba``'s answer, the temperature of
+        a softmax still to apply (or None), and whether its outputs still need normalising;
+        made once per recorded calibration.
+
+        A calibrated model's twin has ``1 / T`` folded into its dense output layer and a
+        softmax output, so one image costs no extra passes over its scores.
+        """
+        recorded = self.metadata.get("calibration")
+        cached = self.__dict__.get("_probability_cache")
+        if cached is not None and cached[0] is recorded:
+            return cached[1], cached[2], cached[3]
+        calibration = self.calibration
+        last = self.architecture["layers"][-1]
+        path: tuple[Model, float | None, bool]
+        if calibration is None:
+            path = (self, None, last["activation"] != "softmax")
+        elif last["type"] == "dense":
+            architecture = copy.deepcopy(self.architecture)
+            architecture["layers"][-1]["activation"] = "softmax"
+            k = architectures.layer_numbers(self.architecture)[-1]
+            parameters = dict(self.parameters)
+            for name in (f"W{k}", f"b{k}"):
+                if name in parameters:
+                    parameters[name] = parameters[name] / np.float32(calibration.temperature)
+            path = (Model(architecture, parameters), None, False)
+        else:
+            path = (self._linear(), calibration.temperature, False)
+        self.__dict__["_probability_cache"] = (recorded, *path)
+        return path
 
     @property
     def calibration(self) -> Any:
@@ -259,12 +411,16 @@ class Model:
         Computed by a twin of this model whose output layer is linear, so a saturated sigmoid
         (the seed model answers exactly 1.0 for a quarter of the test digits) keeps its order.
         """
+        return self._linear().forward(X, batch_size)
+
+    def _linear(self) -> Model:
+        """This model with a linear output layer (made once)."""
         twin = self.__dict__.get("_linear_twin")
         if twin is None:
             architecture = copy.deepcopy(self.architecture)
             architecture["layers"][-1]["activation"] = "linear"
             twin = self.__dict__["_linear_twin"] = Model(architecture, self.parameters)
-        return twin.forward(X, batch_size)
+        return twin
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted labels, int64 (n,)."""

@@ -98,6 +98,25 @@ class DenseStep(NumpyStep):
     bias: FloatArray | None
 
 
+@dataclass(frozen=True)
+class ConvStep(NumpyStep):
+    """A convolution's step with its operands: ``kernel`` (k, k, c, f), ``bias`` (f,) or
+    None, ``stride``, ``padding`` ("same" or "valid")."""
+
+    kernel: FloatArray
+    bias: FloatArray | None
+    stride: int
+    padding: str
+
+
+@dataclass(frozen=True)
+class BatchNormStep(NumpyStep):
+    """An inference-mode batchnorm's step: ``values * scale + shift``, both (channels,)."""
+
+    scale: FloatArray
+    shift: FloatArray
+
+
 def _positive() -> Interval:
     return Interval(int, 1, None)
 
@@ -282,41 +301,95 @@ class Conv(LayerType):
             Z = Z + tf.cast(parameters["b"], A.dtype)
         return Z
 
-    def numpy(self, layer: Layer, parameters: Mapping[str, FloatArray]) -> NumpyStep:
+    def numpy(self, layer: Layer, parameters: Mapping[str, FloatArray]) -> ConvStep:
         kernel, bias = parameters["W"], parameters.get("b")
         stride, padding = layer["stride"], layer["padding"]
 
         def apply(values: FloatArray) -> FloatArray:
-            values = conv2d(values, kernel, stride, padding)
-            if bias is not None:
-                values += bias
-            return values
+            return conv2d(values, kernel, stride, padding, bias)
 
-        return NumpyStep(apply, activation(layer["activation"]))
+        return ConvStep(apply, activation(layer["activation"]), kernel, bias, stride, padding)
 
 
-def conv2d(images: FloatArray, kernel: FloatArray, stride: int, padding: str) -> FloatArray:
-    """``images`` (n, h, w, c) conv ``kernel`` (k, k, c, f) -> (n, h', w', f), as
-    ``tf.nn.conv2d`` computes it, in NumPy."""
-    size = kernel.shape[0]
+Workspace = dict[tuple[Any, ...], FloatArray]
+"""Buffers a forward pass reuses from one call to the next, by (owner, role, shape)."""
+
+
+def _buffer(
+    workspace: Workspace | None, key: tuple[Any, ...], shape: Shape, zeros: bool = False
+) -> FloatArray:
+    """A float32 array of ``shape``: the one ``workspace`` keeps under ``key`` (made once,
+    zero-filled; callers relying on ``zeros`` never write those elements) or, without a
+    workspace, a new one."""
+    if workspace is None:
+        return np.zeros(shape, np.float32) if zeros else np.empty(shape, np.float32)
+    key = (*key, shape)
+    found = workspace.get(key)
+    if found is None:
+        found = workspace[key] = np.zeros(shape, np.float32)
+    return found
+
+
+def conv2d(
+    images: FloatArray,
+    kernel: FloatArray,
+    stride: int,
+    padding: str,
+    bias: FloatArray | None = None,
+    relu: bool = False,
+    workspace: Workspace | None = None,
+    owner: Any = None,
+) -> FloatArray:
+    """``images`` (n, h, w, c) conv ``kernel`` (k, k, c, f), plus ``bias`` (f,), then ReLU if
+    ``relu`` -> (n, h', w', f) float32, as ``tf.nn.conv2d`` computes it, in NumPy.
+
+    The windows are copied channels-last into one (n*h'*w', k*k*c) matrix (im2col: each
+    window is runs of c contiguous values, and the kernel is already that matrix), so the
+    convolution is a single BLAS product. With a ``workspace``, the padded images, the matrix
+    and the result live in buffers kept there under ``owner``; the result is then overwritten
+    by the next call with the same owner, so callers pass one only for intermediate values.
+    """
+    size, channels, filters = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    n, height, width, _ = images.shape
     if padding == "same":
-        height, width = images.shape[1:3]
         out_h, out_w = -(-height // stride), -(-width // stride)
         pad_h = max((out_h - 1) * stride + size - height, 0)
         pad_w = max((out_w - 1) * stride + size - width, 0)
-        # TensorFlow puts the odd pixel of padding at the bottom/right.
-        images = np.pad(
-            images,
-            ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
+        # TensorFlow puts the odd pixel of padding at the bottom/right. The buffer's border is
+        # zero from its creation and never written.
+        padded = _buffer(
+            workspace, (owner, "padded"), (n, height + pad_h, width + pad_w, channels), zeros=True
         )
+        padded[:, pad_h // 2 : pad_h // 2 + height, pad_w // 2 : pad_w // 2 + width] = images
+        images = padded
     windows = sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
-    # windows: (n, h', w', c, k, k). Copying them into one (n*h'*w', c*k*k) matrix (im2col)
-    # turns the convolution into a single BLAS matrix product, far faster than einsum here.
-    n, out_h, out_w = windows.shape[:3]
-    columns = windows.reshape(n * out_h * out_w, -1)
-    weights = kernel.transpose(2, 0, 1, 3).reshape(-1, kernel.shape[3])
-    result: FloatArray = (columns @ weights).reshape(n, out_h, out_w, kernel.shape[3])
-    return result
+    # windows: (n, h', w', c, k, k); copied channels last, the kernel's own order.
+    out_h, out_w = windows.shape[1:3]
+    columns = _buffer(workspace, (owner, "columns"), (n, out_h, out_w, size, size, channels))
+    np.copyto(columns, windows.transpose(0, 1, 2, 4, 5, 3))
+    result = _buffer(workspace, (owner, "result"), (n * out_h * out_w, filters))
+    np.matmul(columns.reshape(len(result), -1), kernel.reshape(-1, filters), out=result)
+    if bias is not None:
+        result += bias
+    if relu:
+        np.maximum(result, 0.0, out=result)
+    return result.reshape(n, out_h, out_w, filters)
+
+
+def fold_batchnorm(conv: ConvStep, norm: BatchNormStep) -> ConvStep:
+    """A convolution followed by an inference-mode batchnorm as one convolution, in float32:
+    the kernel scaled per filter, the shift (plus the conv's bias, scaled) as its bias, and
+    the batchnorm's activation."""
+    kernel = (conv.kernel * norm.scale).astype(np.float32)
+    bias = (norm.shift if conv.bias is None else conv.bias * norm.scale + norm.shift).astype(
+        np.float32
+    )
+    stride, padding = conv.stride, conv.padding
+
+    def apply(values: FloatArray) -> FloatArray:
+        return conv2d(values, kernel, stride, padding, bias)
+
+    return ConvStep(apply, norm.activation, kernel, bias, stride, padding)
 
 
 @register
@@ -384,7 +457,7 @@ class BatchNorm(LayerType):
             variance.assign(momentum * variance + (1.0 - momentum) * batch_variance)
         return normalized if len(A.shape) == 4 else tf.reshape(normalized, shape)
 
-    def numpy(self, layer: Layer, parameters: Mapping[str, FloatArray]) -> NumpyStep:
+    def numpy(self, layer: Layer, parameters: Mapping[str, FloatArray]) -> BatchNormStep:
         scale = parameters["gamma"] / np.sqrt(parameters["variance"] + BATCHNORM_EPSILON)
         shift = parameters["beta"] - parameters["mean"] * scale
         scale, shift = scale.astype(np.float32), shift.astype(np.float32)
@@ -393,7 +466,7 @@ class BatchNorm(LayerType):
             result: FloatArray = values * scale + shift
             return result
 
-        return NumpyStep(apply, activation(layer["activation"]))
+        return BatchNormStep(apply, activation(layer["activation"]), scale, shift)
 
 
 @register
