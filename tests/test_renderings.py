@@ -314,6 +314,8 @@ class TemplateModel:
     """Labels an MNIST-form image by the best-correlated template: predict_proba like
     digitnet's Model."""
 
+    not_a_digit_class = None
+
     def __init__(self, templates: np.ndarray):
         self.templates = templates.reshape(len(templates), -1).astype(np.float32)
 
