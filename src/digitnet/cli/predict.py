@@ -62,9 +62,9 @@ def add_parser(
 
 def run(args: argparse.Namespace) -> int:
     from digitnet.cli.common import check_writable_directory, printable
-    from digitnet.errors import ImageError
     from digitnet.inference.batch import predict_files
     from digitnet.inference.modelfile import load_model
+    from digitnet.inference.predict import no_images_found
     from digitnet.serving.limits import usable_cpus
 
     if args.save_preprocessed:
@@ -98,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"digitnet predict: {printable(str(result.error))}", file=sys.stderr)
         sys.stdout.flush()
     if not count:
-        raise ImageError(
-            "no images found in the given folders "
-            "(looked for .png .jpg .jpeg .gif .bmp .tif .tiff .webp)"
-        )
+        raise no_images_found()
     if args.json:
         print("\n]")
     sys.stdout.flush()

@@ -44,38 +44,34 @@ def run(args: argparse.Namespace) -> int:
     from digitnet.cli.common import printable
     from digitnet.errors import ImageError
     from digitnet.inference.modelfile import load_model
-    from digitnet.inference.predict import IMAGE_SUFFIXES, expand_inputs
+    from digitnet.inference.predict import ImagePrediction, iter_image_files, no_images_found
     from digitnet.inference.reading import read_number
 
     model = load_model(args.model)
-    results: list[dict[str, Any]] = []
-    for item in args.images:
-        try:
-            files = expand_inputs([item])
-        except OSError as error:
-            results.append(
-                {"file": str(item), "error": f"cannot list {item}: {error.strerror or error}"}
-            )
-            continue
-        for path in files:
+    count = failed = 0
+    # As `predict` does: each answer is written and flushed as it comes, in input order.
+    for item in iter_image_files(args.images):
+        result: dict[str, Any]
+        if isinstance(item, ImagePrediction):  # a folder that could not be listed
+            result = item.to_json()
+        else:
             try:
-                reading = read_number(model, path, name=str(path))
+                result = {"file": item, **read_number(model, item, name=item).to_json()}
             except ImageError as error:
-                results.append({"file": str(path), "error": str(error)})
-                continue
-            results.append({"file": str(path), **reading.to_json()})
-    if not results:
-        raise ImageError(
-            f"no images found in the given folders (looked for {' '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for result in results:
+                result = {"file": item, "error": str(error)}
+        count += 1
+        failed += "error" in result
+        if args.json:
+            sys.stdout.write(("[\n" if count == 1 else ",\n") + json.dumps(result))
+        elif "error" in result:
+            print(f"digitnet read: {printable(result['error'])}", file=sys.stderr)
+        else:
             # File names are escaped: a tab or newline in one must not forge a column or a line.
-            if "error" in result:
-                print(f"digitnet read: {printable(result['error'])}", file=sys.stderr)
-            else:
-                number = result["number"] if result["number"] is not None else "not a digit"
-                print(f"{printable(result['file'])}\t{number}\t{result['confidence']:.4f}")
-    return 0 if all("error" not in result for result in results) else 1
+            number = result["number"] if result["number"] is not None else "not a digit"
+            print(f"{printable(result['file'])}\t{number}\t{result['confidence']:.4f}")
+        sys.stdout.flush()
+    if not count:
+        raise no_images_found()
+    if args.json:
+        print("\n]")
+    return 1 if failed else 0

@@ -19,12 +19,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import chain, islice
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from digitnet.inference.predict import IMAGE_SUFFIXES, ImagePrediction, predict_image_batch
+from digitnet.inference.predict import ImagePrediction, iter_image_files, predict_image_batch
 
 if TYPE_CHECKING:
     from digitnet.inference.model import Model
@@ -38,31 +37,6 @@ CHUNKS_PER_JOB = 2
 
 # A file to read, or the error of a folder that could not be listed (passed on in its place).
 _Item = str | ImagePrediction
-
-
-def iter_image_files(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[_Item]:
-    """Files as given, and the image files inside each folder (sorted by name, not recursive),
-    as path strings; a folder that cannot be listed yields its error as an ``ImagePrediction``.
-
-    A folder is read with one ``scandir`` pass and no ``stat`` per entry (the entry's type comes
-    with its name on Linux), and only its names are held: 100,000 files cost a few MB.
-    """
-    for item in inputs:
-        base = Path(item)
-        if not base.is_dir():
-            yield str(base)
-            continue
-        try:
-            with os.scandir(base) as entries:
-                names = sorted(
-                    entry.name
-                    for entry in entries
-                    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
-                )
-        except OSError as error:
-            yield ImagePrediction(str(item), error=f"cannot list {item}: {error.strerror or error}")
-            continue
-        yield from (str(base / name) for name in names)
 
 
 def predict_files(
