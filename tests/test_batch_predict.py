@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from PIL import Image, ImageDraw
 from digitnet.inference.batch import CHUNK_FILES, CHUNKS_PER_JOB, IN_PROCESS_FILES
 from digitnet.inference.model import Model
 from digitnet.inference.modelfile import save_model
+from digitnet.inference.predict import ImagePrediction
 from digitnet.models import architectures
 
 
@@ -140,3 +144,66 @@ def test_answers_are_written_before_the_last_file_is_read(model: Path, tmp_path:
     records = json.loads("[" + json.dumps(first) + "," + rest)
     assert [record["file"] for record in records] == [str(path) for path in paths]
     assert "error" in records[-1] and all("digit" in record for record in records[:-1])
+
+
+def test_a_killed_work_process_costs_no_answer(model: Path, tmp_path: Path) -> None:
+    """SIGKILL a work process mid-run (as the OOM killer would): every file is still answered,
+    the same as in one process, and the run goes on in new work processes."""
+    from digitnet.inference.batch import predict_files
+    from digitnet.inference.modelfile import load_model
+
+    loaded = load_model(model)
+    paths = write_strokes(tmp_path / "images", CHUNK_FILES * 6)
+    expected = [answer.digit for answer in predict_files(loaded, paths, jobs=1)]
+    answers = predict_files(loaded, paths, jobs=2)
+    got = [next(answers).digit]
+    workers = answers.gi_frame.f_locals["workers"]  # type: ignore[union-attr]
+    pool = workers.pool
+    victim = next(iter(pool._processes.values()))
+    os.kill(victim.pid, signal.SIGKILL)
+    got += [answer.digit for answer in answers]
+    assert got == expected
+    assert workers.pool is not pool  # the run went on in new work processes
+
+
+class _BrokenOn:
+    """A stand-in for a process pool whose work process dies on any chunk holding ``fatal``."""
+
+    def __init__(self, fatal: str) -> None:
+        self.fatal = fatal
+        self.shut = False
+
+    def submit(self, function: object, chunk: list[object], keep_images: bool) -> Future[object]:
+        future: Future[object] = Future()
+        if self.shut or self.fatal in chunk:
+            future.set_exception(BrokenProcessPool("a work process died"))
+        else:
+            future.set_result([ImagePrediction(str(item), digit=1) for item in chunk])
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.shut = True
+
+
+def test_a_file_that_kills_its_work_process_is_answered_with_an_error_in_its_place(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from digitnet.inference import batch
+    from digitnet.inference.modelfile import load_model
+
+    pools: list[_BrokenOn] = []
+
+    def start(self: object) -> _BrokenOn:
+        pools.append(_BrokenOn("c.png"))
+        return pools[-1]
+
+    monkeypatch.setattr(batch._Workers, "_start", start)
+    workers = batch._Workers(load_model(model), 2)
+    first = workers.submit(["a.png", "b.png", "c.png", "d.png"], False)
+    second = workers.submit(["e.png", "f.png"], False)
+    pools[0].shutdown()  # the death of a work process breaks every chunk the pool held
+    answers = workers.answers(first, False) + workers.answers(second, False)
+    assert [answer.file for answer in answers] == [f"{name}.png" for name in "abcdef"]
+    assert [answer.error for answer in answers] == [None, None, batch.WORKER_DIED, None, None, None]
+    assert [answer.digit for answer in answers] == [1, 1, None, 1, 1, 1]
+    assert len(pools) == 3  # one new pool after the first break, one after c.png broke it

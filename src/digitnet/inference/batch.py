@@ -18,6 +18,7 @@ import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ CHUNKS_PER_JOB = 2
 
 # A file to read, or the error of a folder that could not be listed (passed on in its place).
 _Item = str | ImagePrediction
+# A chunk, the pool it went to, and its answers to come.
+_Submitted = tuple[list[_Item], ProcessPoolExecutor, Future[list[ImagePrediction]]]
 
 
 def predict_files(
@@ -60,25 +63,80 @@ def predict_files(
         for chunk in chunks:
             yield from _predict_chunk(model, chunk, keep_images)
         return
-    # spawn: forking a process whose BLAS already started threads can deadlock the children.
-    pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        # The parts, not the Model: a compiled model holds closures pickle cannot send.
-        initargs=(model.architecture, model.parameters, model.metadata),
-    )
-    pending: deque[Future[list[ImagePrediction]]] = deque()
+    workers = _Workers(model, jobs)
+    pending: deque[_Submitted] = deque()
     try:
         for chunk in chunks:
-            pending.append(pool.submit(_work, chunk, keep_images))
+            pending.append(workers.submit(chunk, keep_images))
             if len(pending) >= CHUNKS_PER_JOB * jobs:
-                yield from pending.popleft().result()
+                yield from workers.answers(pending.popleft(), keep_images)
         while pending:
-            yield from pending.popleft().result()
+            yield from workers.answers(pending.popleft(), keep_images)
     finally:
         # Also when the reader stops early (a closed pipe, Ctrl-C): queued chunks are dropped.
-        pool.shutdown(wait=True, cancel_futures=True)
+        workers.close()
+
+
+#: the answer for a file whose work process ended while reading it, twice
+WORKER_DIED = (
+    "this image cannot be processed: the work process reading it ended (a decoder crashed or "
+    "memory ran out)"
+)
+
+
+class _Workers:
+    """``jobs`` work processes, started again when one dies.
+
+    A work process that dies (a decoder that crashes, the kernel's OOM killer) breaks the
+    whole pool and every chunk it held. Those chunks are then run again one file at a time in
+    a new pool, so the innocent files are answered and only the file that ends its work
+    process again gets an error, in its place: the run goes on.
+    """
+
+    def __init__(self, model: Model, jobs: int) -> None:
+        self.model = model
+        self.jobs = jobs
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn: forking a process whose BLAS already started threads can deadlock the children.
+        return ProcessPoolExecutor(
+            self.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            # The parts, not the Model: a compiled model holds closures pickle cannot send.
+            initargs=(self.model.architecture, self.model.parameters, self.model.metadata),
+        )
+
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        if self.pool is broken:
+            broken.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._start()
+
+    def submit(self, chunk: list[_Item], keep_images: bool) -> _Submitted:
+        return chunk, self.pool, self.pool.submit(_work, chunk, keep_images)
+
+    def answers(self, submitted: _Submitted, keep_images: bool) -> list[ImagePrediction]:
+        chunk, pool, future = submitted
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._restart(pool)
+        results = []
+        for item in chunk:
+            if isinstance(item, ImagePrediction):
+                results.append(item)
+                continue
+            pool = self.pool
+            try:
+                results.extend(pool.submit(_work, [item], keep_images).result())
+            except BrokenProcessPool:
+                self._restart(pool)
+                results.append(ImagePrediction(item, error=WORKER_DIED))
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _chunks(items: Iterator[_Item]) -> Iterator[list[_Item]]:
