@@ -46,6 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -200,6 +201,55 @@ def prepare(
                 )
             )
     return prepared
+
+
+def preparation_key(n: int, seed: int, kinds: Sequence[str] | None) -> str:
+    """What the prepared images depend on: the digits, the renderings' seed and kinds, and
+    the source of the renderings and of the preprocessing (sha256, hex)."""
+    import hashlib
+
+    import renderings
+    from digitnet.inference import preprocess
+
+    digest = hashlib.sha256(repr((n, seed, None if kinds is None else list(kinds))).encode())
+    for module in (renderings, preprocess):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.hexdigest()
+
+
+def save_prepared(path: Path, key: str, prepared: Sequence[Prepared]) -> None:
+    """Write ``prepared`` to ``path`` (.npz), atomically."""
+    from digitnet.atomic import atomic_open
+
+    arrays: dict[str, Any] = {"key": np.array(key), "kinds": np.array([k.kind for k in prepared])}
+    for index, kind in enumerate(prepared):
+        arrays[f"images{index}"] = kind.images
+        arrays[f"errors{index}"] = np.array([error or "" for error in kind.errors])
+        arrays[f"no_digit{index}"] = kind.no_digit
+        arrays[f"seconds{index}"] = np.array(kind.seconds)
+    with atomic_open(path, "wb") as file:
+        np.savez_compressed(file, **arrays)
+
+
+def load_prepared(path: Path, key: str) -> list[Prepared] | None:
+    """The images ``save_prepared`` wrote to ``path``, or None if it is missing or was made
+    from other digits, renderings or preprocessing."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        if str(saved["key"]) != key:
+            print(f"{path} holds images of another run or code version: making them again")
+            return None
+        return [
+            Prepared(
+                str(kind),
+                saved[f"images{index}"],
+                [str(error) or None for error in saved[f"errors{index}"]],
+                saved[f"no_digit{index}"],
+                float(saved[f"seconds{index}"]),
+            )
+            for index, kind in enumerate(saved["kinds"])
+        ]
 
 
 def score(
@@ -599,6 +649,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "letters are every letter in every Liberation font, printed and hand-drawn",
     )
     parser.add_argument(
+        "--cache",
+        type=Path,
+        metavar="FILE",
+        help="keep the rendered and preprocessed images in FILE (.npz) and reuse them while "
+        "--n, --seed, --kinds, the renderings and the preprocessing stay the same: other "
+        "models or calibrations are then scored in seconds",
+    )
+    parser.add_argument(
         "--show-refusals",
         type=int,
         default=0,
@@ -630,11 +688,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     digits, labels = arrays.test_images[: args.n], arrays.test_labels[: args.n]
     started = time.perf_counter()
-    prepared = prepare(digits, seed=args.seed, kinds=kinds, workers=max(1, args.workers))
-    print(
-        f"{len(digits)} MNIST test digits, seed {args.seed}: rendered and preprocessed in "
-        f"{time.perf_counter() - started:.0f} s on {max(1, args.workers)} worker(s)"
-    )
+    key = preparation_key(args.n, args.seed, kinds)
+    prepared = load_prepared(args.cache, key) if args.cache else None
+    if prepared is not None:
+        print(
+            f"{len(digits)} MNIST test digits, seed {args.seed}: preprocessed images from "
+            f"{args.cache}"
+        )
+    else:
+        prepared = prepare(digits, seed=args.seed, kinds=kinds, workers=max(1, args.workers))
+        print(
+            f"{len(digits)} MNIST test digits, seed {args.seed}: rendered and preprocessed in "
+            f"{time.perf_counter() - started:.0f} s on {max(1, args.workers)} worker(s)"
+        )
+        if args.cache:
+            save_prepared(args.cache, key, prepared)
     if args.show_refusals:
         for kind in prepared:
             messages = [error for error in kind.errors if error is not None]
