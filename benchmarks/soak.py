@@ -76,6 +76,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--serve-args", default="", help='more digitnet serve flags, e.g. "--work-processes 2"'
     )
+    parser.add_argument(
+        "--client-niceness",
+        type=int,
+        default=0,
+        help="CPU priority the clients give up once the server runs (0; see nice(1)). On the "
+        "server's own cores the clients take CPU time the server's answers need, which "
+        "clients on other machines do not; 10 lets the server go first",
+    )
     parser.add_argument("--data-dir", help="MNIST directory (default: DIGITNET_DATA_DIR)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     return parser.parse_args(argv)
@@ -539,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_until_ready(process, port, log_path)
+            if args.client_niceness:
+                # After the server started: it and its work processes keep their priority.
+                os.nice(args.client_niceness)
             roles = [ROLES[i] if i < len(ROLES) else "good numbers" for i in range(args.clients)]
             clients = [
                 Client(role, cycle(requests[role], seed), port) for seed, role in enumerate(roles)
@@ -646,11 +657,13 @@ def report(
         f"tracebacks in the server log {tracebacks}"
     )
     print(f"good requests: p50 {good_p50:.1f} ms, p99 {good_p99:.1f} ms")
+    delays = {}
     if baseline is not None:
         for kinds in (("good numbers",), ("good images",), ("good numbers", "good images")):
             alone = good_percentiles(baseline, kinds)
             mixed = good_percentiles(results, kinds)
             figures[f"baseline {' + '.join(kinds)}"] = {"p50_ms": alone[0], "p99_ms": alone[1]}
+            delays[" + ".join(kinds)] = mixed[1] - alone[1]
             print(
                 f"  {' + '.join(kinds)}: p50 / p99 {alone[0]:.1f} / {alone[1]:.1f} ms alone, "
                 f"{mixed[0]:.1f} / {mixed[1]:.1f} ms with the hostile clients "
@@ -670,6 +683,11 @@ def report(
         f"good p99 < {TARGET_P99_MS:g} ms": bool(good_p99 < TARGET_P99_MS),
         f"memory growth <= {TARGET_MEMORY_GROWTH:.0%}": growth <= TARGET_MEMORY_GROWTH,
     }
+    # The other clients' delay: what the hostile ones add to each good kind's p99.
+    for kinds, delay in delays.items():
+        targets[f"{kinds} delayed <= {TARGET_P99_MS:g} ms at p99 ({delay:+.1f} ms)"] = bool(
+            delay <= TARGET_P99_MS
+        )
     for name, met in targets.items():
         print(f"  {name}: {'met' if met else 'NOT met'}")
     for example in results.error_examples:
