@@ -88,8 +88,11 @@ def expected_calibration_error(
 # A model's answer is marked "low confidence" below this probability of its top class unless
 # its file holds a threshold chosen on held-out data (``Calibration.low_confidence``).
 DEFAULT_LOW_CONFIDENCE = 0.5
-# The threshold is the highest one that marks at most this fraction of the right answers.
-MAX_CORRECT_FLAGGED = 0.03
+# The threshold is the highest one that marks at most this fraction of the held-out right
+# answers. The promise is 3 % on new images; a held-out set of 2,000 to 5,000 images pins that
+# quantile only to about half a point (the seed models marked 3.0 % there and 3.6 % on the test
+# set), so the budget keeps that margin.
+MAX_CORRECT_FLAGGED = 0.025
 # Temperatures are searched over this range of log T: far wider than any model needs (the
 # seed model's sigmoid logits want about 3, label smoothing about 0.5).
 _LOG_TEMPERATURE_RANGE = (-4.0, 6.0)
