@@ -688,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     digits, labels = arrays.test_images[: args.n], arrays.test_labels[: args.n]
     started = time.perf_counter()
-    key = preparation_key(args.n, args.seed, kinds)
+    key = preparation_key(args.n, args.seed, kinds) if args.cache else ""
     prepared = load_prepared(args.cache, key) if args.cache else None
     if prepared is not None:
         print(

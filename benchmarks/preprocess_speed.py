@@ -29,14 +29,20 @@ from renderings import stroke_coverage
 TARGET_MS = 50.0
 
 
-def _photo(digit: np.ndarray, width: int, height: int, seed: int) -> bytes:
-    """A phone photo of the digit, its height 60 % of the frame's: paper grain, a lighting
-    gradient, blur, JPEG quality 85."""
-    rng = np.random.default_rng(seed)
+def _centred_coverage(digit: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The digit's pen strokes, 60 % of the frame's shorter side, centred: float32 (height,
+    width) ink coverage in [0, 1]."""
     size = int(0.6 * min(width, height))
     coverage = np.zeros((height, width), np.float32)
     top, left = (height - size) // 2, (width - size) // 2
     coverage[top : top + size, left : left + size] = stroke_coverage(digit, size)
+    return coverage
+
+
+def _photo(digit: np.ndarray, width: int, height: int, seed: int) -> bytes:
+    """A phone photo of the digit: paper grain, a lighting gradient, blur, JPEG quality 85."""
+    rng = np.random.default_rng(seed)
+    coverage = _centred_coverage(digit, width, height)
     rows = np.linspace(0.85, 1.0, height, dtype=np.float32)[:, None]
     paper = (0.93 + rng.normal(0, 0.012, (height, width))).astype(np.float32) * rows
     grey = paper * (1 - coverage) + 0.12 * coverage
@@ -49,10 +55,7 @@ def _photo(digit: np.ndarray, width: int, height: int, seed: int) -> bytes:
 
 def _drawing(digit: np.ndarray, width: int, height: int, seed: int) -> bytes:
     """Black strokes on white, as a drawing program or a scanner at 1 bit per pixel gives."""
-    size = int(0.6 * min(width, height))
-    coverage = np.zeros((height, width), np.float32)
-    top, left = (height - size) // 2, (width - size) // 2
-    coverage[top : top + size, left : left + size] = stroke_coverage(digit, size)
+    coverage = _centred_coverage(digit, width, height)
     image = Image.fromarray((255 * (1 - coverage)).astype(np.uint8), "L")
     buffer = io.BytesIO()
     image.save(buffer, "PNG")

@@ -138,19 +138,23 @@ def test_large_batches_equal_the_reference(bfloat16_models, name, count):
     assert_same_predictions(model, X)
 
 
+def blas_threads() -> list[int]:
+    """The thread count of each BLAS library loaded in this process."""
+    import threadpoolctl
+
+    return [
+        info["num_threads"]
+        for info in threadpoolctl.threadpool_info()
+        if info["user_api"] == "blas"
+    ]
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_blocks_on_worker_threads_equal_one_block_and_restore_blas(bfloat16_models, name):
     """Concurrent callers (the server's threads) share the worker threads and BLAS's
     one-thread hold; afterwards BLAS has its threads back."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("threadpoolctl")
     from concurrent.futures import ThreadPoolExecutor
-
-    def blas_threads():
-        return [
-            info["num_threads"]
-            for info in threadpoolctl.threadpool_info()
-            if info["user_api"] == "blas"
-        ]
 
     model, _ = bfloat16_models[name]
     X = np.random.default_rng(1).random((1100 if name == "cnn" else 3000, 784), dtype=np.float32)
@@ -171,14 +175,7 @@ def test_one_image_holds_blas_at_one_thread_only_when_blas_would_thread(
 ):
     """OpenBLAS threads products above its threshold (the mlp's and cnn's layers, not the
     seed network's): one image runs with BLAS at one thread, then BLAS has its threads back."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-
-    def blas_threads():
-        return [
-            info["num_threads"]
-            for info in threadpoolctl.threadpool_info()
-            if info["user_api"] == "blas"
-        ]
+    pytest.importorskip("threadpoolctl")
 
     model, _ = bfloat16_models[name]
     before = blas_threads()
@@ -202,15 +199,8 @@ def test_one_image_of_a_wide_dense_stack_uses_blas_threads_only_on_free_cores(
 ):
     """The mlp's one image is a chain of matrix-vector products: on BLAS's threads while the
     load leaves cores free, held at one thread otherwise; the answer is the same either way."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pytest.importorskip("threadpoolctl")
     from digitnet.inference import model as model_module
-
-    def blas_threads():
-        return [
-            info["num_threads"]
-            for info in threadpoolctl.threadpool_info()
-            if info["user_api"] == "blas"
-        ]
 
     model, _ = bfloat16_models["mlp"]
     expected = model.forward(mnist_like[:2])[:1]

@@ -257,15 +257,16 @@ class Model:
             if len(dense) == len(self._plan)
             else None
         )
+        # The most multiply-adds one layer does per sample: above OpenBLAS's threshold for
+        # threads, forward holds BLAS at one thread (its own threads take large batches).
+        self._macs_per_sample = _largest_layer_macs(self.architecture)
         # One image through a wide dense stack (the mlp) is a chain of matrix-vector products,
         # bound by memory bandwidth: BLAS splits each over the cores, reading the weights in
         # Fortran order so that every output is one contiguous run of them (the mlp's one
         # image 145 -> 76 us on 2 cores). A second copy of the weights (9.6 MB for the mlp);
         # smaller stacks (the seed) gain nothing from threads and keep one.
         self._dense_single: DenseLayers | None = None
-        if self._dense_layers is not None and (
-            _largest_layer_macs(self.architecture) >= BLAS_THREADING_MACS
-        ):
+        if self._dense_layers is not None and self._macs_per_sample >= BLAS_THREADING_MACS:
             self._dense_single = [
                 (np.asfortranarray(weights), bias, activate)
                 for weights, bias, activate in self._dense_layers
@@ -273,9 +274,6 @@ class Model:
         self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None else CONV_BLOCK_ROWS
         self._fast_plan = self._fuse(self._plan) if self._dense_layers is None else []
         self._workspaces = threading.local()
-        # The most multiply-adds one layer does per sample: above OpenBLAS's threshold for
-        # threads, forward holds BLAS at one thread (its own threads take large batches).
-        self._macs_per_sample = _largest_layer_macs(self.architecture)
 
     @property
     def n_classes(self) -> int:
