@@ -37,24 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from digitnet.data.lines import compose_number
 
 UNTOUCHED = "line"
 GOAL_EXACT_UNTOUCHED = 0.97
 GOAL_EXACT_OTHER = 0.95
 GOAL_PER_DIGIT = 0.993
 GOAL_LENGTH = 4
-# Layout, in units of the line's nominal digit width (the MNIST digits' mean ink width at
-# their height, 14 of 20 px) and height.
-NOMINAL_WIDTH = 14.0
-GAP_RANGE = (0.0, 0.6)
-OVERLAP_RANGE = (0.0, 0.2)
-TOUCHING_SHARE = 0.25
-HEIGHT_RANGE = (0.85, 1.15)
-BASELINE_TILT = 0.08
-BASELINE_JITTER = 0.05
-SLANT = 0.2
-MARGIN = 4
 # Numbers per task handed to a worker process.
 CHUNK = 5
 
@@ -66,101 +56,6 @@ class Outcome:
     truth: str
     read: str | None
     error: str | None = None
-
-
-def compose_number(
-    digits: Sequence[np.ndarray], rng: np.random.Generator
-) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """Lay MNIST digits (each (28, 28) uint8 or float, white on black) out on one line.
-
-    Returns the line float32 (h, w) in [0, 1], white on black, h >= 28, w >= h, digits about
-    20 px tall as in MNIST, and each digit's box (x0, y0, x1, y1) in it before the slant.
-    """
-    scales = rng.uniform(*HEIGHT_RANGE, size=len(digits))
-    crops = []
-    for digit, scale in zip(digits, scales):
-        values = np.asarray(digit, np.float32).reshape(28, 28)
-        if values.max() > 1.0:
-            values = values / 255.0
-        rows = np.flatnonzero(values.max(axis=1) > 0.1)
-        cols = np.flatnonzero(values.max(axis=0) > 0.1)
-        crop = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        height = max(1, round(crop.shape[0] * scale))
-        width = max(1, round(crop.shape[1] * scale))
-        resized = Image.fromarray(crop).resize((width, height), Image.Resampling.BILINEAR)
-        crops.append(np.clip(np.asarray(resized, np.float32), 0.0, 1.0))
-    tilt = rng.uniform(-BASELINE_TILT, BASELINE_TILT)
-    nominal = NOMINAL_WIDTH * float(np.mean(scales))
-    # Positions: x of each digit's left edge, y of its baseline (bottom), on an unbounded plane.
-    lefts, bottoms = [0], [0.0]
-    for index in range(1, len(crops)):
-        previous, current = crops[index - 1], crops[index]
-        bottom = tilt * lefts[-1] + rng.normal(0.0, BASELINE_JITTER * 20)
-        if rng.random() < TOUCHING_SHARE:
-            contact = _contact(previous, lefts[-1], bottoms[-1], current, bottom)
-            # Strokes touching, pushed further in by up to 20 % of a width, but the boxes
-            # never overlapping by more than that (a digit nested in its neighbour's hollow
-            # is not how people write).
-            left = max(
-                contact - round(rng.uniform(*OVERLAP_RANGE) * nominal),
-                lefts[-1] + previous.shape[1] - round(OVERLAP_RANGE[1] * nominal),
-            )
-        else:
-            left = lefts[-1] + previous.shape[1] + round(rng.uniform(*GAP_RANGE) * nominal)
-        lefts.append(left)
-        bottoms.append(bottom)
-    tops = [round(b) - crop.shape[0] for b, crop in zip(bottoms, crops)]
-    min_top, min_left = min(tops), min(lefts)
-    max_bottom = max(t + crop.shape[0] for t, crop in zip(tops, crops))
-    max_right = max(left + crop.shape[1] for left, crop in zip(lefts, crops))
-    ink_height, ink_width = max_bottom - min_top, max_right - min_left
-    height = max(28, ink_height + 2 * MARGIN)
-    width = max(height, ink_width + 2 * MARGIN)
-    line = np.zeros((height, width), np.float32)
-    row0 = (height - ink_height) // 2 - min_top
-    col0 = (width - ink_width) // 2 - min_left
-    boxes = []
-    for top, left, crop in zip(tops, lefts, crops):
-        y, x = top + row0, left + col0
-        region = line[y : y + crop.shape[0], x : x + crop.shape[1]]
-        np.maximum(region, crop, out=region)
-        boxes.append((x, y, x + crop.shape[1], y + crop.shape[0]))
-    # Slant: rows sheared about the middle, as italic handwriting leans.
-    shear = rng.uniform(-SLANT, SLANT)
-    slanted = Image.fromarray(line).transform(
-        line.shape[::-1],
-        Image.Transform.AFFINE,
-        (1.0, shear, -shear * height / 2, 0.0, 1.0, 0.0),
-        Image.Resampling.BILINEAR,
-    )
-    return np.clip(np.asarray(slanted, np.float32), 0.0, 1.0), boxes
-
-
-def _contact(
-    previous: np.ndarray,
-    previous_left: int,
-    previous_bottom: float,
-    current: np.ndarray,
-    bottom: float,
-) -> int:
-    """The left edge at which ``current`` just touches ``previous`` (ink above 0.3, rows aligned
-    by their bottoms)."""
-    top_previous = round(previous_bottom) - previous.shape[0]
-    top_current = round(bottom) - current.shape[0]
-    best = None
-    for row in range(current.shape[0]):
-        other = row + top_current - top_previous
-        if not 0 <= other < previous.shape[0]:
-            continue
-        mine = np.flatnonzero(current[row] > 0.3)
-        theirs = np.flatnonzero(previous[other] > 0.3)
-        if mine.size and theirs.size:
-            # current's leftmost ink lands one pixel right of previous's rightmost.
-            left = previous_left + int(theirs[-1]) + 1 - int(mine[0])
-            best = left if best is None else max(best, left)
-    if best is None:
-        return previous_left + previous.shape[1]
-    return best
 
 
 def matches(truth: str, read: str | None) -> int:
@@ -212,7 +107,7 @@ def _task(seed: int, length: int, indices: list[int], kinds: list[str]) -> list[
     outcomes = []
     for index in indices:
         digits, truth, rng = number_digits(seed, length, index, images, labels)
-        line, _ = compose_number(digits, rng)
+        line = compose_number(digits, rng).image
         for kind in kinds:
             if kind == UNTOUCHED:
                 image: Any = line

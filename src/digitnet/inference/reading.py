@@ -48,7 +48,7 @@ MAX_DIGITS = 12
 # A line of ink fewer pixels tall than this, in an image reduced for the ink search, is read
 # again from the image's own pixels around it.
 _CLOSER_LOOK = 48
-# Ink taller than this is reduced to it before segmentation (see _at_working_height).
+# Ink taller than this is reduced to it before segmentation (see at_working_height).
 _WORK_HEIGHT = 48
 # Ink above this is a stroke's body: components are taken at this level, so that the faint
 # anti-aliased fringe of two digits a pixel apart does not join them.
@@ -360,7 +360,7 @@ class _Span:
 
 def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> NumberReading:
     """``read_number`` on ink already found by ``find_ink``."""
-    ink_map = _at_working_height(ink_map)
+    ink_map = at_working_height(ink_map)
     hypotheses = _hypotheses(model, ink_map)
     not_a_digit = model.not_a_digit_class
     best = _decide(hypotheses, not_a_digit, max_digits)
@@ -395,7 +395,7 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
     return NumberReading("".join(str(r.digit) for r in readings), confidence, readings)
 
 
-def _at_working_height(ink_map: InkMap) -> InkMap:
+def at_working_height(ink_map: InkMap) -> InkMap:
     """The ink reduced (by area) to at most _WORK_HEIGHT rows, so that segmentation works at
     one scale whatever the photo's resolution; boxes still map to the image's pixels."""
     rows, cols = ink_map.ink.shape
@@ -426,7 +426,15 @@ class _Hypotheses:
 
 
 def _hypotheses(model: Model, ink_map: InkMap) -> _Hypotheses:
-    ink = ink_map.ink
+    segmented, spans, images, usable = span_images(ink_map.ink)
+    probabilities = np.asarray(model.predict_proba(images.reshape(len(spans), -1)), np.float64)
+    return _Hypotheses(segmented, spans, probabilities, usable)
+
+
+def span_images(ink: np.ndarray) -> tuple[_Pieces, list[_Span], np.ndarray, np.ndarray]:
+    """The over-segmentation of ``ink`` (h, w) at working height, every span of pieces that
+    could be one digit, each span fitted into MNIST's frame (n_spans, 28, 28) float32, and
+    (n_spans,) bool, False where a span could not be fitted (its image is then zeros)."""
     segmented = _over_segment(ink)
     pieces, height = segmented.pieces, segmented.height
     reach = _MAX_SPAN_PIECES
@@ -451,8 +459,7 @@ def _hypotheses(model: Model, ink_map: InkMap) -> _Hypotheses:
             usable[index] = True
         except NoDigitFound:
             continue
-    probabilities = np.asarray(model.predict_proba(images.reshape(len(spans), -1)), np.float64)
-    return _Hypotheses(segmented, spans, probabilities, usable)
+    return segmented, spans, images, usable
 
 
 @dataclass(frozen=True)

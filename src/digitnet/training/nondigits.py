@@ -7,10 +7,12 @@ on the longer side, centred by mass), which the training graph's augmentation th
 
 - non-digits (label "not a digit"): letters and symbols in the DejaVu fonts (not the letters
   that are digits' twins, ``TWIN_LETTERS``), geometric shapes (no circles or ovals: those are
-  zeros), random scribbles, digit fragments (a digit cut to 30-65% of its width) and two
-  digits squeezed side by side into one frame;
-- digits with a sliver of a neighbouring digit at their left or right edge (labelled as the
-  digit): what a segmenter's crop of touching handwriting looks like.
+  zeros), random scribbles, digit fragments (a digit cut to 30-65% of its width), two
+  digits squeezed side by side into one frame, and the number reader's own wrong crops of
+  lines composed from training digits (``digitnet.training.segments``);
+- digits with a sliver of a neighbouring digit at their left or right edge, and whole digits
+  as the number reader crops them from a composed line (labelled as the digit): what a
+  segmenter's crop of touching handwriting looks like.
 
 Only the digits passed in (the training split) and the DejaVu fonts are used, so what
 ``benchmarks/images.py`` measures (Liberation fonts, its own scribbles, test digits) was never
@@ -36,14 +38,16 @@ from digitnet.inference.preprocess import MNIST_SIDE, ink_to_mnist
 from digitnet.models.classes import TWIN_LETTERS
 
 # Non-digit kinds and their shares of an epoch's non-digits. Glyphs and scribbles are what
-# people submit by mistake; fragments and pairs are what a number reader's segmentation
-# hypotheses produce and must be told apart from whole digits.
+# people submit by mistake; fragments, pairs and segments are what a number reader's
+# segmentation hypotheses produce and must be told apart from whole digits (fragments and pairs
+# drawn here, segments the segmentation's own crops).
 MIX: dict[str, float] = {
     "glyph": 0.30,
     "shape": 0.14,
     "scribble": 0.22,
-    "fragment": 0.20,
-    "pair": 0.14,
+    "fragment": 0.08,
+    "pair": 0.06,
+    "segment": 0.20,
 }
 # Letters not in TWIN_LETTERS, and symbols no one would read as a digit (no | / \ ( ) [ ] ! ,
 # which are ones when written; no circles).
@@ -57,8 +61,17 @@ FRAGMENT_WIDTH = (0.30, 0.65)
 # digits), negative when the two touch or overlap.
 SLIVER_WIDTH = (0.08, 0.25)
 SLIVER_GAP = (-1, 3)
-# Digits with a neighbour's sliver per non-digit composed.
+# Digits with a neighbour's sliver per non-digit composed; SEGMENT_DIGITS of them are instead
+# whole digits as the number reader's segmentation crops them from a composed line.
 SLIVERS_PER_NON_DIGIT = 0.25
+SEGMENT_DIGITS = 0.5
+# Lines composed for the segmentation crops: one per LINE_DIGITS training digits, at most
+# MAX_LINES (about 30 ms each), each of 2 to 6 digits, keeping at most WRONG_PER_LINE of its
+# wrong crops (a line has 10-200 spans, most of them wrong).
+LINE_DIGITS = 40
+MAX_LINES = 1200
+LINE_LENGTHS = (2, 6)
+WRONG_PER_LINE = 12
 # Training digits shown restyled per non-digit composed: upsampled and thresholded into crisp
 # strokes, as a photo or a drawing comes out of preprocess_image. Without them crisp strokes
 # meant "not a digit" (the glyphs, shapes and scribbles are drawn crisp, MNIST digits are
@@ -82,6 +95,7 @@ _FONT_DIRS = (
 _GLYPH_PIXELS = 64
 _CANVAS = 64
 _SALT = 0x4E6F7444  # "NotD": keeps these draws apart from any other use of (seed, epoch)
+_SEGMENT_SALT = 0x53656773  # "Segs": the segmentation crops' lines
 
 
 def find_fonts(family: str) -> list[Path]:
@@ -342,6 +356,43 @@ class NonDigitComposer:
         self.glyphs = glyph_pool(fonts, LETTERS + SYMBOLS)
         # Fragments of ones are ones; pairs and slivers may use any digit.
         self._not_one = np.flatnonzero(self.labels != 1)
+        self._segments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def segment_pool(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The number reader's crops of lines composed from the digits, built once (it does
+        not depend on the epoch): wrong crops (n, 28, 28), right crops (m, 28, 28) and the
+        right crops' digits (m,)."""
+        if self._segments is None:
+            from digitnet.training.segments import labelled_spans
+
+            rng = np.random.default_rng((self.seed, _SEGMENT_SALT))
+            n_lines = max(1, min(MAX_LINES, len(self.digits) // LINE_DIGITS))
+            wrong, right, digits = [], [], []
+            for _ in range(n_lines):
+                length = int(rng.integers(LINE_LENGTHS[0], LINE_LENGTHS[1] + 1))
+                chosen = rng.integers(len(self.digits), size=length)
+                try:
+                    spans = labelled_spans(
+                        [self.digits[i].reshape(MNIST_SIDE, MNIST_SIDE) for i in chosen],
+                        [int(self.labels[i]) for i in chosen],
+                        rng,
+                        self.not_a_digit,
+                    )
+                except NoDigitFound:
+                    continue
+                bad = np.flatnonzero(spans.labels == self.not_a_digit)
+                bad = rng.permutation(bad)[:WRONG_PER_LINE]
+                good = np.flatnonzero(spans.right)
+                wrong.append(spans.images[bad])
+                right.append(spans.images[good])
+                digits.append(spans.labels[good])
+            empty = np.zeros((0, MNIST_SIDE, MNIST_SIDE), np.float32)
+            self._segments = (
+                np.concatenate([empty, *wrong]),
+                np.concatenate([empty, *right]),
+                np.concatenate([np.zeros(0, np.int64), *digits]),
+            )
+        return self._segments
 
     def rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, int(epoch), _SALT))
@@ -353,11 +404,18 @@ class NonDigitComposer:
         kinds = list(MIX)
         counts = rng.multinomial(n_non_digits, [MIX[k] for k in kinds])
         images = [self.non_digits(kind, int(count), rng) for kind, count in zip(kinds, counts)]
-        sliver_images, sliver_labels = self.slivers(n_slivers, rng)
+        n_segment_digits = round(SEGMENT_DIGITS * n_slivers)
+        sliver_images, sliver_labels = self.slivers(n_slivers - n_segment_digits, rng)
+        segment_images, segment_labels = self.segment_digits(n_segment_digits, rng)
         restyled_images, restyled_labels = self.restyled(n_restyled, rng)
-        X = np.concatenate([*images, sliver_images, restyled_images])
+        X = np.concatenate([*images, sliver_images, segment_images, restyled_images])
         y = np.concatenate(
-            [np.full(n_non_digits, self.not_a_digit, np.int64), sliver_labels, restyled_labels]
+            [
+                np.full(n_non_digits, self.not_a_digit, np.int64),
+                sliver_labels,
+                segment_labels,
+                restyled_labels,
+            ]
         )
         return X.reshape(-1, MNIST_SIDE * MNIST_SIDE).astype(np.float32), y
 
@@ -379,8 +437,24 @@ class NonDigitComposer:
                 out[i] = digit
         return out, self.labels[chosen]
 
+    def segment_digits(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` whole digits as the reader's segmentation crops them: float32 (n, 28, 28)
+        and their labels (digits with slivers when the pool holds none)."""
+        if not n:
+            return self.slivers(0, rng)
+        _, right, digits = self.segment_pool()
+        if not len(right):
+            return self.slivers(n, rng)
+        chosen = rng.integers(len(right), size=n)
+        return right[chosen], digits[chosen]
+
     def non_digits(self, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` non-digits of one ``kind`` (a key of ``MIX``): float32 (n, 28, 28)."""
+        if kind == "segment" and n:
+            wrong = self.segment_pool()[0]
+            if len(wrong):
+                return wrong[rng.integers(len(wrong), size=n)]
+            kind = "pair"
         out = np.zeros((n, MNIST_SIDE, MNIST_SIDE), np.float32)
         made = 0
         while made < n:
