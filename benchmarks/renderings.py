@@ -32,7 +32,7 @@ Kinds (``RENDERINGS``):
 
 Digits are upsampled with Lanczos and thresholded softly, so they look like pen strokes with
 anti-aliased edges rather than enlarged pixels. Every rendering also takes a line of digits
-(h, w) drawn at MNIST's scale (``digitnet.data.lines.compose_number``): the frame widens by the
+(h, w) drawn at MNIST's scale (``read_numbers.compose_number``): the frame widens by the
 line's extra length; a single digit renders exactly as before. No TensorFlow here.
 """
 
