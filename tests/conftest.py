@@ -85,15 +85,27 @@ def fake_mnist_dir(make_fake_mnist) -> Path:
     return make_fake_mnist()
 
 
-@pytest.fixture
-def mnist_dir() -> Path:
-    """The real MNIST directory from env DIGITNET_DATA_DIR; the test is skipped if unset."""
+def _real_mnist_dir() -> Path:
     value = os.environ.get("DIGITNET_DATA_DIR", "")
     if not value:
         pytest.skip(
             "real MNIST not available: set DIGITNET_DATA_DIR to a directory with the IDX files"
         )
     return Path(value)
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The real MNIST directory from env DIGITNET_DATA_DIR; the test is skipped if unset."""
+    return _real_mnist_dir()
+
+
+@pytest.fixture(scope="module")
+def mnist_arrays():
+    """The real MNIST arrays (``MnistArrays``), read once per test module; skipped if unset."""
+    from digitnet.data.mnist import load_mnist_arrays
+
+    return load_mnist_arrays(_real_mnist_dir())
 
 
 # CI runs every hypothesis test on a fixed sequence of examples, so a submission's result does

@@ -3,8 +3,6 @@ crops of them (``digitnet.training.segments``), on real MNIST training digits.""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -14,14 +12,8 @@ from digitnet.training.segments import UNLABELLED, labelled_spans, right_split_e
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from digitnet.data.mnist import load_mnist_arrays
-
-    directory = os.environ.get("DIGITNET_DATA_DIR", "")
-    if not directory:
-        pytest.skip("real MNIST not available: set DIGITNET_DATA_DIR")
-    arrays = load_mnist_arrays(directory)
-    return arrays.train_images[:3000], arrays.train_labels[:3000].astype(int)
+def digits(mnist_arrays):
+    return mnist_arrays.train_images[:3000], mnist_arrays.train_labels[:3000].astype(int)
 
 
 def test_the_owner_map_does_not_change_the_line_and_covers_its_ink(digits):

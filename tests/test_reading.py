@@ -45,13 +45,8 @@ class NearestNeighbours:
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    from digitnet.data.mnist import load_mnist_arrays
-
-    directory = os.environ.get("DIGITNET_DATA_DIR", "")
-    if not directory:
-        pytest.skip("real MNIST not available: set DIGITNET_DATA_DIR")
-    arrays = load_mnist_arrays(directory)
+def mnist(mnist_arrays):
+    arrays = mnist_arrays
     model = NearestNeighbours(arrays.train_images[:20000], arrays.train_labels[:20000])
     return model, arrays.test_images, arrays.test_labels
 
