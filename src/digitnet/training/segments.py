@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from digitnet.data.lines import compose_number
-from digitnet.errors import NoDigitFound
 from digitnet.inference.preprocess import find_ink
 from digitnet.inference.reading import at_working_height, span_images
 
@@ -42,15 +41,21 @@ NARROW = 0.45
 @dataclass
 class LabelledSpans:
     """A composed line's spans: ``images`` (n, 28, 28) float32 in MNIST form, ``labels`` (n,)
-    int (a digit, ``not_a_digit``, or ``UNLABELLED``), and ``right`` (n,) bool, True for the
-    spans that are a whole digit."""
+    int (a digit, ``not_a_digit``, or ``UNLABELLED``); the line's ``pieces`` count, and each
+    span's pieces ``first`` to ``stop`` (n,) (exclusive), as ``read_number`` numbers them."""
 
     images: np.ndarray
     labels: np.ndarray
-    right: np.ndarray
+    not_a_digit: int
     pieces: int
     first: np.ndarray
     stop: np.ndarray
+
+    @property
+    def right(self) -> np.ndarray:
+        """(n,) bool: True for the spans that are one whole digit."""
+        result: np.ndarray = (self.labels >= 0) & (self.labels != self.not_a_digit)
+        return result
 
 
 def labelled_spans(
@@ -75,7 +80,6 @@ def labelled_spans(
     owned = owners >= 0
     totals = np.bincount(owners[owned], weights=ink[owned], minlength=n_digits)
     labels = np.full(len(spans), UNLABELLED, np.int64)
-    right = np.zeros(len(spans), bool)
     fitted = images > 0.1
     widths = fitted.any(axis=1).sum(axis=1)
     heights = np.maximum(fitted.any(axis=2).sum(axis=1), 1)
@@ -96,14 +100,11 @@ def labelled_spans(
         others = 1.0 - masses[main] / held
         if share_of_digit >= WHOLE and others <= STRAY:
             labels[index] = digit_labels[main]
-            right[index] = True
         elif (share_of_digit < PART or others > MIXED) and not (stroke_like or short):
             labels[index] = not_a_digit
-    if not len(spans):
-        raise NoDigitFound("no digit found: the line is blank")
     first = np.array([span.first for span in spans])
     stop = np.array([span.stop for span in spans])
-    return LabelledSpans(images, labels, right, len(segmented.pieces), first, stop)
+    return LabelledSpans(images, labels, not_a_digit, len(segmented.pieces), first, stop)
 
 
 def right_split_exists(spans: LabelledSpans, n_digits: int) -> bool:
@@ -111,8 +112,9 @@ def right_split_exists(spans: LabelledSpans, n_digits: int) -> bool:
     reachable = np.zeros((spans.pieces + 1, n_digits + 1), bool)
     reachable[0, 0] = True
     order = np.argsort(spans.stop, kind="stable")
+    right = spans.right
     for index in order:
-        if not spans.right[index]:
+        if not right[index]:
             continue
         first, stop = int(spans.first[index]), int(spans.stop[index])
         reachable[stop, 1:] |= reachable[first, :-1]
