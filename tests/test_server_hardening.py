@@ -364,6 +364,10 @@ def test_a_small_request_is_answered_while_a_huge_one_is_processed(server):
     rng = np.random.default_rng(0)
     body = json.dumps({"instances": rng.uniform(0, 1, (290, 784)).tolist()}).encode()
     assert len(body) > 4_000_000
+    # The client and its connection are made first: making an httpx client (its TLS context)
+    # takes longer than the server needs for the big body on an idle machine.
+    client = httpx.Client(timeout=60)
+    assert client.get(server.url + "/api/health").status_code == 200
     big = socket.create_connection(("127.0.0.1", server.port), timeout=60)
     big.sendall(
         f"POST {PREDICT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -378,10 +382,11 @@ def test_a_small_request_is_answered_while_a_huge_one_is_processed(server):
 
     waiter = threading.Thread(target=wait_big)
     waiter.start()
-    small = httpx.post(server.url + PREDICT, json={"instances": [ROW]}, timeout=60)
+    small = client.post(server.url + PREDICT, json={"instances": [ROW]})
     finished.append("small")
     waiter.join(60)
     big.close()
+    client.close()
     assert small.status_code == 200
     assert finished == ["small", "big"]
 
