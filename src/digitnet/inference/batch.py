@@ -20,14 +20,12 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import chain, islice
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from digitnet.inference.predict import ImagePrediction, iter_image_files, predict_image_batch
 
 if TYPE_CHECKING:
-    from digitnet.inference.model import Model
+    from digitnet.inference.model import Model, ModelParts
 
 #: files per chunk: one forward pass each; about half a second of work for a CNN
 CHUNK_FILES = 128
@@ -105,7 +103,7 @@ class _Workers:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             # The parts, not the Model: a compiled model holds closures pickle cannot send.
-            initargs=(self.model.architecture, self.model.parameters, self.model.metadata),
+            initargs=(self.model.parts(),),
         )
 
     def _restart(self, broken: ProcessPoolExecutor) -> None:
@@ -160,9 +158,7 @@ def _predict_chunk(model: Model, chunk: list[_Item], keep_images: bool) -> list[
 _model: Model | None = None
 
 
-def _start_worker(
-    architecture: dict[str, Any], parameters: dict[str, np.ndarray], metadata: dict[str, Any]
-) -> None:
+def _start_worker(parts: ModelParts) -> None:
     global _model
     from digitnet.inference.model import Model
 
@@ -178,7 +174,7 @@ def _start_worker(
         pass
     else:
         threadpool_limits(limits=1)
-    _model = Model(architecture, parameters, metadata)
+    _model = Model.from_parts(parts)
 
 
 def _work(chunk: list[_Item], keep_images: bool) -> list[ImagePrediction]:

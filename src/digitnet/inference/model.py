@@ -22,6 +22,7 @@ import numpy as np
 
 from digitnet.errors import ConfigError
 from digitnet.models import architectures
+from digitnet.models.architectures import LINE_CONTEXT, LINE_HEIGHT, LINE_STRIDE
 from digitnet.models.classes import not_a_digit_index
 from digitnet.models.layers import (
     BatchNormStep,
@@ -214,6 +215,79 @@ def _plain_step(step: NumpyStep) -> FastStep:
     return run
 
 
+def checked_parameters(
+    architecture: dict[str, Any], parameters: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``parameters`` as float32 arrays, in the architecture's order; ConfigError naming a
+    missing, unexpected or misshapen one."""
+    expected = architectures.parameter_shapes(architecture)
+    missing = sorted(set(expected) - set(parameters))
+    extra = sorted(set(parameters) - set(expected))
+    if missing or extra:
+        raise ConfigError(
+            f"parameters do not match the architecture: missing {missing}, unexpected {extra}"
+        )
+    for name, shape in expected.items():
+        if tuple(parameters[name].shape) != shape:
+            raise ConfigError(
+                f"parameter {name} has shape {tuple(parameters[name].shape)}, the architecture "
+                f"needs {shape}"
+            )
+    return {name: np.asarray(parameters[name], dtype=np.float32) for name in expected}
+
+
+def _layer_steps(
+    architecture: dict[str, Any], parameters: dict[str, np.ndarray]
+) -> list[NumpyStep | None]:
+    return [
+        layer.type.numpy(layer.spec, layer.own(parameters))
+        for layer in architectures.bind_layers(architecture)
+    ]
+
+
+def compile_steps(
+    architecture: dict[str, Any], parameters: dict[str, np.ndarray]
+) -> list[NumpyStep]:
+    """Each layer's NumPy step (its layer type's ``numpy``), operands precomputed so the
+    forward pass does no per-call reshaping: dense weights transposed and contiguous,
+    batchnorm folded into one scale and shift. Layers that are the identity at inference
+    (dropout) have no step."""
+    return [step for step in _layer_steps(architecture, parameters) if step is not None]
+
+
+def fuse_steps(plan: list[NumpyStep]) -> list[FastStep]:
+    """The convolutional path's steps: each convolution with the batchnorm after it folded in
+    (once, here) and its ReLU applied in place; other steps as they are."""
+    fast: list[FastStep] = []
+    index = 0
+    while index < len(plan):
+        step = plan[index]
+        following = plan[index + 1] if index + 1 < len(plan) else None
+        if (
+            isinstance(step, ConvStep)
+            and isinstance(following, BatchNormStep)
+            and step.activation.name == "linear"
+        ):
+            step = fold_batchnorm(step, following)
+            index += 1
+        index += 1
+        if isinstance(step, ConvStep) and step.activation.name in ("relu", "linear"):
+            fast.append(_fused_conv(step, owner=len(fast)))
+        else:
+            fast.append(_plain_step(step))
+    return fast
+
+
+ModelParts = tuple[
+    dict[str, Any],
+    dict[str, np.ndarray],
+    dict[str, Any],
+    tuple[dict[str, Any], dict[str, np.ndarray]] | None,
+]
+"""A model's architecture, parameters, metadata and line network's (architecture,
+parameters) or None: ``Model.parts``."""
+
+
 @dataclass
 class Model:
     """A trained network ready to predict.
@@ -222,31 +296,20 @@ class Model:
         architecture: canonical architecture dict (see ``digitnet.models.architectures``).
         parameters: name -> float32 array, e.g. ``W1`` (100, 784) and ``b1`` (100, 1).
         metadata: training settings, metrics, history, data fingerprint, versions.
+        line_network: the network that reads whole lines of digits, which a reader model file
+            carries beside its classifier (``digitnet.inference.line_reading``), or None.
     """
 
     architecture: dict[str, Any]
     parameters: dict[str, np.ndarray]
     metadata: dict[str, Any] = field(default_factory=dict)
+    line_network: LineNetwork | None = None
 
     def __post_init__(self) -> None:
         self.architecture = architectures.validate_architecture(self.architecture)
-        expected = architectures.parameter_shapes(self.architecture)
-        missing = sorted(set(expected) - set(self.parameters))
-        extra = sorted(set(self.parameters) - set(expected))
-        if missing or extra:
-            raise ConfigError(
-                f"parameters do not match the architecture: missing {missing}, unexpected {extra}"
-            )
-        for name, shape in expected.items():
-            if tuple(self.parameters[name].shape) != shape:
-                raise ConfigError(
-                    f"parameter {name} has shape "
-                    f"{tuple(self.parameters[name].shape)}, the architecture "
-                    f"needs {shape}"
-                )
-        self.parameters = {
-            name: np.asarray(self.parameters[name], dtype=np.float32) for name in expected
-        }
+        if self.architecture.get("output") == "columns":
+            raise ConfigError("this architecture is a line network's, not a classifier's")
+        self.parameters = checked_parameters(self.architecture, self.parameters)
         self._plan = self._compile()
         self._n_inputs = architectures.n_inputs(self.architecture)
         # The seed and mlp models are dense stacks: they take a path without per-layer
@@ -272,7 +335,7 @@ class Model:
                 for weights, bias, activate in self._dense_layers
             ]
         self._block_rows = DENSE_BLOCK_ROWS if self._dense_layers is not None else CONV_BLOCK_ROWS
-        self._fast_plan = self._fuse(self._plan) if self._dense_layers is None else []
+        self._fast_plan = fuse_steps(self._plan) if self._dense_layers is None else []
         self._workspaces = threading.local()
 
     @property
@@ -298,36 +361,10 @@ class Model:
         forward pass does no per-call reshaping: dense weights transposed and contiguous,
         batchnorm folded into one scale and shift. Layers that are the identity at inference
         (dropout) have no step."""
-        steps = [
-            layer.type.numpy(layer.spec, layer.own(self.parameters))
-            for layer in architectures.bind_layers(self.architecture)
-        ]
+        steps = _layer_steps(self.architecture, self.parameters)
         # How many steps the first k + 1 layers make, for layer_output.
         self._steps_through = list(itertools.accumulate(step is not None for step in steps))
         return [step for step in steps if step is not None]
-
-    @staticmethod
-    def _fuse(plan: list[NumpyStep]) -> list[FastStep]:
-        """The convolutional path's steps: each convolution with the batchnorm after it
-        folded in (once, here) and its ReLU applied in place; other steps as they are."""
-        fast: list[FastStep] = []
-        index = 0
-        while index < len(plan):
-            step = plan[index]
-            following = plan[index + 1] if index + 1 < len(plan) else None
-            if (
-                isinstance(step, ConvStep)
-                and isinstance(following, BatchNormStep)
-                and step.activation.name == "linear"
-            ):
-                step = fold_batchnorm(step, following)
-                index += 1
-            index += 1
-            if isinstance(step, ConvStep) and step.activation.name in ("relu", "linear"):
-                fast.append(_fused_conv(step, owner=len(fast)))
-            else:
-                fast.append(_plain_step(step))
-        return fast
 
     def forward(self, X: np.ndarray, block_rows: int | None = None) -> np.ndarray:
         """Output activations for ``X`` (n, n_inputs) float32 in [0, 1] -> (n, n_classes),
@@ -469,7 +506,68 @@ class Model:
     def with_metadata(self, **updates: Any) -> Model:
         merged = dict(self.metadata)
         merged.update(updates)
-        return Model(self.architecture, self.parameters, merged)
+        return Model(self.architecture, self.parameters, merged, self.line_network)
+
+    def with_line_network(self, line_network: LineNetwork | None) -> Model:
+        return Model(self.architecture, self.parameters, self.metadata, line_network)
+
+    def parts(self) -> ModelParts:
+        """What ``from_parts`` rebuilds this model from, in plain data: a compiled model holds
+        closures that pickle cannot send to another process."""
+        line = self.line_network
+        return (
+            self.architecture,
+            self.parameters,
+            self.metadata,
+            None if line is None else (line.architecture, line.parameters),
+        )
+
+    @classmethod
+    def from_parts(cls, parts: ModelParts) -> Model:
+        architecture, parameters, metadata, line = parts
+        return cls(architecture, parameters, metadata, None if line is None else LineNetwork(*line))
+
+
+@dataclass
+class LineNetwork:
+    """A trained line network ready to read whole lines of digits: ``architecture``
+    (``"output": "columns"``, see ``line_architecture``) and its ``parameters`` (name ->
+    float32 array). ``digitnet.inference.line_reading`` makes its input and decodes its
+    output."""
+
+    architecture: dict[str, Any]
+    parameters: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.architecture = architectures.validate_architecture(self.architecture)
+        if (
+            self.architecture.get("output") != "columns"
+            or self.architecture["input_shape"][0] != LINE_HEIGHT
+        ):
+            raise ConfigError(
+                f"a line network takes lines {LINE_HEIGHT} px tall and scores their columns"
+            )
+        self.parameters = checked_parameters(self.architecture, self.parameters)
+        self._steps = fuse_steps(compile_steps(self.architecture, self.parameters))
+
+    @property
+    def n_symbols(self) -> int:
+        return int(self.architecture["layers"][-1]["filters"])
+
+    def scores(self, values: np.ndarray) -> np.ndarray:
+        """Column scores for a line image's ``values`` (LINE_HEIGHT, width), width a multiple
+        of LINE_STRIDE and at least LINE_STRIDE * (LINE_CONTEXT + 1): (width / LINE_STRIDE -
+        LINE_CONTEXT, n_symbols) float32 probabilities."""
+        height, width = values.shape
+        if height != LINE_HEIGHT or width % LINE_STRIDE or width < LINE_STRIDE * (LINE_CONTEXT + 1):
+            raise ConfigError(
+                f"a line image is {LINE_HEIGHT} px tall and a multiple of {LINE_STRIDE} px "
+                f"wide, at least {LINE_STRIDE * (LINE_CONTEXT + 1)}; got {height}x{width}"
+            )
+        maps = np.ascontiguousarray(values, np.float32).reshape(1, height, width, 1)
+        for step in self._steps:
+            maps = step(maps, None)
+        return np.asarray(maps[0, 0])
 
 
 def model_from_parameters(

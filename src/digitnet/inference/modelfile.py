@@ -55,6 +55,9 @@ MAX_JSON_DEPTH = 32
 # The images a model sees are 28x28, flattened (digitnet.inference.preprocess).
 IMAGE_VALUES = 28 * 28
 _PARAMETER_PREFIX = "parameters/"
+# A reader's line network (digitnet.inference.line_reading): its parameters under this prefix,
+# its architecture in the header under "line_architecture". Files without them load as before.
+_LINE_PREFIX = "line_parameters/"
 _MIN_KEY_BYTES = 16
 # A JSON string, possessive so that the regex engine never backtracks into it.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
@@ -304,6 +307,11 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> None:
     """Write a ``digitnet.Model`` to ``path`` (conventionally ``*.safetensors``), atomically."""
     header = base_header(architecture=model.architecture, **model.metadata)
     tensors = {_PARAMETER_PREFIX + name: value for name, value in model.parameters.items()}
+    if model.line_network is not None:
+        header["line_architecture"] = model.line_network.architecture
+        tensors.update(
+            {_LINE_PREFIX + name: value for name, value in model.line_network.parameters.items()}
+        )
     write_bundle(path, MODEL_KIND, tensors, header)
 
 
@@ -314,7 +322,7 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     crafted or unknown-version file, and for a model that does not take 28x28 images or does
     not output class scores.
     """
-    from digitnet.inference.model import Model
+    from digitnet.inference.model import LineNetwork, Model
 
     tensors, header = read_bundle(path, MODEL_KIND)
     parameters = {
@@ -326,9 +334,19 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     if architecture is None:
         raise ModelFileError(f"{path} has no architecture in its header: it is damaged")
     _check_json_architecture(architecture, path)
+    line_architecture = header.pop("line_architecture", None)
+    if line_architecture is not None:
+        _check_json_architecture(line_architecture, path)
     _check_metadata_types(header, path)
     try:
         model = Model(architecture, parameters, header)
+        if line_architecture is not None:
+            line_parameters = {
+                name[len(_LINE_PREFIX) :]: value
+                for name, value in tensors.items()
+                if name.startswith(_LINE_PREFIX)
+            }
+            model = model.with_line_network(LineNetwork(line_architecture, line_parameters))
     except ValueError as error:
         raise ModelFileError(f"{path} is inconsistent: {_one_line(error)}") from None
     if model.n_inputs != IMAGE_VALUES:

@@ -148,6 +148,57 @@ def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> Archi
     return validate_architecture({"input_shape": [28, 28, 1], "layers": layers})
 
 
+LINE_HEIGHT = 32
+"""A line network's input height in pixels (``line_architecture``)."""
+LINE_STRIDE = 4
+"""Input columns per output column of ``line_architecture``."""
+LINE_CONTEXT = 7
+"""Output columns the 8-wide height-collapsing convolution costs: a line network maps an
+input ``width`` (a multiple of ``LINE_STRIDE``) to ``width / LINE_STRIDE - LINE_CONTEXT``."""
+
+
+def line_architecture(n_symbols: int = 11, dropout: float = 0.2) -> Architecture:
+    """The network that reads a whole line of digits (about 0.6 M parameters).
+
+    Input: the line's ink, ``LINE_HEIGHT`` px tall and any width (``input_shape`` records 64,
+    the narrowest it is validated at). Output: one row of scores per 4 input columns, over
+    ``n_symbols`` (the ten digits and CTC's blank, last). Two 2x2 poolings, then an 8x8
+    convolution without padding collapses the 8 remaining rows and sees 8 columns (32 px, one
+    and a half digits) at once; a 1x1 convolution scores each column.
+    """
+
+    def conv_bn(filters: int, kernel: int = 3, padding: str = "same") -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "conv",
+                "filters": filters,
+                "kernel": kernel,
+                "padding": padding,
+                "activation": "linear",
+                "use_bias": False,
+            },
+            {"type": "batchnorm", "activation": "relu"},
+        ]
+
+    layers = (
+        conv_bn(16)
+        + [{"type": "maxpool", "size": 2}]
+        + conv_bn(32)
+        + conv_bn(32)
+        + [{"type": "maxpool", "size": 2}]
+        + conv_bn(64)
+        + conv_bn(64)
+        + conv_bn(128, 8, "valid")
+        + [
+            {"type": "dropout", "rate": dropout},
+            {"type": "conv", "filters": n_symbols, "kernel": 1, "activation": "softmax"},
+        ]
+    )
+    return validate_architecture(
+        {"input_shape": [LINE_HEIGHT, 64, 1], "layers": layers, "output": "columns"}
+    )
+
+
 def named_architecture(
     name: str,
     layout: Sequence[int] | None = None,
@@ -230,6 +281,10 @@ def _layout_sizes(layout: Any) -> list[int]:
 def validate_architecture(architecture: Mapping[str, Any]) -> Architecture:
     """Check an architecture dict and fill in defaults; returns a new dict.
 
+    A classifier ends in a dense layer (the class scores). An architecture with ``"output":
+    "columns"`` is a line network instead (``line_architecture``): it ends in a 1x1
+    convolution over maps one row tall, the scores of each column.
+
     Raises ValueError naming the first layer that is malformed or whose input shape it cannot
     take (for example a conv layer after a dense one).
     """
@@ -242,14 +297,29 @@ def validate_architecture(architecture: Mapping[str, Any]) -> Architecture:
         raise ConfigError(
             f"input_shape must be [features] or [height, width, channels], got {input_shape}"
         )
+    output = architecture.get("output", "classes")
+    if output not in ("classes", "columns"):
+        raise ConfigError(f"an architecture's output is 'classes' or 'columns', not {output!r}")
+    columns = output == "columns"
     layers = [
         layer_type(index, layer).check(index, layer)
         for index, layer in enumerate(architecture["layers"], start=1)
     ]
-    if not layers or layers[-1]["type"] != "dense":
+    if columns:
+        if not layers or layers[-1]["type"] != "conv" or layers[-1]["kernel"] != 1:
+            raise ConfigError(
+                "a line network's last layer must be a 1x1 convolution (each column's scores)"
+            )
+    elif not layers or layers[-1]["type"] != "dense":
         raise ConfigError("the last layer must be a dense layer (the class scores)")
-    result = {"input_shape": input_shape, "layers": layers}
-    layer_shapes(result)  # raises on layers that cannot follow each other
+    result: dict[str, Any] = {"input_shape": input_shape, "layers": layers}
+    if columns:
+        result["output"] = output
+    shapes = layer_shapes(result)  # raises on layers that cannot follow each other
+    if columns and shapes[-1][0] != 1:
+        raise ConfigError(
+            f"a line network's maps must be one row tall at its last layer, not {shapes[-1][0]}"
+        )
     return copy.deepcopy(result)
 
 

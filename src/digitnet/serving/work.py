@@ -32,12 +32,11 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
-import numpy as np
 
 from digitnet.serving.protocol import Predictor, RequestError, decode_b64, loads_json
 
 if TYPE_CHECKING:
-    from digitnet.inference.model import Model
+    from digitnet.inference.model import Model, ModelParts
     from digitnet.inference.predict import ImagePrediction
 
 log = logging.getLogger(__name__)
@@ -84,12 +83,7 @@ class WorkPool:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
                 # The parts, not the Model: a compiled model holds closures pickle cannot send.
-                initargs=(
-                    self.model.architecture,
-                    self.model.parameters,
-                    self.model.metadata,
-                    self.niceness,
-                ),
+                initargs=(self.model.parts(), self.niceness),
             )
         return self._executor
 
@@ -190,12 +184,7 @@ _predictor: Predictor | None = None
 _malloc_trim: Callable[[int], int] | None = None
 
 
-def _start_worker(
-    architecture: dict[str, Any],
-    parameters: dict[str, np.ndarray],
-    metadata: dict[str, Any],
-    niceness: int = WORK_NICENESS,
-) -> None:
+def _start_worker(parts: ModelParts, niceness: int = WORK_NICENESS) -> None:
     global _model, _predictor
     from digitnet.inference.model import Model
 
@@ -207,7 +196,7 @@ def _start_worker(
     import digitnet.inference.preprocess  # noqa: F401 - loaded before the first request
     import digitnet.inference.reading  # noqa: F401
 
-    _model = Model(architecture, parameters, metadata)
+    _model = Model.from_parts(parts)
     _predictor = Predictor(_model)
     _find_malloc_trim()
 

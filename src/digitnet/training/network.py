@@ -88,7 +88,8 @@ def forward_propagation(
     # The parameters' precision: float32 normally, float64 for gradient checks.
     output_dtype = tf.as_dtype(next(iter(parameters.values())).dtype)
     A = tf.cast(X, compute_dtype or output_dtype)
-    if len(architecture["input_shape"]) == 3:
+    if len(architecture["input_shape"]) == 3 and len(A.shape) != 4:
+        # Images come flat; a line network's lines come as maps, each batch its own width.
         A = tf.reshape(A, [-1, *architecture["input_shape"]])
     *hidden, last = architectures.bind_layers(architecture)
     for index, layer in enumerate(hidden):

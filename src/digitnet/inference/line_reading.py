@@ -1,0 +1,132 @@
+"""Reading a whole line at once: the line network's NumPy forward pass and its CTC decoding.
+
+The number reader's segmentation (``digitnet.inference.reading``) must cut touching and
+overlapping digits apart before its classifier sees them, and most of its misreadings are bad
+cuts. A line network reads the line's ink as it is: ``line_image`` scales the ink to
+``LINE_HEIGHT`` px, the network (``digitnet.models.architectures.line_architecture``) scores
+every 4 px column over the ten digits and CTC's blank, and ``decode`` takes the best symbol of
+each column, merges repeats and drops blanks (greedy CTC decoding). Each digit's box is the ink
+between the midpoints to its neighbours' columns.
+
+No TensorFlow here; ``digitnet.training.line_reader`` trains the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from digitnet.inference.model import LineNetwork
+from digitnet.models.architectures import LINE_HEIGHT, LINE_STRIDE
+
+__all__ = [
+    "LINE_INNER",
+    "LINE_PAD",
+    "LineDigit",
+    "LineImage",
+    "LineNetwork",
+    "decode",
+    "digit_columns",
+    "line_image",
+    "read_line",
+]
+
+LINE_INNER = 24
+"""The ink's height in a line image, px: 4 px of margin above and below."""
+LINE_PAD = 16
+"""Empty columns left of the ink in a line image (and at least as many right of it): output
+column ``t`` of the network is centred on input column ``LINE_STRIDE * t + LINE_PAD``, so on
+column ``LINE_STRIDE * t`` of the ink."""
+# Ink below this is background when the line image is cropped and its strokes measured.
+_INKED = 0.05
+# Strokes are scaled so that this percentile of their pixels is full ink (thin pens and pencil
+# come out faint), but never brightened more than 1 / _FAINTEST.
+_STROKE_LEVEL = 75
+_FAINTEST = 0.2
+BLANK = 10
+"""The symbol CTC's blank has: the last of the line network's 11 outputs."""
+
+
+@dataclass
+class LineImage:
+    """A line's ink ready for the line network: ``values`` (LINE_HEIGHT, width) float32 in
+    [0, 1], width a multiple of LINE_STRIDE; ink column ``c`` of the cropped ink is column
+    ``LINE_PAD + c * scale`` of it. ``left``, ``top``: where the crop starts in the ink
+    (px); ``scale``: line-image px per ink px; ``ink``: the cropped ink (h, w)."""
+
+    values: np.ndarray
+    left: int
+    top: int
+    scale: float
+    ink: np.ndarray
+
+
+def line_image(ink: np.ndarray) -> LineImage | None:
+    """The ink (h, w) float in [0, 1], white on black, cropped to its strokes and scaled to
+    LINE_INNER px tall in a LINE_HEIGHT-px line image; None when there is no ink."""
+    values = np.asarray(ink, np.float32)
+    rows = np.flatnonzero(values.max(axis=1) > _INKED)
+    cols = np.flatnonzero(values.max(axis=0) > _INKED)
+    if rows.size == 0:
+        return None
+    crop = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = LINE_INNER / crop.shape[0]
+    width = max(1, round(crop.shape[1] * scale))
+    # Reduced by area, enlarged bilinearly: neither leaves gaps in a stroke.
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    scaled = np.asarray(Image.fromarray(crop).resize((width, LINE_INNER), method), np.float32)
+    inked = scaled[scaled > _INKED]
+    if inked.size:
+        scaled = scaled / max(float(np.percentile(inked, _STROKE_LEVEL)), _FAINTEST)
+    total = -(-(width + 2 * LINE_PAD) // LINE_STRIDE) * LINE_STRIDE
+    out = np.zeros((LINE_HEIGHT, total), np.float32)
+    margin = (LINE_HEIGHT - LINE_INNER) // 2
+    out[margin : margin + LINE_INNER, LINE_PAD : LINE_PAD + width] = np.clip(scaled, 0.0, 1.0)
+    return LineImage(out, int(cols[0]), int(rows[0]), width / crop.shape[1], crop)
+
+
+@dataclass
+class LineDigit:
+    """A digit CTC decoding found: ``confidence`` its best column's probability, ``first``
+    and ``last`` the output columns where it was the best symbol (inclusive)."""
+
+    digit: int
+    confidence: float
+    first: int
+    last: int
+
+
+def decode(scores: np.ndarray) -> list[LineDigit]:
+    """Greedy CTC decoding of ``scores`` (columns, 11) probabilities, blank last: the best
+    symbol of each column, runs of one symbol merged, blanks dropped ("1-1" is 11, "11" is 1).
+    """
+    best = scores.argmax(axis=1)
+    digits: list[LineDigit] = []
+    previous = BLANK
+    for column, symbol in enumerate(best.tolist()):
+        if symbol != BLANK:
+            probability = float(scores[column, symbol])
+            if symbol == previous:
+                digits[-1].last = column
+                digits[-1].confidence = max(digits[-1].confidence, probability)
+            else:
+                digits.append(LineDigit(symbol, probability, column, column))
+        previous = symbol
+    return digits
+
+
+def digit_columns(digits: list[LineDigit], image: LineImage) -> list[tuple[int, int]]:
+    """Each digit's share of the cropped ink's columns, (start, stop): from the midpoint
+    between its columns and its left neighbour's to the midpoint with its right neighbour's
+    (the ink's ends for the first and last)."""
+    width = image.ink.shape[1]
+    centres = [(digit.first + digit.last) / 2 * LINE_STRIDE / image.scale for digit in digits]
+    edges = [0] + [round((a + b) / 2) for a, b in zip(centres, centres[1:])] + [width]
+    return [(min(max(a, 0), width), min(max(b, a + 1), width)) for a, b in zip(edges, edges[1:])]
+
+
+def read_line(network: LineNetwork, image: LineImage) -> list[LineDigit]:
+    """The digits ``network`` reads on a line image, left to right."""
+    return decode(network.scores(image.values))
