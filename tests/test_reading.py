@@ -26,6 +26,7 @@ class NearestNeighbours:
     cosine similarity, voting. ``predict_proba`` like digitnet's Model, 10 classes."""
 
     not_a_digit_class = None
+    line_network = None
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         flat = images.reshape(len(images), -1).astype(np.float32)

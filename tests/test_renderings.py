@@ -315,6 +315,7 @@ class TemplateModel:
     digitnet's Model."""
 
     not_a_digit_class = None
+    line_network = None
 
     def __init__(self, templates: np.ndarray):
         self.templates = templates.reshape(len(templates), -1).astype(np.float32)

@@ -95,6 +95,12 @@ def add_parser(
         type=float,
     )
     preset(
+        "line_steps",
+        "batches of 64 composed lines the line network, which reads whole numbers, trains on "
+        "after the classifier (0: none)",
+        type=int,
+    )
+    preset(
         "patience",
         "stop after this many epochs without validation improvement (0: never)",
         type=int,
@@ -203,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_size=args.calibration_size,
         patience=args.patience,
         non_digits=args.non_digits,
+        line_steps=args.line_steps,
         seed=args.seed,
         dry_run=args.dry_run,
         strategy=args.strategy,

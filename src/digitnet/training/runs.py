@@ -67,6 +67,7 @@ _CONSTRAINTS: dict[str, Constraint] = {
     "strategy": STRATEGIES,
     "devices": Interval(int, 1, None),
     "non_digits": Interval(float, 0, 10, note="0: digits only"),
+    "line_steps": Interval(int, 0, None, note="0: no line network"),
 }
 
 
@@ -98,6 +99,9 @@ class TrainConfig:
     # Non-digits composed per epoch, as a fraction of the training digits; above 0 the model
     # gets an eleventh output, "not a digit" (``digitnet.training.nondigits``).
     non_digits: float | None = None
+    # Batches the line network (``digitnet.training.line_reader``) trains on after the
+    # classifier; above 0 the model file carries it and reads numbers with it.
+    line_steps: int | None = None
 
     def resolved(self) -> ResolvedConfig:
         """A copy with every default filled in from the model's preset, checked."""
@@ -156,6 +160,7 @@ class ResolvedConfig(TrainConfig):
     patience: int
     precision: str
     non_digits: float
+    line_steps: int
 
     def __post_init__(self) -> None:
         unset = [
@@ -290,7 +295,7 @@ def load_data(
 
 # Where a run trains may change when it resumes (a bigger machine, more workers): the
 # strategy only changes how each global batch's gradient is summed.
-_NOT_COMPARED = ("dry_run", "strategy", "devices")
+_NOT_COMPARED = ("dry_run", "strategy", "devices", "line_steps")
 
 
 def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
@@ -495,6 +500,8 @@ def train_and_evaluate(
             )
         model = calibrate(model, X_held, labels_held, held_out)
         log(describe_calibration(model))
+    if config.line_steps and chief:
+        model = _with_line_network(model, config, X_train, y_train, log)
     if save_model_path is not None and chief:
         from digitnet.inference.modelfile import save_model
 
@@ -503,6 +510,39 @@ def train_and_evaluate(
     elif save_model_path is not None:
         log("The chief saves the model")
     return TrainResult(model, state.history, metrics)
+
+
+def _with_line_network(
+    model: Model,
+    config: ResolvedConfig,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    log: Callable[[str], None],
+) -> Model:
+    """``model`` with a line network trained on lines composed from the training digits (the
+    training split only: the validation and test digits never appear in them)."""
+    from digitnet.training.line_reader import (
+        DRY_RUN_LINES,
+        DRY_RUN_STEPS,
+        POOL_LINES,
+        compose_lines,
+        train_line_network,
+    )
+
+    started = time.perf_counter()
+    n_lines = DRY_RUN_LINES if config.dry_run else POOL_LINES
+    steps = min(config.line_steps, DRY_RUN_STEPS) if config.dry_run else config.line_steps
+    pool = compose_lines(X_train, y_train.argmax(axis=1), n_lines, config.seed)
+    log(f"line network: composed {n_lines:,} lines in {time.perf_counter() - started:.0f} s")
+    network = train_line_network(
+        pool,
+        steps=steps,
+        seed=config.seed,
+        compute_dtype=compute_dtype(config.precision),
+        log=log,
+    )
+    metrics = {**model.metadata["metrics"], "line_seconds": time.perf_counter() - started}
+    return model.with_metadata(metrics=metrics).with_line_network(network)
 
 
 # oneDNN instruction sets without bfloat16 arithmetic units: with ONEDNN_MAX_CPU_ISA capped to
