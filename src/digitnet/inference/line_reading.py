@@ -124,7 +124,13 @@ def digit_columns(digits: list[LineDigit], image: LineImage) -> list[tuple[int, 
     width = image.ink.shape[1]
     centres = [(digit.first + digit.last) / 2 * LINE_STRIDE / image.scale for digit in digits]
     edges = [0] + [round((a + b) / 2) for a, b in zip(centres, centres[1:])] + [width]
-    return [(min(max(a, 0), width), min(max(b, a + 1), width)) for a, b in zip(edges, edges[1:])]
+    shares = []
+    for a, b in zip(edges, edges[1:]):
+        # A digit the network places past the ink's end (in the line image's margin) still
+        # gets the ink's last column.
+        start = min(max(a, 0), width - 1)
+        shares.append((start, min(max(b, start + 1), width)))
+    return shares
 
 
 def read_line(network: LineNetwork, image: LineImage) -> list[LineDigit]:
