@@ -98,7 +98,7 @@ def test_every_model_has_a_preset_that_passes_the_checks():
 
 
 def test_preset_defaults_group_models_that_agree():
-    assert preset_defaults("epochs") == "20 for seed; 30 for mlp, cnn; 16 for reader"
+    assert preset_defaults("epochs") == "20 for seed; 30 for mlp, cnn; 12 for reader"
     assert preset_defaults("augment") == "off for seed; on for mlp, cnn, reader"
     assert preset_defaults("precision") == "auto"
 
@@ -146,7 +146,7 @@ def test_command_line_choices_are_the_lists():
             assert train.parse_args([flag, value]) is not None
     with pytest.raises(SystemExit):
         train.parse_args(["--cost", "hinge"])
-    assert "20 for seed; 30 for mlp, cnn; 16 for reader" in " ".join(train.format_help().split())
+    assert "20 for seed; 30 for mlp, cnn; 12 for reader" in " ".join(train.format_help().split())
 
 
 def test_data_and_network_checks_use_the_lists():
