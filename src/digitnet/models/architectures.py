@@ -105,6 +105,23 @@ def mlp_architecture(
     )
 
 
+def _conv_bn(filters: int, kernel: int, stride: int, padding: str) -> list[dict[str, Any]]:
+    """A convolution without bias, then batch normalisation and ReLU (the bias would only be
+    cancelled by the normalisation)."""
+    return [
+        {
+            "type": "conv",
+            "filters": filters,
+            "kernel": kernel,
+            "stride": stride,
+            "padding": padding,
+            "activation": "linear",
+            "use_bias": False,
+        },
+        {"type": "batchnorm", "activation": "relu"},
+    ]
+
+
 def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> Architecture:
     """A batch-normalised convolutional network (about 0.3 M parameters).
 
@@ -116,18 +133,7 @@ def cnn_architecture(dropout: float | None = None, n_classes: int = 10) -> Archi
     def conv_bn(
         filters: int, kernel: int = 3, stride: int = 1, padding: str = "valid"
     ) -> list[dict[str, Any]]:
-        return [
-            {
-                "type": "conv",
-                "filters": filters,
-                "kernel": kernel,
-                "stride": stride,
-                "padding": padding,
-                "activation": "linear",
-                "use_bias": False,
-            },
-            {"type": "batchnorm", "activation": "relu"},
-        ]
+        return _conv_bn(filters, kernel, stride, padding)
 
     layers = (
         conv_bn(32)
@@ -168,17 +174,7 @@ def line_architecture(n_symbols: int = 11, dropout: float = 0.2) -> Architecture
     """
 
     def conv_bn(filters: int, kernel: int = 3, padding: str = "same") -> list[dict[str, Any]]:
-        return [
-            {
-                "type": "conv",
-                "filters": filters,
-                "kernel": kernel,
-                "padding": padding,
-                "activation": "linear",
-                "use_bias": False,
-            },
-            {"type": "batchnorm", "activation": "relu"},
-        ]
+        return _conv_bn(filters, kernel, 1, padding)
 
     layers = (
         conv_bn(16)
