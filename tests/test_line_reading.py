@@ -15,6 +15,7 @@ from digitnet.inference.line_reading import (
     BLANK,
     LINE_INNER,
     LINE_PAD,
+    MAX_LINE_WIDTH,
     LineNetwork,
     decode,
     digit_columns,
@@ -132,6 +133,20 @@ def test_line_images_hold_the_ink_at_the_inner_height():
     assert (image.left, image.top) == (30, 10)
     assert image.scale == pytest.approx(LINE_INNER / 40, rel=0.02)
     assert line_image(np.zeros((20, 20), np.float32)) is None
+
+
+def test_ink_far_longer_than_tall_is_no_line_image():
+    # A 3,000-px hairline would make a line image of 72,000 columns.
+    hairline = np.zeros((40, 3000), np.float32)
+    hairline[20, 10:2990] = 1.0
+    assert line_image(hairline) is None
+    # Ink 20 px tall becomes 24 px tall: 1,000 px long is the longest line image.
+    at_the_limit = np.zeros((30, 1020), np.float32)
+    at_the_limit[5:25, 10:1010] = 1.0
+    image = line_image(at_the_limit)
+    assert image is not None and image.values.shape[1] == MAX_LINE_WIDTH + 2 * LINE_PAD
+    at_the_limit[5:25, 1010:1012] = 1.0
+    assert line_image(at_the_limit) is None
 
 
 def test_each_digit_gets_the_ink_between_its_neighbours():

@@ -24,6 +24,7 @@ from digitnet.models.architectures import LINE_HEIGHT, LINE_STRIDE
 __all__ = [
     "LINE_INNER",
     "LINE_PAD",
+    "MAX_LINE_WIDTH",
     "LineDigit",
     "LineImage",
     "LineNetwork",
@@ -39,6 +40,10 @@ LINE_PAD = 16
 """Empty columns left of the ink in a line image (and at least as many right of it): output
 column ``t`` of the network is centred on input column ``LINE_STRIDE * t + LINE_PAD``, so on
 column ``LINE_STRIDE * t`` of the ink."""
+MAX_LINE_WIDTH = 50 * LINE_INNER
+"""Ink more than 50 times as long as tall is not a line image: 12 digits with wide gaps
+are about 15 heights long, and a hairline 3,000 px long would otherwise become a line image
+of 72,000 columns (gigabytes in the first convolutions)."""
 # Ink below this is background when the line image is cropped and its strokes measured.
 _INKED = 0.05
 # Strokes are scaled so that this percentile of their pixels is full ink (thin pens and pencil
@@ -65,7 +70,8 @@ class LineImage:
 
 def line_image(ink: np.ndarray) -> LineImage | None:
     """The ink (h, w) float in [0, 1], white on black, cropped to its strokes and scaled to
-    LINE_INNER px tall in a LINE_HEIGHT-px line image; None when there is no ink."""
+    LINE_INNER px tall in a LINE_HEIGHT-px line image; None when there is no ink or it would
+    be wider than MAX_LINE_WIDTH."""
     values = np.asarray(ink, np.float32)
     rows = np.flatnonzero(values.max(axis=1) > _INKED)
     cols = np.flatnonzero(values.max(axis=0) > _INKED)
@@ -74,6 +80,8 @@ def line_image(ink: np.ndarray) -> LineImage | None:
     crop = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     scale = LINE_INNER / crop.shape[0]
     width = max(1, round(crop.shape[1] * scale))
+    if width > MAX_LINE_WIDTH:
+        return None
     # Reduced by area, enlarged bilinearly: neither leaves gaps in a stroke.
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     scaled = np.asarray(Image.fromarray(crop).resize((width, LINE_INNER), method), np.float32)
