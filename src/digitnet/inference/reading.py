@@ -11,6 +11,10 @@ width, and a cost for every cut through ink. With a model that has a "not a digi
 span answered "not a digit" is a bad segment, and ink that cannot be read as digits at all is
 refused.
 
+A model with a line network (``digitnet.inference.line_reading``; the reader's files) then
+reads the line it did not refuse as a whole: touching and overlapping digits need no cut, and
+the segmentation's partition is used only when the line network reads no digits or too many.
+
 No TensorFlow here.
 """
 
