@@ -1,4 +1,4 @@
-"""Reading a whole line at once: the line network's NumPy forward pass and its CTC decoding.
+"""Reading a whole line at once: the line network's input and its CTC decoding.
 
 The number reader's segmentation (``digitnet.inference.reading``) must cut touching and
 overlapping digits apart before its classifier sees them, and most of its misreadings are bad
@@ -8,7 +8,8 @@ every 4 px column over the ten digits and CTC's blank, and ``decode`` takes the 
 each column, merges repeats and drops blanks (greedy CTC decoding). Each digit's box is the ink
 between the midpoints to its neighbours' columns.
 
-No TensorFlow here; ``digitnet.training.line_reader`` trains the network.
+No TensorFlow here: the network's NumPy pass is ``digitnet.inference.model.LineNetwork``,
+and ``digitnet.training.line_reader`` trains it.
 """
 
 from __future__ import annotations

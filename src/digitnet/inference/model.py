@@ -550,10 +550,6 @@ class LineNetwork:
         self.parameters = checked_parameters(self.architecture, self.parameters)
         self._steps = fuse_steps(compile_steps(self.architecture, self.parameters))
 
-    @property
-    def n_symbols(self) -> int:
-        return int(self.architecture["layers"][-1]["filters"])
-
     def scores(self, values: np.ndarray) -> np.ndarray:
         """Column scores for a line image's ``values`` (LINE_HEIGHT, width), width a multiple
         of LINE_STRIDE and at least LINE_STRIDE * (LINE_CONTEXT + 1): (width / LINE_STRIDE -
