@@ -553,7 +553,7 @@ class LineNetwork:
     def scores(self, values: np.ndarray) -> np.ndarray:
         """Column scores for a line image's ``values`` (LINE_HEIGHT, width), width a multiple
         of LINE_STRIDE and at least LINE_STRIDE * (LINE_CONTEXT + 1): (width / LINE_STRIDE -
-        LINE_CONTEXT, n_symbols) float32 probabilities."""
+        LINE_CONTEXT, symbols) float32 probabilities (11 for the reader: ten digits, blank)."""
         height, width = values.shape
         if height != LINE_HEIGHT or width % LINE_STRIDE or width < LINE_STRIDE * (LINE_CONTEXT + 1):
             raise ConfigError(
