@@ -30,6 +30,7 @@ __all__ = [
     "LineImage",
     "LineNetwork",
     "decode",
+    "digit_boxes",
     "digit_columns",
     "line_image",
     "read_line",
@@ -140,6 +141,24 @@ def digit_columns(digits: list[LineDigit], image: LineImage) -> list[tuple[int, 
         start = min(max(a, 0), width - 1)
         shares.append((start, min(max(b, start + 1), width)))
     return shares
+
+
+def digit_boxes(digits: list[LineDigit], image: LineImage) -> list[tuple[int, int, int, int]]:
+    """Each digit's box (top, left, bottom, right) in the ink ``line_image`` was made from,
+    bottom and right exclusive: its share of the columns (``digit_columns``) trimmed to the
+    ink in it, or the whole share where it holds none."""
+    boxes = []
+    for start, stop in digit_columns(digits, image):
+        share = image.ink[:, start:stop]
+        rows = np.flatnonzero(share.max(axis=1) > _INKED)
+        cols = np.flatnonzero(share.max(axis=0) > _INKED)
+        if rows.size == 0:
+            top, bottom, left, right = 0, share.shape[0], start, stop
+        else:
+            top, bottom = int(rows[0]), int(rows[-1]) + 1
+            left, right = start + int(cols[0]), start + int(cols[-1]) + 1
+        boxes.append((image.top + top, image.left + left, image.top + bottom, image.left + right))
+    return boxes
 
 
 def read_line(network: LineNetwork, image: LineImage) -> list[LineDigit]:

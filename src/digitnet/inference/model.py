@@ -561,8 +561,11 @@ class LineNetwork:
                 f"wide, at least {LINE_STRIDE * (LINE_CONTEXT + 1)}; got {height}x{width}"
             )
         maps = np.ascontiguousarray(values, np.float32).reshape(1, height, width, 1)
-        for step in self._steps:
-            maps = step(maps, None)
+        # Every line is far above the size where OpenBLAS would start its spinning threads:
+        # held at one, as Model.forward holds it.
+        with _one_blas_thread:
+            for step in self._steps:
+                maps = step(maps, None)
         return np.asarray(maps[0, 0])
 
 

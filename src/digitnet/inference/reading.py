@@ -29,7 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.errors import ConfigError, NoDigitFound
-from digitnet.inference.line_reading import LineNetwork, digit_columns, line_image, read_line
+from digitnet.inference.line_reading import LineNetwork, digit_boxes, line_image, read_line
 from digitnet.inference.preprocess import (
     MNIST_SIDE,
     ImageInput,
@@ -81,8 +81,6 @@ _MAX_SPAN_WIDTH = 1.5
 _MAX_SPAN_PIECES = 10
 # Bound on the spans classified for one image (memory: 3 KB each; time: about 1 ms each).
 _MAX_SPANS = 600
-# Ink below this is background when a digit's box is fitted around its share of a line.
-_INKED = 0.05
 # Floor under probabilities before taking logs.
 _EPS = 1e-6
 
@@ -405,8 +403,7 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
                 ink_map.to_image_box(span.top, span.left, span.bottom, span.right),
             )
         )
-    confidence = float(np.prod([reading.confidence for reading in readings]))
-    return NumberReading("".join(str(r.digit) for r in readings), confidence, readings)
+    return _number(readings)
 
 
 def _read_line(network: LineNetwork, ink_map: InkMap, max_digits: int) -> NumberReading | None:
@@ -418,20 +415,16 @@ def _read_line(network: LineNetwork, ink_map: InkMap, max_digits: int) -> Number
     found = read_line(network, image)
     if not 1 <= len(found) <= max_digits:
         return None
-    readings = []
-    for digit, (start, stop) in zip(found, digit_columns(found, image)):
-        share = image.ink[:, start:stop]
-        rows = np.flatnonzero(share.max(axis=1) > _INKED)
-        cols = np.flatnonzero(share.max(axis=0) > _INKED)
-        if rows.size == 0:
-            top, bottom, left, right = 0, share.shape[0], start, stop
-        else:
-            top, bottom = int(rows[0]), int(rows[-1]) + 1
-            left, right = start + int(cols[0]), start + int(cols[-1]) + 1
-        box = ink_map.to_image_box(
-            image.top + top, image.left + left, image.top + bottom, image.left + right
-        )
-        readings.append(DigitReading(digit.digit, digit.confidence, box))
+    return _number(
+        [
+            DigitReading(digit.digit, digit.confidence, ink_map.to_image_box(*box))
+            for digit, box in zip(found, digit_boxes(found, image))
+        ]
+    )
+
+
+def _number(readings: list[DigitReading]) -> NumberReading:
+    """The number its digits spell, as sure as the product of their confidences."""
     confidence = float(np.prod([reading.confidence for reading in readings]))
     return NumberReading("".join(str(r.digit) for r in readings), confidence, readings)
 
