@@ -25,6 +25,7 @@ from digitnet.inference.preprocess import (
     BOX_SIDE,
     CENTRE,
     MAX_PIXELS,
+    find_ink,
     preprocess_image,
     read_grey,
 )
@@ -745,6 +746,19 @@ def test_digits_cropped_to_touch_the_edges_are_read(shape, sides):
     out = preprocess_image(cropped)
     assert_mnist_geometry(out)
     assert aligned_correlation(out, reference) > 0.9
+
+
+@pytest.mark.parametrize("height", [19, 40, 120])
+@pytest.mark.parametrize("order", [("seven", "zero", "one"), ("one", "zero", "seven")])
+def test_a_one_at_either_end_of_a_tight_number_is_not_a_page_edge(height, order):
+    # A 1 at the end of a number cropped to its strokes (a form field, a small scan) is a thin
+    # band along the side, as tall as the image, like a page edge.
+    digits = [np.asarray(draw_digit(shape, size=200, width=18)) for shape in order]
+    line = _crop(Image.fromarray(np.concatenate(digits, axis=1)), "tblr")
+    width = round(line.shape[1] * height / line.shape[0])
+    small = np.asarray(Image.fromarray(line).resize((width, height), Image.Resampling.BOX))
+    found = find_ink(small, line=True)
+    assert found.ink.shape[1] >= 0.95 * width
 
 
 @pytest.mark.parametrize("side", [12, 16, 20, 24])

@@ -1338,6 +1338,19 @@ def _digit_components(
 
     order = [int(i) for i in np.argsort(-masses)]
     edges = {i for i in order if is_edge(i)}
+
+    def spans(index: int, axis: int) -> bool:
+        box = boxes[index]
+        return box[axis].stop - box[axis].start >= 0.9 * candidates.shape[axis]
+
+    # A number cropped tight (a form field, a small scan) has every digit spanning the image's
+    # height, and a 1 at either end is then a thin band along the side like a page edge. A
+    # real edge lies beside the digits; it is a stroke when another component of weight
+    # spans the image the same way.
+    weighty = [i for i in order if i not in edges and masses[i] >= _SPECK_FRACTION * masses.max()]
+    for axis in (0, 1):
+        if any(spans(i, axis) for i in weighty):
+            edges = {i for i in edges if not spans(i, axis)}
     if len(edges) < len(order):
         order = [i for i in order if i not in edges]
     largest = order[0]
