@@ -26,7 +26,7 @@ from digitnet.models.layers import (
     fold_batchnorm,
     register,
 )
-from digitnet.models.presets import PRESETS, preset_defaults
+from digitnet.models.presets import FLOAT32_PRESETS, PRESETS, preset_defaults
 
 # --------------------------------------------------------------------------------------------
 # Constraints
@@ -87,18 +87,39 @@ def test_check_names_the_setting_the_allowed_values_and_the_value():
 # Presets and everything that derives from the lists
 
 
-def test_every_model_has_a_preset_that_passes_the_checks():
-    from digitnet.training.runs import TrainConfig
+def test_every_model_has_a_preset_that_passes_the_checks(monkeypatch):
+    from digitnet.training import runs
 
+    # As on a CPU with bfloat16 units, where no float32 budget applies.
+    monkeypatch.setattr(runs, "bfloat16_is_fast", lambda: True)
     assert list(PRESETS) == list(choices.MODEL_NAMES)
     for name in choices.MODEL_NAMES:
-        resolved = TrainConfig(model=name).resolved()
+        resolved = runs.TrainConfig(model=name).resolved()
         for setting, value in PRESETS[name].items():
             assert getattr(resolved, setting) == value
 
 
+def test_training_in_float32_takes_the_smaller_budget_unless_told(monkeypatch):
+    from digitnet.training import runs
+
+    monkeypatch.setattr(runs, "bfloat16_is_fast", lambda: False)
+    assert set(FLOAT32_PRESETS) <= set(PRESETS)
+    for name, budget in FLOAT32_PRESETS.items():
+        plain = runs.TrainConfig(model=name).resolved()
+        explicit = runs.TrainConfig(model=name, precision="float32").resolved()
+        for setting, value in budget.items():
+            assert getattr(plain, setting) == getattr(explicit, setting) == value
+            assert value < PRESETS[name][setting]
+        told = runs.TrainConfig(model=name, epochs=3, line_steps=7).resolved()
+        assert (told.epochs, told.line_steps) == (3, 7)
+    # Models without a float32 budget keep their preset.
+    assert runs.TrainConfig(model="cnn", precision="float32").resolved().epochs == 30
+
+
 def test_preset_defaults_group_models_that_agree():
-    assert preset_defaults("epochs") == "20 for seed; 30 for mlp, cnn; 12 for reader"
+    assert preset_defaults("epochs") == (
+        "20 for seed; 30 for mlp, cnn; 12 (5 when training in float32) for reader"
+    )
     assert preset_defaults("augment") == "off for seed; on for mlp, cnn, reader"
     assert preset_defaults("precision") == "auto"
 
@@ -146,7 +167,9 @@ def test_command_line_choices_are_the_lists():
             assert train.parse_args([flag, value]) is not None
     with pytest.raises(SystemExit):
         train.parse_args(["--cost", "hinge"])
-    assert "20 for seed; 30 for mlp, cnn; 12 for reader" in " ".join(train.format_help().split())
+    assert "30 for mlp, cnn; 12 (5 when training in float32) for reader" in " ".join(
+        train.format_help().split()
+    )
 
 
 def test_data_and_network_checks_use_the_lists():

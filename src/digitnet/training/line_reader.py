@@ -194,11 +194,15 @@ def train_line_network(
                 tf.constant(pool.lengths[members]),
                 tf.constant([done, seed], tf.int32),
             )
-            losses.append(float(loss))
+            # Kept as tensors: reading each loss back would wait for its step to finish
+            # before the next batch is prepared.
+            losses.append(loss)
             done += 1
             if done % 500 == 0 or done == steps:
+                mean_loss = float(tf.reduce_mean(tf.stack(losses)))
+                losses.clear()
                 log(
-                    f"line network: step {done}/{steps}, CTC loss {np.mean(losses[-500:]):.3f}, "
+                    f"line network: step {done}/{steps}, CTC loss {mean_loss:.3f}, "
                     f"{time.perf_counter() - start:.0f} s"
                 )
             if done == steps:

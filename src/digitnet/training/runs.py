@@ -40,7 +40,7 @@ from digitnet.models.choices import (
     check,
 )
 from digitnet.models.classes import READER_CLASSES
-from digitnet.models.presets import PRESETS
+from digitnet.models.presets import FLOAT32_PRESETS, PRESETS
 
 if TYPE_CHECKING:  # the engine imports TensorFlow: only inside train_and_evaluate at run time
     from digitnet.training.engine import Fitter
@@ -111,6 +111,10 @@ class TrainConfig:
         for name, default in PRESETS[self.model].items():
             if values[name] is None:
                 values[name] = default
+        if self.model in FLOAT32_PRESETS and compute_dtype(values["precision"]) is None:
+            for name, default in FLOAT32_PRESETS[self.model].items():
+                if getattr(self, name) is None:
+                    values[name] = default
         return ResolvedConfig(**values)
 
     def validate(self) -> None:
