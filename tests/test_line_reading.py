@@ -135,6 +135,47 @@ def test_line_images_hold_the_ink_at_the_inner_height():
     assert line_image(np.zeros((20, 20), np.float32)) is None
 
 
+def _boxes_line(n: int, angle: float) -> np.ndarray:
+    """``n`` digit-sized rings (20 px tall, 14 wide, 6 apart) on one line, turned by
+    ``angle`` degrees (counter-clockwise: the line runs uphill)."""
+    from PIL import Image
+
+    line = np.zeros((30, 20 * n + 10), np.float32)
+    for k in range(n):
+        left = 5 + 20 * k
+        line[5:25, left : left + 14] = 1.0
+        line[8:22, left + 3 : left + 11] = 0.0
+    turned = Image.fromarray(line).rotate(angle, Image.Resampling.BILINEAR, expand=True)
+    return np.asarray(turned, np.float32)
+
+
+@pytest.mark.parametrize("angle", [-10.0, -5.0, 5.0, 10.0])
+def test_a_line_written_uphill_or_downhill_is_levelled(angle):
+    image = line_image(_boxes_line(8, angle))
+    assert image is not None
+    # Each ring keeps most of the line image's inner height instead of a third of it, and
+    # the columns still map onto the ink's (the ink is as wide as the crop says).
+    first = image.values[:, LINE_PAD : LINE_PAD + round(14 * image.scale)]
+    rows = np.flatnonzero(first.max(axis=1) > 0.5)
+    assert rows[-1] + 1 - rows[0] >= 0.8 * LINE_INNER
+    assert (
+        image.values.shape[1]
+        == -(-(round(image.ink.shape[1] * image.scale) + 2 * LINE_PAD) // LINE_STRIDE) * LINE_STRIDE
+    )
+
+
+def test_a_level_line_and_a_lone_slanted_digit_are_left_as_they_are():
+    from digitnet.inference.line_reading import _levelled
+
+    level = _boxes_line(8, 0.0)
+    assert _levelled(level) is level
+    # A lone slanted stroke packs its rows closest when sheared flat: it is no line.
+    stroke = np.zeros((28, 28), np.float32)
+    for row in range(4, 24):
+        stroke[row, 18 - row // 2 : 21 - row // 2] = 1.0
+    assert _levelled(stroke) is stroke
+
+
 def test_ink_far_longer_than_tall_is_no_line_image():
     # A 3,000-px hairline would make a line image of 72,000 columns.
     hairline = np.zeros((40, 3000), np.float32)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from digitnet.inference.model import LineNetwork
 from digitnet.models.architectures import LINE_HEIGHT, LINE_STRIDE
@@ -80,13 +81,14 @@ def line_image(ink: np.ndarray) -> LineImage | None:
     if rows.size == 0:
         return None
     crop = values[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    scale = LINE_INNER / crop.shape[0]
-    width = max(1, round(crop.shape[1] * scale))
+    level = _levelled(crop)
+    scale = LINE_INNER / level.shape[0]
+    width = max(1, round(level.shape[1] * scale))
     if width > MAX_LINE_WIDTH:
         return None
     # Reduced by area, enlarged bilinearly: neither leaves gaps in a stroke.
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    scaled = np.asarray(Image.fromarray(crop).resize((width, LINE_INNER), method), np.float32)
+    scaled = np.asarray(Image.fromarray(level).resize((width, LINE_INNER), method), np.float32)
     inked = scaled[scaled > _INKED]
     if inked.size:
         scaled = scaled / max(float(np.percentile(inked, _STROKE_LEVEL)), _FAINTEST)
@@ -95,6 +97,55 @@ def line_image(ink: np.ndarray) -> LineImage | None:
     margin = (LINE_HEIGHT - LINE_INNER) // 2
     out[margin : margin + LINE_INNER, LINE_PAD : LINE_PAD + width] = np.clip(scaled, 0.0, 1.0)
     return LineImage(out, int(cols[0]), int(rows[0]), width / crop.shape[1], crop)
+
+
+# A line is levelled when it is at least this many times as long as tall (a lone digit's own
+# slant must not be taken for the line's), tilted between these slopes (about 2 and 15
+# degrees), and comes out at most _LEVELLED_HEIGHT of its height.
+_LEVEL_ASPECT = 2.0
+_LEVEL_SLOPES = np.tan(np.radians(np.arange(-15.0, 15.5, 0.5)))
+_MIN_SLOPE = np.tan(np.radians(1.75))
+_LEVELLED_HEIGHT = 0.85
+
+
+def _levelled(crop: np.ndarray) -> np.ndarray:
+    """``crop`` (h, w), ink cropped to its strokes, with a tilted or drifting line brought
+    level by shifting each column up or down (a vertical shear): (h', w), the same columns.
+
+    A number written uphill fills a box much taller than its digits, and scaled to
+    LINE_INNER px its digits come out small (8 digits tilted by 10 degrees: a third of
+    LINE_INNER). Columns keep their places, so digit boxes still fall on the ink's columns.
+    The slope is the one that packs the ink's rows closest (least weighted spread).
+    """
+    height, width = crop.shape
+    if width < _LEVEL_ASPECT * height:
+        return crop
+    ys, xs = np.nonzero(crop > _INKED)
+    # A few thousand pixels measure a slope as well as all of them.
+    step = max(1, len(ys) // 4000)
+    ys, xs = ys[::step].astype(np.float64), xs[::step].astype(np.float64)
+    weights = crop[ys.astype(int), xs.astype(int)].astype(np.float64)
+    xs -= np.average(xs, weights=weights)
+    shifted = ys[None, :] - _LEVEL_SLOPES[:, None] * xs[None, :]
+    means = shifted @ weights / weights.sum()
+    spreads = ((shifted - means[:, None]) ** 2) @ weights
+    slope = float(_LEVEL_SLOPES[int(np.argmin(spreads))])
+    if abs(slope) < _MIN_SLOPE:
+        return crop
+    # Output (r, c) reads input (r + slope * (c - width / 2) - pad, c): pad rows above and
+    # below hold the column shifts.
+    pad = abs(slope) * width / 2
+    levelled = ndimage.affine_transform(
+        crop,
+        np.array([[1.0, slope], [0.0, 1.0]]),
+        offset=(-slope * width / 2 - pad, 0.0),
+        output_shape=(int(np.ceil(height + 2 * pad)), width),
+        order=1,
+    )
+    rows = np.flatnonzero(levelled.max(axis=1) > _INKED)
+    if rows.size == 0 or rows[-1] + 1 - rows[0] > _LEVELLED_HEIGHT * height:
+        return crop
+    return np.ascontiguousarray(levelled[rows[0] : rows[-1] + 1], np.float32)
 
 
 @dataclass

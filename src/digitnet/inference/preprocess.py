@@ -1340,8 +1340,8 @@ def _digit_components(
     edges = {i for i in order if is_edge(i)}
 
     def spans(index: int, axis: int) -> bool:
-        box = boxes[index]
-        return box[axis].stop - box[axis].start >= 0.9 * candidates.shape[axis]
+        extent: int = boxes[index][axis].stop - boxes[index][axis].start
+        return extent >= 0.9 * candidates.shape[axis]
 
     # A number cropped tight (a form field, a small scan) has every digit spanning the image's
     # height, and a 1 at either end is then a thin band along the side like a page edge. A
