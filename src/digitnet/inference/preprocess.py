@@ -1341,7 +1341,7 @@ def _digit_components(
 
     def spans(index: int, axis: int) -> bool:
         extent: int = boxes[index][axis].stop - boxes[index][axis].start
-        return extent >= 0.9 * candidates.shape[axis]
+        return bool(extent >= 0.9 * candidates.shape[axis])
 
     # A number cropped tight (a form field, a small scan) has every digit spanning the image's
     # height, and a 1 at either end is then a thin band along the side like a page edge. A
