@@ -207,3 +207,37 @@ def test_a_file_that_kills_its_work_process_is_answered_with_an_error_in_its_pla
     assert [answer.error for answer in answers] == [None, None, batch.WORKER_DIED, None, None, None]
     assert [answer.digit for answer in answers] == [1, 1, None, 1, 1, 1]
     assert len(pools) == 3  # one new pool after the first break, one after c.png broke it
+
+
+class _RefusingWhenBroken(_BrokenOn):
+    """A stand-in pool that, once broken, refuses new work as ProcessPoolExecutor does."""
+
+    def submit(self, function: object, chunk: list[object], keep_images: bool) -> Future[object]:
+        if self.shut:
+            raise BrokenProcessPool("a child process terminated abruptly")
+        return super().submit(function, chunk, keep_images)
+
+
+def test_a_chunk_submitted_after_a_work_process_died_is_still_answered(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A work process can die between two submissions: the pool then refuses the next chunk
+    # outright, before any answer has told the run that it broke.
+    from digitnet.inference import batch
+    from digitnet.inference.modelfile import load_model
+
+    pools: list[_RefusingWhenBroken] = []
+
+    def start(self: object) -> _RefusingWhenBroken:
+        pools.append(_RefusingWhenBroken("none of these"))
+        return pools[-1]
+
+    monkeypatch.setattr(batch._Workers, "_start", start)
+    workers = batch._Workers(load_model(model), 2)
+    first = workers.submit(["a.png", "b.png"], False)
+    pools[0].shutdown()
+    second = workers.submit(["c.png", "d.png"], False)
+    answers = workers.answers(first, False) + workers.answers(second, False)
+    assert [answer.file for answer in answers] == [f"{name}.png" for name in "abcd"]
+    assert [answer.digit for answer in answers] == [1, 1, 1, 1]
+    assert len(pools) == 2

@@ -112,7 +112,15 @@ class _Workers:
             self.pool = self._start()
 
     def submit(self, chunk: list[_Item], keep_images: bool) -> _Submitted:
-        return chunk, self.pool, self.pool.submit(_work, chunk, keep_images)
+        pool = self.pool
+        try:
+            future = pool.submit(_work, chunk, keep_images)
+        except BrokenProcessPool as error:
+            # A work process died since the last answer was taken: the chunk is handled as
+            # the chunks the broken pool held are, when its answer is asked for.
+            future = Future()
+            future.set_exception(error)
+        return chunk, pool, future
 
     def answers(self, submitted: _Submitted, keep_images: bool) -> list[ImagePrediction]:
         chunk, pool, future = submitted
