@@ -176,17 +176,23 @@ def test_one_image_holds_blas_at_one_thread_only_when_blas_would_thread(
     """OpenBLAS threads products above its threshold (the mlp's and cnn's layers, not the
     seed network's): one image runs with BLAS at one thread, then BLAS has its threads back."""
     pytest.importorskip("threadpoolctl")
+    from digitnet.inference import model as model_module
 
     model, _ = bfloat16_models[name]
     before = blas_threads()
     seen = []
-    forward_block = model._forward_block
+    forward_block, dense_forward = model._forward_block, model_module._dense_forward
 
     def recording(values):
         seen.append(blas_threads())
         return forward_block(values)
 
+    def recording_dense(values, layers):  # a dense stack's one image goes straight here
+        seen.append(blas_threads())
+        return dense_forward(values, layers)
+
     monkeypatch.setattr(model, "_forward_block", recording)
+    monkeypatch.setattr(model_module, "_dense_forward", recording_dense)
     expected = model.forward(mnist_like[:2], block_rows=1)  # blocks: the pool's own hold
     np.testing.assert_allclose(model.forward(mnist_like[:1]), expected[:1], rtol=1e-5, atol=1e-6)
     assert seen[-1] == ([1] * len(before) if held else before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from digitnet.errors import ConfigError
 from digitnet.inference.model import Model
 from digitnet.models import architectures, choices
-from digitnet.models.activations import ACTIVATION_FUNCTIONS, activation
+from digitnet.models.activations import ACTIVATION_FUNCTIONS, activation, zero_row
 from digitnet.models.choices import Boolean, Interval, Options
 from digitnet.models.layers import (
     LAYER_TYPES,
@@ -200,13 +201,48 @@ def test_the_model_description_imports_no_tensorflow_training_or_inference():
     assert result.stdout.strip() == "[]"
 
 
-def test_every_activation_has_numpy_forms_that_agree_bit_for_bit():
+@pytest.mark.parametrize("rows", [6, 1])
+def test_every_activation_has_numpy_forms_that_agree_bit_for_bit(rows):
     assert list(ACTIVATION_FUNCTIONS) == list(choices.ACTIVATIONS)
-    values = np.random.default_rng(0).normal(0, 3, (6, 10)).astype(np.float32)
+    values = np.random.default_rng(0).normal(0, 3, (rows, 10)).astype(np.float32)
     for function in ACTIVATION_FUNCTIONS.values():
         copied, in_place = values.copy(), values.copy()
         function.numpy_in_place(in_place)
         assert np.array_equal(function.numpy(copied), in_place), function.name
+
+
+@pytest.mark.parametrize(
+    "scale,shift", [(3, 0), (3, 85), (3, 705), (3, 800), (3, -95), (3, -700), (3, -800), (40, 0)]
+)
+def test_one_rows_softmax_equals_the_shifted_softmax_of_many_rows(scale, shift):
+    """One row skips the shift by its maximum while its exponentials are safe; rows whose
+    exponentials overflow (800) or all vanish (-800) take the shifted form, without warnings
+    (the suite turns them into errors here)."""
+    softmax = ACTIVATION_FUNCTIONS["softmax"].numpy
+    logits = np.random.default_rng(2).normal(shift, scale, (50, 10)).astype(np.float32)
+    reference = np.exp(logits - logits.max(axis=1, keepdims=True).astype(np.float64))
+    reference /= reference.sum(axis=1, keepdims=True)
+    batch = softmax(logits.copy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = [softmax(logits[index : index + 1].copy()) for index in range(len(logits))]
+    for index, row in enumerate(rows):
+        assert np.isfinite(row).all()
+        np.testing.assert_allclose(row[0], reference[index], rtol=2e-5, atol=1e-7)
+        np.testing.assert_allclose(row[0], batch[index], rtol=2e-5, atol=1e-7)
+
+
+def test_relu_keeps_its_shape_and_zero_rows_stay_zero():
+    relu = ACTIVATION_FUNCTIONS["relu"].numpy_in_place
+    for shape in [(1, 7), (5, 7), (2, 3, 3, 7), (7,)]:
+        values = np.random.default_rng(3).normal(0, 1, shape).astype(np.float32)
+        expected = np.where(values > 0, values, 0)
+        relu(values)
+        assert np.array_equal(values, expected), shape
+    # The shared rows of zeros it compares against cannot be written to.
+    assert not zero_row(7).any() and zero_row(7).shape == (1, 7)
+    with pytest.raises(ValueError):
+        zero_row(7)[0, 0] = 1.0
 
 
 def test_every_activation_matches_tensorflow():

@@ -45,7 +45,8 @@ def _dense_forward(values: np.ndarray, layers: DenseLayers) -> np.ndarray:
     and activation then work in place in it.
     """
     for weights, bias, activate_in_place in layers:
-        values = values @ weights
+        # np.dot, not @: the same BLAS product, 0.35 us less of dispatch on small ones.
+        values = np.dot(values, weights)
         if bias is not None:
             values += bias
         activate_in_place(values)
@@ -327,10 +328,13 @@ class Model:
         # bound by memory bandwidth: BLAS splits each over the cores, reading the weights in
         # Fortran order so that every output is one contiguous run of them (the mlp's one
         # image 145 -> 76 us on 2 cores). A second copy of the weights (9.6 MB for the mlp);
-        # smaller stacks (the seed) gain nothing from threads and keep one.
-        self._dense_single: DenseLayers | None = None
+        # smaller stacks (the seed) gain nothing from threads and keep one. (Carrying the
+        # biases in the products, a unit held at 1 per layer, saved nothing measurable.)
+        self._dense_one_row = self._dense_layers
+        self._one_row_threads = False
         if self._dense_layers is not None and self._macs_per_sample >= BLAS_THREADING_MACS:
-            self._dense_single = [
+            self._one_row_threads = True
+            self._dense_one_row = [
                 (np.asfortranarray(weights), bias, activate)
                 for weights, bias, activate in self._dense_layers
             ]
@@ -380,15 +384,16 @@ class Model:
                 raise ConfigError(
                     f"the model takes {self._n_inputs} values per sample, got {values.shape[1]}"
                 )
-        if len(values) == 1 and self._dense_single is not None:
-            if _cores_are_free():
-                return _dense_forward(values, self._dense_single)
+        n = len(values)
+        if n == 1 and self._dense_one_row is not None:
+            if not self._one_row_threads or _cores_are_free():
+                return _dense_forward(values, self._dense_one_row)
             with _one_blas_thread:
-                return _dense_forward(values, self._dense_single)
+                return _dense_forward(values, self._dense_one_row)
         rows = block_rows or self._block_rows
-        if len(values) > rows:
+        if n > rows:
             return _in_row_blocks(self._forward_block, values, rows, self.n_classes)
-        if len(values) * self._macs_per_sample >= BLAS_THREADING_MACS:
+        if n * self._macs_per_sample >= BLAS_THREADING_MACS:
             with _one_blas_thread:
                 return self._forward_block(values)
         return self._forward_block(values)

@@ -8,6 +8,7 @@ is called, so this module stays importable without it. The names are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +46,30 @@ def _tf() -> Any:
     return tf
 
 
+# A row of zeros per width, for ReLU: NumPy's maximum against an array row runs about twice as
+# fast as against the scalar 0.0 (a 1024 x 100 block 19 us against 41; one image's row of 100
+# 0.37 us against 0.69), and the result is the same.
+_ZERO_ROWS: dict[int, FloatArray] = {}
+
+
+def zero_row(width: int) -> FloatArray:
+    """A read-only (1, width) float32 row of zeros, made once per width."""
+    row = _ZERO_ROWS.get(width)
+    if row is None:
+        row = np.zeros((1, width), np.float32)
+        row.flags.writeable = False
+        row = _ZERO_ROWS.setdefault(width, row)
+    return row
+
+
 def _relu(values: FloatArray) -> FloatArray:
-    return np.maximum(values, 0.0, out=values)
+    _relu_in_place(values)
+    return values
 
 
 def _relu_in_place(values: FloatArray) -> None:
-    np.maximum(values, 0.0, out=values)
+    zeros = zero_row(values.shape[-1]) if values.ndim > 1 else 0.0
+    np.maximum(values, zeros, out=values)
 
 
 def _sigmoid(values: FloatArray) -> FloatArray:
@@ -67,13 +86,30 @@ def _sigmoid_in_place(values: FloatArray) -> None:
 
 
 def _softmax(values: FloatArray) -> FloatArray:
-    shifted = values - values.max(axis=-1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    result: FloatArray = shifted / shifted.sum(axis=-1, keepdims=True)
+    result = values.copy()
+    _softmax_in_place(result)
     return result
 
 
+# One image's row of scores: its softmax in Python floats (double precision, without the shift
+# by the maximum) costs 1.6 us against NumPy's 4.4 for ten scores, about a tenth of the seed
+# network's whole image. A row whose exponentials overflow (math.exp raises where NumPy would
+# only warn, or their sum is infinite) or all vanish takes the shifted form below.
+_SMALLEST_SUM = 1e-300
+
+
 def _softmax_in_place(values: FloatArray) -> None:
+    if values.ndim == 2 and len(values) == 1:
+        try:
+            exponentials = [math.exp(value) for value in values.tolist()[0]]
+        except OverflowError:
+            pass
+        else:
+            total = sum(exponentials)
+            if _SMALLEST_SUM < total < math.inf:
+                scale = 1.0 / total
+                values[0] = [exponential * scale for exponential in exponentials]
+                return
     values -= values.max(axis=-1, keepdims=True)
     np.exp(values, out=values)
     values /= values.sum(axis=-1, keepdims=True)
