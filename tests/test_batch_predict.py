@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -185,20 +187,30 @@ class _BrokenOn:
         self.shut = True
 
 
-def test_a_file_that_kills_its_work_process_is_answered_with_an_error_in_its_place(
-    model: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _workers_on_stand_in_pools(
+    model: Path, monkeypatch: pytest.MonkeyPatch, make_pool: Callable[[], _BrokenOn]
+) -> tuple[Any, list[_BrokenOn]]:
+    """A batch run's workers whose every (re)started pool is ``make_pool()``, and that list of
+    pools, in the order the run started them."""
     from digitnet.inference import batch
     from digitnet.inference.modelfile import load_model
 
     pools: list[_BrokenOn] = []
 
     def start(self: object) -> _BrokenOn:
-        pools.append(_BrokenOn("c.png"))
+        pools.append(make_pool())
         return pools[-1]
 
     monkeypatch.setattr(batch._Workers, "_start", start)
-    workers = batch._Workers(load_model(model), 2)
+    return batch._Workers(load_model(model), 2), pools
+
+
+def test_a_file_that_kills_its_work_process_is_answered_with_an_error_in_its_place(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from digitnet.inference import batch
+
+    workers, pools = _workers_on_stand_in_pools(model, monkeypatch, lambda: _BrokenOn("c.png"))
     first = workers.submit(["a.png", "b.png", "c.png", "d.png"], False)
     second = workers.submit(["e.png", "f.png"], False)
     pools[0].shutdown()  # the death of a work process breaks every chunk the pool held
@@ -223,17 +235,9 @@ def test_a_chunk_submitted_after_a_work_process_died_is_still_answered(
 ) -> None:
     # A work process can die between two submissions: the pool then refuses the next chunk
     # outright, before any answer has told the run that it broke.
-    from digitnet.inference import batch
-    from digitnet.inference.modelfile import load_model
-
-    pools: list[_RefusingWhenBroken] = []
-
-    def start(self: object) -> _RefusingWhenBroken:
-        pools.append(_RefusingWhenBroken("none of these"))
-        return pools[-1]
-
-    monkeypatch.setattr(batch._Workers, "_start", start)
-    workers = batch._Workers(load_model(model), 2)
+    workers, pools = _workers_on_stand_in_pools(
+        model, monkeypatch, lambda: _RefusingWhenBroken("none of these")
+    )
     first = workers.submit(["a.png", "b.png"], False)
     pools[0].shutdown()
     second = workers.submit(["c.png", "d.png"], False)

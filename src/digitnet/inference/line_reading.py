@@ -120,11 +120,12 @@ def _levelled(crop: np.ndarray) -> np.ndarray:
     height, width = crop.shape
     if width < _LEVEL_ASPECT * height:
         return crop
-    ys, xs = np.nonzero(crop > _INKED)
+    ink_rows, ink_columns = np.nonzero(crop > _INKED)
     # A few thousand pixels measure a slope as well as all of them.
-    step = max(1, len(ys) // 4000)
-    ys, xs = ys[::step].astype(np.float64), xs[::step].astype(np.float64)
-    weights = crop[ys.astype(int), xs.astype(int)].astype(np.float64)
+    step = max(1, len(ink_rows) // 4000)
+    ink_rows, ink_columns = ink_rows[::step], ink_columns[::step]
+    weights = crop[ink_rows, ink_columns].astype(np.float64)
+    ys, xs = ink_rows.astype(np.float64), ink_columns.astype(np.float64)
     xs -= np.average(xs, weights=weights)
     shifted = ys[None, :] - _LEVEL_SLOPES[:, None] * xs[None, :]
     means = shifted @ weights / weights.sum()

@@ -443,9 +443,10 @@ class Model:
 
             return softmax(outputs, temperature)
         if normalize:
-            # forward's result is a fresh array: normalise it in place.
+            # forward's result is a fresh array: normalise it in place. One image's row is the
+            # whole array, and a sum without an axis costs half as much (about 1 us less).
             np.maximum(outputs, PROBABILITY_FLOOR, out=outputs)
-            outputs /= outputs.sum(axis=1, keepdims=True)
+            outputs /= outputs.sum() if len(outputs) == 1 else outputs.sum(axis=1, keepdims=True)
         return outputs
 
     def _probability_path(self) -> tuple[Model, float | None, bool]:
