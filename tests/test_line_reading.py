@@ -176,6 +176,36 @@ def test_a_level_line_and_a_lone_slanted_digit_are_left_as_they_are():
     assert _levelled(stroke) is stroke
 
 
+def _rings(n: int, height: int, stroke: int) -> np.ndarray:
+    """``n`` rings ``height`` px tall drawn with a ``stroke``-px pen, side by side."""
+    from PIL import Image, ImageDraw
+
+    width = height * 3 // 4
+    page = Image.new("L", (n * (width + height // 3) + 10, height + 10), 0)
+    draw = ImageDraw.Draw(page)
+    for k in range(n):
+        left = 5 + k * (width + height // 3)
+        draw.ellipse((left, 5, left + width, 5 + height), outline=255, width=stroke)
+    return np.asarray(page, np.float32) / 255.0
+
+
+def test_a_thin_pen_line_is_thickened_to_the_strokes_the_network_knows():
+    from digitnet.inference.preprocess import stroke_width
+
+    # 400-px rings drawn with a 3-px pen come out about 0.2 px wide at the line's 24 px;
+    # a bold pen's rings keep their own strokes.
+    thin, bold = line_image(_rings(4, 400, 3)), line_image(_rings(4, 400, 50))
+    assert thin is not None and bold is not None
+    assert 2.5 <= (stroke_width(thin.values) or 0) <= 5.0
+    assert thin.values.max() == pytest.approx(1.0)
+    unthickened = stroke_width(bold.values) or 0
+    assert unthickened > 2.2
+    # Thickening bold strokes would widen them by about 2 px: they were left alone.
+    from digitnet.inference.line_reading import _thickened
+
+    assert (stroke_width(_thickened(bold.values)) or 0) > unthickened + 1.0
+
+
 def test_ink_far_longer_than_tall_is_no_line_image():
     # A 3,000-px hairline would make a line image of 72,000 columns.
     hairline = np.zeros((40, 3000), np.float32)

@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.inference.model import LineNetwork
+from digitnet.inference.preprocess import stroke_width
 from digitnet.models.architectures import LINE_HEIGHT, LINE_STRIDE
 
 __all__ = [
@@ -96,7 +97,27 @@ def line_image(ink: np.ndarray) -> LineImage | None:
     out = np.zeros((LINE_HEIGHT, total), np.float32)
     margin = (LINE_HEIGHT - LINE_INNER) // 2
     out[margin : margin + LINE_INNER, LINE_PAD : LINE_PAD + width] = np.clip(scaled, 0.0, 1.0)
+    if (stroke_width(out) or _THIN_STROKE + 1) <= _THIN_STROKE:
+        out = _thickened(out)
     return LineImage(out, int(cols[0]), int(rows[0]), width / crop.shape[1], crop)
+
+
+# A line whose strokes come out at most this wide (px, at LINE_INNER) is thickened. A thin pen
+# reduced by area leaves 1-2 px lines, where the line network learned from MNIST's strokes
+# (about 3.5 px): thickened, thin-pen numbers of 4 and 8 validation digits read 76.7 -> 79.3 %
+# and 63.3 -> 71.3 % exact (150 each); no other rendering has strokes this thin.
+_THIN_STROKE = 2.2
+
+
+def _thickened(values: np.ndarray) -> np.ndarray:
+    """Strokes about 2 px wider (a 3 x 3 maximum), softened as an anti-aliased pen line is
+    (Gaussian, 0.6 px) and brought back to full strength: float32 of the same shape."""
+    thick = ndimage.gaussian_filter(ndimage.maximum_filter(values, size=3), 0.6)
+    inked = thick[thick > _INKED]
+    if inked.size:
+        thick = thick / max(float(np.percentile(inked, _STROKE_LEVEL)), _FAINTEST)
+    result: np.ndarray = np.clip(thick, 0.0, 1.0).astype(np.float32)
+    return result
 
 
 # A line is levelled when it is at least this many times as long as tall (a lone digit's own

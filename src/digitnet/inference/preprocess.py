@@ -1499,8 +1499,10 @@ def _to_crop_scale(ink: np.ndarray) -> np.ndarray:
     return ink
 
 
-def _stroke_width(ink: np.ndarray) -> float | None:
-    """Typical stroke width in pixels: 2 * area / boundary length of the pixels above 0.5."""
+def stroke_width(ink: np.ndarray) -> float | None:
+    """Typical stroke width in pixels: 2 * area / boundary length of the pixels above 0.5
+    (None without such pixels). Strokes 2 px wide or less all measure 2: every pixel of them
+    is on the boundary."""
     mask = ink > 0.5
     area = int(mask.sum())
     if area == 0:
@@ -1511,7 +1513,7 @@ def _stroke_width(ink: np.ndarray) -> float | None:
 
 def _normalise_stroke_width(ink: np.ndarray) -> np.ndarray:
     """Widen strokes that would come out thinner than MNIST's, thin those far thicker."""
-    width = _stroke_width(ink)
+    width = stroke_width(ink)
     if width is None:
         return ink
     pixels_per_output_pixel = max(ink.shape) / BOX_SIDE

@@ -36,6 +36,7 @@ from digitnet.inference.preprocess import (
     InkMap,
     find_ink,
     fit_into_mnist_frame,
+    stroke_width,
 )
 
 if TYPE_CHECKING:
@@ -313,7 +314,7 @@ def _over_segment(ink: np.ndarray) -> _Pieces:
     largest = max(blob.mass for blob in blobs)
     next_label = int(labels.max()) + 1
     cut_ink: dict[int, float] = {}
-    stroke = _stroke_width(ink)
+    stroke = max(1.0, stroke_width(ink) or 1.0)
     for blob in list(blobs):
         if blob.right - blob.left <= _WIDE * height:
             continue
@@ -347,13 +348,6 @@ def _over_segment(ink: np.ndarray) -> _Pieces:
         piece.fragment = piece.mass < _FRAGMENT * largest
     pieces.sort(key=lambda piece: piece.centre)
     return _Pieces(labels, pieces, height, cut_ink)
-
-
-def _stroke_width(ink: np.ndarray) -> float:
-    """Typical stroke width in pixels: 2 * area / boundary length of the pixels above 0.5."""
-    mask = ink > 0.5
-    boundary = int((mask & ~ndimage.binary_erosion(mask)).sum())
-    return max(1.0, 2.0 * float(mask.sum()) / max(boundary, 1))
 
 
 @dataclass
