@@ -90,14 +90,13 @@ def line_image(ink: np.ndarray) -> LineImage | None:
     # Reduced by area, enlarged bilinearly: neither leaves gaps in a stroke.
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     scaled = np.asarray(Image.fromarray(level).resize((width, LINE_INNER), method), np.float32)
-    inked = scaled[scaled > _INKED]
-    if inked.size:
-        scaled = scaled / max(float(np.percentile(inked, _STROKE_LEVEL)), _FAINTEST)
+    scaled = _at_full_strength(scaled)
     total = -(-(width + 2 * LINE_PAD) // LINE_STRIDE) * LINE_STRIDE
     out = np.zeros((LINE_HEIGHT, total), np.float32)
     margin = (LINE_HEIGHT - LINE_INNER) // 2
     out[margin : margin + LINE_INNER, LINE_PAD : LINE_PAD + width] = np.clip(scaled, 0.0, 1.0)
-    if (stroke_width(out) or _THIN_STROKE + 1) <= _THIN_STROKE:
+    strokes = stroke_width(out)
+    if strokes is not None and strokes <= _THIN_STROKE:
         out = _thickened(out)
     return LineImage(out, int(cols[0]), int(rows[0]), width / crop.shape[1], crop)
 
@@ -113,11 +112,18 @@ def _thickened(values: np.ndarray) -> np.ndarray:
     """Strokes about 2 px wider (a 3 x 3 maximum), softened as an anti-aliased pen line is
     (Gaussian, 0.6 px) and brought back to full strength: float32 of the same shape."""
     thick = ndimage.gaussian_filter(ndimage.maximum_filter(values, size=3), 0.6)
-    inked = thick[thick > _INKED]
-    if inked.size:
-        thick = thick / max(float(np.percentile(inked, _STROKE_LEVEL)), _FAINTEST)
-    result: np.ndarray = np.clip(thick, 0.0, 1.0).astype(np.float32)
+    result: np.ndarray = np.clip(_at_full_strength(thick), 0.0, 1.0).astype(np.float32)
     return result
+
+
+def _at_full_strength(values: np.ndarray) -> np.ndarray:
+    """``values`` divided by their typical stroke pixel's level (the _STROKE_LEVEL percentile
+    of the inked pixels, at least _FAINTEST), so that strokes come out at full ink; not
+    clipped."""
+    inked = values[values > _INKED]
+    if not inked.size:
+        return values
+    return values / max(float(np.percentile(inked, _STROKE_LEVEL)), _FAINTEST)
 
 
 # A line is levelled when it is at least this many times as long as tall (a lone digit's own

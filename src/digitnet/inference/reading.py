@@ -314,7 +314,7 @@ def _over_segment(ink: np.ndarray) -> _Pieces:
     largest = max(blob.mass for blob in blobs)
     next_label = int(labels.max()) + 1
     cut_ink: dict[int, float] = {}
-    stroke = max(1.0, stroke_width(ink) or 1.0)
+    stroke = stroke_width(ink) or 1.0  # at least 2 px whenever there is ink
     for blob in list(blobs):
         if blob.right - blob.left <= _WIDE * height:
             continue

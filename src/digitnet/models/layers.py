@@ -30,7 +30,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from digitnet.errors import ConfigError
-from digitnet.models.activations import Activation, activation, zero_row
+from digitnet.models.activations import Activation, activation
 from digitnet.models.choices import (
     ACTIVATIONS,
     PADDINGS,
@@ -372,7 +372,7 @@ def conv2d(
     if bias is not None:
         result += bias
     if relu:
-        np.maximum(result, zero_row(filters), out=result)
+        activation("relu").numpy_in_place(result)
     return result.reshape(n, out_h, out_w, filters)
 
 
