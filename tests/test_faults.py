@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digitnet.atomic import remove_leftovers
 from digitnet.cli.main import main as cli_main
 from digitnet.inference.model import Model
 from digitnet.inference.modelfile import load_model, save_model
@@ -127,9 +128,16 @@ def test_sigkill_during_a_save_leaves_the_previous_file_intact(tmp_path, where):
     assert writer.returncode == -signal.SIGKILL
     assert target.read_bytes() == before
     assert seed_of(target) == 1
-    # The killed writer could not remove its temporary file; it is hidden and never read.
+    # The killed writer could not remove its temporary file; it is hidden and never read,
+    # and whoever owns the file next removes it (a resumed training run does), sparing the
+    # temporary files of other targets.
     leftovers = [p.name for p in tmp_path.iterdir() if p != target]
-    assert all(name.startswith(".model.safetensors.") for name in leftovers)
+    assert len(leftovers) == 1 and leftovers[0].startswith(".model.safetensors.")
+    other = tmp_path / ".model.safetensors.old.abcdefgh.tmp"
+    other.write_bytes(b"another target's")
+    assert remove_leftovers(target) == 1
+    assert sorted(tmp_path.iterdir()) == sorted([target, other])
+    assert seed_of(target) == 1
 
 
 def test_sigkill_at_random_moments_of_repeated_saves_never_tears_the_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         raise ValueError(f"atomic_open supports modes 'wb' and 'w', not {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp_name, 0o666 & ~_current_umask())
@@ -43,6 +44,29 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
                 os.fspath(target),
             ) from error
         raise
+
+
+def remove_leftovers(path: str | os.PathLike[str]) -> int:
+    """Remove the temporary files that writers of ``path`` left behind when they were killed
+    mid-write (SIGKILL, power loss: no clean-up runs); return how many were removed.
+
+    Only for a caller that owns ``path``, such as a training run taking over its folder: a
+    temporary file of a live writer removed here would make that writer's rename fail.
+    """
+    target = Path(path)
+    removed = 0
+    # mkstemp's names are the prefix, 8 random characters and the suffix: exactly 8, so that
+    # the temporary files of "model.safetensors.old" are not taken for those of "model.safetensors".
+    for leftover in target.parent.glob(f"{glob.escape(_prefix(target))}{'?' * 8}.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed += 1
+    return removed
+
+
+def _prefix(target: Path) -> str:
+    # A leading dot keeps the temporary file out of listings.
+    return f".{target.name}."
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

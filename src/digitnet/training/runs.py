@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from digitnet.atomic import remove_leftovers
 from digitnet.data.holdout import Splits, make_splits
 from digitnet.errors import ConfigError, DigitnetError, ModelFileError
 from digitnet.inference.calibration import calibrate, describe_calibration
@@ -416,6 +417,9 @@ def train_and_evaluate(
         return np.concatenate([X_train, X_extra]), np.concatenate([y_train, y_extra])
 
     state = RunState()
+    if chief:
+        # A run killed while saving its checkpoint leaves the unfinished copy beside it.
+        remove_leftovers(checkpoint_path)
     if resume:
         state = _restore(checkpoint_path, fitter, config, data)
         log(f"Resuming after epoch {state.epoch} from {checkpoint_path}")
