@@ -114,12 +114,12 @@ def test_training_in_float32_takes_the_smaller_budget_unless_told(monkeypatch):
         told = runs.TrainConfig(model=name, epochs=3, line_steps=7).resolved()
         assert (told.epochs, told.line_steps) == (3, 7)
     # Models without a float32 budget keep their preset.
-    assert runs.TrainConfig(model="cnn", precision="float32").resolved().epochs == 30
+    assert runs.TrainConfig(model="cnn", precision="float32").resolved().epochs == 15
 
 
 def test_preset_defaults_group_models_that_agree():
     assert preset_defaults("epochs") == (
-        "20 for seed; 30 for mlp, cnn; 12 (5 when training in float32) for reader"
+        "20 for seed; 30 for mlp; 15 for cnn; 12 (5 when training in float32) for reader"
     )
     assert preset_defaults("augment") == "off for seed; on for mlp, cnn, reader"
     assert preset_defaults("precision") == "auto"
@@ -168,7 +168,7 @@ def test_command_line_choices_are_the_lists():
             assert train.parse_args([flag, value]) is not None
     with pytest.raises(SystemExit):
         train.parse_args(["--cost", "hinge"])
-    assert "30 for mlp, cnn; 12 (5 when training in float32) for reader" in " ".join(
+    assert "30 for mlp; 15 for cnn; 12 (5 when training in float32) for reader" in " ".join(
         train.format_help().split()
     )
 
