@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from speed import ISA_ENVIRONMENTS, worker_isa
+from speed import ISA_ENVIRONMENTS, machine, worker_isa
 
 REFERENCES = [
     ("Keras MLP example (784-512-512-10, dropout)", "98.40"),
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     precision = "float32" if args.isa == "avx2" else None
     isa = worker_isa({})
     print(
-        f"# {_cpu_name()}, flags {' '.join(isa['cpu_flags'])}; oneDNN {isa['onednn']}; "
+        f"# {machine()['cpu']}, flags {' '.join(isa['cpu_flags'])}; oneDNN {isa['onednn']}; "
         f"OpenBLAS {isa['openblas']}; NumPy {isa['numpy_simd']}",
         file=sys.stderr,
         flush=True,
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for model, seed, val, test, epochs, best, train_s, reach_s, total_s in rows:
         val_text = "-" if val is None else f"{val * 100:.2f}"
-        reach_text = "not reached" if reach_s is None else f"{reach_s:.0f}"
+        reach_text = (
+            f"{reach_s:.0f}" if reach_s is not None else "-" if val is None else "not reached"
+        )
         print(
             f"| {model} | {seed} | {val_text} | {test * 100:.2f} | {epochs} ({best}) | "
             f"{train_s:.0f} | {reach_text} | {total_s:.0f} |"
@@ -127,17 +129,6 @@ def _seconds_to_reach(history: list[dict], accuracy: float) -> float | None:
         if (record.get("val_accuracy") or 0.0) >= accuracy:
             return elapsed
     return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

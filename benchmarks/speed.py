@@ -906,7 +906,7 @@ def measure(args) -> dict:
             "seeds": seeds,
             "isas": isas,
         },
-        "machine": _machine(),
+        "machine": machine(),
         "isa": {},
     }
     for isa in isas:
@@ -1080,7 +1080,7 @@ def _write_test_png(data_dir: str, path: Path) -> int:
     return int(y_test[0].argmax())
 
 
-def _machine() -> dict:
+def machine() -> dict:
     cpu, flags = "", []
     try:
         with open("/proc/cpuinfo") as cpuinfo:
