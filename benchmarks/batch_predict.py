@@ -108,7 +108,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     from digitnet.data.mnist import load_mnist
-    from digitnet.serving.limits import usable_cpus
+    from digitnet.inference.batch import usable_cpus
 
     count = 10_000 if args.quick else args.count
     cpus = usable_cpus()

@@ -274,7 +274,8 @@ def test_model_files_carry_the_line_network(tmp_path):
 def trained_line_reader(mnist_arrays):
     """A line network trained for 700 batches (about a minute on 2 cores) on lines composed
     from the first 30,000 training digits, beside a stand-in classifier."""
-    from digitnet.training.line_reader import compose_lines, train_line_network
+    from digitnet.training.line_pool import compose_lines
+    from digitnet.training.line_reader import train_line_network
 
     pool = compose_lines(
         mnist_arrays.train_images[:30000], mnist_arrays.train_labels[:30000], 6000, seed=1

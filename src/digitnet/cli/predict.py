@@ -62,10 +62,9 @@ def add_parser(
 
 def run(args: argparse.Namespace) -> int:
     from digitnet.cli.common import check_writable_directory, printable
-    from digitnet.inference.batch import predict_files
+    from digitnet.inference.batch import predict_files, usable_cpus
     from digitnet.inference.modelfile import load_model
     from digitnet.inference.predict import no_images_found
-    from digitnet.serving.limits import usable_cpus
 
     if args.save_preprocessed:
         check_writable_directory(args.save_preprocessed, "--save-preprocessed")

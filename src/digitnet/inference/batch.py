@@ -82,6 +82,14 @@ WORKER_DIED = (
 )
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
 class _Workers:
     """``jobs`` work processes, started again when one dies.
 

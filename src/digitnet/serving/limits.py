@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
+
+from digitnet.inference.batch import usable_cpus
 
 # Enough for a typical phone photo (a 12-megapixel JPEG is 3 to 5 MB); far below what would
 # strain memory. `digitnet serve --max-request-mb` changes it.
@@ -22,14 +23,6 @@ LIGHT_BYTES = 1 << 20
 # More work processes than CPUs: a request holding one (a large photo, a crafted image, a 5 MB
 # body) leaves others free for small ones, which then share the CPUs instead of queueing.
 WORK_PROCESSES_PER_CPU = 2
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from digitnet.errors import DigitnetError
+from digitnet.inference.batch import usable_cpus
 from digitnet.models import architectures
 from digitnet.serving.app import create_app
 from digitnet.serving.asgi import log as request_log
-from digitnet.serving.limits import WORK_PROCESSES_PER_CPU, ServerLimits, usable_cpus
+from digitnet.serving.limits import WORK_PROCESSES_PER_CPU, ServerLimits
 from digitnet.serving.protocol import MAX_BODY_BYTES, MODEL_NAME
 
 if TYPE_CHECKING:

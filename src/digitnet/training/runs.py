@@ -529,13 +529,8 @@ def _with_line_network(
 ) -> Model:
     """``model`` with a line network trained on lines composed from the training digits (the
     training split only: the validation and test digits never appear in them)."""
-    from digitnet.training.line_reader import (
-        DRY_RUN_LINES,
-        DRY_RUN_STEPS,
-        POOL_LINES,
-        compose_lines,
-        train_line_network,
-    )
+    from digitnet.training.line_pool import DRY_RUN_LINES, POOL_LINES, compose_lines
+    from digitnet.training.line_reader import DRY_RUN_STEPS, train_line_network
 
     started = time.perf_counter()
     n_lines = DRY_RUN_LINES if config.dry_run else POOL_LINES
