@@ -3,6 +3,9 @@ many processes compose it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -60,3 +63,33 @@ def test_at_least_one_process_composes():
     images, labels = _digits()
     with pytest.raises(ValueError, match="workers must be at least 1"):
         compose_lines(images, labels, 10, seed=1, workers=0)
+
+
+_UNGUARDED_SCRIPT = """
+import numpy as np
+import tensorflow as tf
+
+from digitnet.training import line_pool
+
+print("script started", flush=True)
+# TensorFlow's thread pools are running when the lines are composed, as in a training run.
+tf.linalg.matmul(tf.ones((256, 256)), tf.ones((256, 256))).numpy()
+line_pool._CHUNK = 20
+images = np.zeros((10, 28, 28), np.uint8)
+images[:, 4:24, 12:15] = 255
+pool = line_pool.compose_lines(images, np.arange(10), 80, seed=1, workers=2)
+print("composed", len(pool.widths), int((pool.widths > 0).sum()), flush=True)
+"""
+
+
+def test_processes_compose_lines_for_a_script_without_a_main_guard(tmp_path):
+    """A script without ``if __name__ == "__main__":``, which has run TensorFlow, composes
+    lines in two processes: they neither run the script again nor hang."""
+    script = tmp_path / "train_my_reader.py"
+    script.write_text(_UNGUARDED_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("script started") == 1, done.stdout
+    assert "composed 80 80" in done.stdout

@@ -141,6 +141,50 @@ def test_read_number_separates_touching_digits(mnist, number, gaps, skip):
         assert _overlap(digit.box, box) > 0.5, (digit.box, box)
 
 
+class _FixedLineNetwork:
+    """A line network that reads every line as ``reads``: each digit the best symbol of one
+    output column, evenly spaced, blanks between."""
+
+    def __init__(self, reads: str):
+        self.reads = reads
+
+    def scores(self, values: np.ndarray) -> np.ndarray:
+        from digitnet.inference.line_reading import BLANK
+        from digitnet.models.architectures import LINE_STRIDE
+
+        columns = values.shape[1] // LINE_STRIDE
+        scores = np.full((columns, BLANK + 1), 0.01, np.float32)
+        scores[:, BLANK] = 0.9
+        for index, digit in enumerate(self.reads):
+            column = (index + 1) * columns // (len(self.reads) + 1)
+            scores[column] = 0.01
+            scores[column, int(digit)] = 0.9
+        return scores
+
+
+@pytest.mark.parametrize(
+    "number, gaps, line_reads, expected",
+    [
+        # One digit, read one way by the classifier and another by the line network: the
+        # classifier is made for lone digits.
+        ("2", [], "3", "2"),
+        # One digit the line network reads as two: it may be two touching digits.
+        ("2", [], "33", "33"),
+        # Several digits: the line network reads the line.
+        ("20", [8], "37", "37"),
+    ],
+)
+def test_the_line_network_reads_lines_and_the_classifier_lone_digits(
+    mnist, number, gaps, line_reads, expected
+):
+    neighbours, images, labels = mnist
+    model = NearestNeighbours(neighbours.references, neighbours.labels)
+    model.line_network = _FixedLineNetwork(line_reads)  # type: ignore[assignment]
+    crops = [_digit_of(images, labels, model, int(d)) for d in number]
+    image, _ = _line(crops, gaps)
+    assert read_number(model, image).number == expected
+
+
 def test_boxes_are_in_the_pixels_of_a_large_photo(mnist):
     """A number small in a large image, which the reader sees reduced: boxes come back in the
     image's own pixels."""

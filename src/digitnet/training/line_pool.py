@@ -12,6 +12,7 @@ No TensorFlow: the processes that compose lines start without it.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,12 @@ DRY_RUN_LINES = 128
 the network."""
 # Lines a work process composes per task: enough to outweigh sending them back.
 _CHUNK = 2_000
+# Forked where the system has fork (Linux): a spawned process would first run the caller's
+# script again, which in a script without an `if __name__ == "__main__":` guard means its
+# whole training run, in every process. Forking a process that runs TensorFlow is safe here
+# because the children run only NumPy, Pillow and SciPy code, never TensorFlow's thread
+# pools (a test composes lines after TensorFlow has run, from an unguarded script).
+_START_METHOD = "fork" if sys.platform == "linux" else "spawn"
 
 
 @dataclass
@@ -131,11 +138,9 @@ def compose_lines(
     if workers == 1 or n <= _CHUNK:
         _fill(pool, 0, _compose(digits, labels, seed, 0, n))
         return pool
-    # spawn: this process may already run TensorFlow's and BLAS's threads, which a fork would
-    # copy mid-flight.
     with ProcessPoolExecutor(
         min(workers, len(starts)),
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=multiprocessing.get_context(_START_METHOD),
         initializer=_start_worker,
         initargs=(digits, labels),
     ) as executor:
