@@ -142,47 +142,69 @@ def test_read_number_separates_touching_digits(mnist, number, gaps, skip):
 
 
 class _FixedLineNetwork:
-    """A line network that reads every line as ``reads``: each digit the best symbol of one
-    output column, evenly spaced, blanks between."""
+    """A line network that reads every line as ``reads``: each digit the best symbol of the
+    output column over the middle of a separate run of ink (or, when the runs are not one per
+    digit, of an equal share of the ink), blanks elsewhere. ``unsure`` names digits read with
+    probability 0.5 beside a second choice with 0.3 (``{position: second_choice}``); the
+    others are read with 0.99."""
 
-    def __init__(self, reads: str):
+    def __init__(self, reads: str, unsure: dict[int, int] | None = None):
         self.reads = reads
+        self.unsure = unsure or {}
 
     def scores(self, values: np.ndarray) -> np.ndarray:
-        from digitnet.inference.line_reading import BLANK
+        from scipy import ndimage
+
+        from digitnet.inference.line_reading import BLANK, LINE_PAD
         from digitnet.models.architectures import LINE_STRIDE
 
+        inked = values.max(axis=0) > 0.1
+        runs, count = ndimage.label(inked)
+        if count == len(self.reads):
+            centres = [np.flatnonzero(runs == label).mean() for label in range(1, count + 1)]
+        else:
+            first, last = np.flatnonzero(inked)[[0, -1]]
+            share = (last - first) / len(self.reads)
+            centres = [first + share * (index + 0.5) for index in range(len(self.reads))]
         columns = values.shape[1] // LINE_STRIDE
-        scores = np.full((columns, BLANK + 1), 0.01, np.float32)
-        scores[:, BLANK] = 0.9
-        for index, digit in enumerate(self.reads):
-            column = (index + 1) * columns // (len(self.reads) + 1)
-            scores[column] = 0.01
-            scores[column, int(digit)] = 0.9
+        scores = np.full((columns, BLANK + 1), 0.001, np.float32)
+        scores[:, BLANK] = 0.99
+        for index, (digit, centre) in enumerate(zip(self.reads, centres)):
+            column = min(columns - 1, max(0, round((centre - LINE_PAD) / LINE_STRIDE)))
+            scores[column] = 0.001
+            scores[column, int(digit)] = 0.99
+            if index in self.unsure:
+                scores[column, int(digit)] = 0.5
+                scores[column, self.unsure[index]] = 0.3
         return scores
 
 
 @pytest.mark.parametrize(
-    "number, gaps, line_reads, expected",
+    "number, gaps, line_reads, unsure, expected",
     [
         # One digit, read one way by the classifier and another by the line network: the
         # classifier is made for lone digits.
-        ("2", [], "3", "2"),
+        ("2", [], "3", {}, "2"),
         # One digit the line network reads as two: it may be two touching digits.
-        ("2", [], "33", "33"),
-        # Several digits: the line network reads the line.
-        ("20", [8], "37", "37"),
+        ("2", [], "33", {}, "33"),
+        # Several digits: the line network reads the line, and a digit it is sure of stays.
+        ("20", [8], "37", {}, "37"),
+        # A digit it is unsure of (7, or 0 as second choice) takes the classifier's opinion
+        # on the same ink (a clear 0).
+        ("20", [8], "27", {1: 0}, "20"),
     ],
 )
 def test_the_line_network_reads_lines_and_the_classifier_lone_digits(
-    mnist, number, gaps, line_reads, expected
+    mnist, number, gaps, line_reads, unsure, expected
 ):
     neighbours, images, labels = mnist
     model = NearestNeighbours(neighbours.references, neighbours.labels)
-    model.line_network = _FixedLineNetwork(line_reads)  # type: ignore[assignment]
+    model.line_network = _FixedLineNetwork(line_reads, unsure)  # type: ignore[assignment]
     crops = [_digit_of(images, labels, model, int(d)) for d in number]
     image, _ = _line(crops, gaps)
-    assert read_number(model, image).number == expected
+    reading = read_number(model, image)
+    assert reading.number == expected
+    assert all(0.0 < digit.confidence <= 1.0 for digit in reading.digits)
 
 
 def test_boxes_are_in_the_pixels_of_a_large_photo(mnist):

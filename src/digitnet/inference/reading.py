@@ -30,7 +30,13 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.errors import ConfigError, NoDigitFound
-from digitnet.inference.line_reading import LineNetwork, digit_boxes, line_image, read_line
+from digitnet.inference.line_reading import (
+    LineDigit,
+    LineNetwork,
+    decode,
+    digit_boxes,
+    line_image,
+)
 from digitnet.inference.preprocess import (
     MNIST_SIDE,
     ImageInput,
@@ -383,7 +389,7 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
                 reason="the ink reads as not a digit (a letter, a symbol, a scribble or a shape)",
             )
     if model.line_network is not None:
-        read_whole = _read_line(model.line_network, ink_map, max_digits)
+        read_whole = _read_line(model.line_network, ink_map, max_digits, hypotheses, not_a_digit)
         # A lone digit is what the classifier was made for: on lines of one test digit it
         # misread 1 in 720 renderings, the line network 10 (an 8 read as 3 in six of them).
         if read_whole is not None and not (len(best) == 1 and len(read_whole.digits) == 1):
@@ -403,21 +409,81 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
     return _number(readings)
 
 
-def _read_line(network: LineNetwork, ink_map: InkMap, max_digits: int) -> NumberReading | None:
+def _read_line(
+    network: LineNetwork,
+    ink_map: InkMap,
+    max_digits: int,
+    hypotheses: _Hypotheses,
+    not_a_digit: int | None,
+) -> NumberReading | None:
     """The number as the line network reads the whole line, each digit boxed around its share
-    of the ink; None when it reads no digits or more than ``max_digits``."""
+    of the ink and given a second opinion by the classifier (``_second_opinion``); None when
+    it reads no digits or more than ``max_digits``."""
     image = line_image(ink_map.ink)
     if image is None:
         return None
-    found = read_line(network, image)
+    scores = network.scores(image.values)
+    found = decode(scores)
     if not 1 <= len(found) <= max_digits:
         return None
-    return _number(
-        [
-            DigitReading(digit.digit, digit.confidence, ink_map.to_image_box(*box))
-            for digit, box in zip(found, digit_boxes(found, image))
-        ]
+    readings = []
+    for digit, box in zip(found, digit_boxes(found, image)):
+        probabilities = _second_opinion(scores, digit, box, hypotheses, not_a_digit)
+        if probabilities is None:
+            readings.append(DigitReading(digit.digit, digit.confidence, ink_map.to_image_box(*box)))
+            continue
+        best = int(probabilities.argmax())
+        readings.append(DigitReading(best, float(probabilities[best]), ink_map.to_image_box(*box)))
+    return _number(readings)
+
+
+# A digit the line network reads takes a second opinion from the classifier on the span of
+# pieces over the same columns (at least _SAME_COLUMNS of their union; of equal ones the span
+# with the most pieces, so none of the digit's ink is left out), unless the classifier finds
+# that span more likely not a digit than a digit. The classifier's log-probabilities weigh
+# _SECOND_OPINION of the line network's: on 1,440 numbers of 4 and 8 validation digits the
+# reader read 90.2 % exact alone, 91.0 % with weights of 0.3 or 0.5, and 90.0 % with 1.0 (the
+# classifier's spans of touching digits hold some of their neighbours' ink).
+_SAME_COLUMNS = 0.6
+_SECOND_OPINION = 0.5
+
+
+def _second_opinion(
+    scores: np.ndarray,
+    digit: LineDigit,
+    box: tuple[int, int, int, int],
+    hypotheses: _Hypotheses,
+    not_a_digit: int | None,
+) -> np.ndarray | None:
+    """The ten digits' probabilities (10,) for ``digit``, found by the line network in
+    ``scores`` (columns, 11) and boxed at ``box`` (top, left, bottom, right) in the working
+    ink, combined with the classifier's on the span over the same columns; None when no span
+    matches."""
+    left, right = box[1], box[3]
+    chosen, chosen_key = None, (0.0, 0)
+    for index, span in enumerate(hypotheses.spans):
+        if not hypotheses.usable[index]:
+            continue
+        shared = min(right, span.right) - max(left, span.left)
+        union = max(right, span.right) - min(left, span.left)
+        if shared <= 0 or shared < _SAME_COLUMNS * union:
+            continue
+        key = (round(shared / union, 3), span.stop - span.first)
+        if key > chosen_key:
+            chosen, chosen_key = index, key
+    if chosen is None:
+        return None
+    answers = hypotheses.probabilities[chosen]
+    if not_a_digit is not None and answers[not_a_digit] > 0.5:
+        return None
+    line = scores[digit.first : digit.last + 1, :10].sum(axis=0)
+    classifier = answers[:10]
+    logs = np.log(np.maximum(line / line.sum(), _EPS)) + _SECOND_OPINION * np.log(
+        np.maximum(classifier / max(classifier.sum(), _EPS), _EPS)
     )
+    combined = np.exp(logs - logs.max())
+    result: np.ndarray = combined / combined.sum()
+    return result
 
 
 def _number(readings: list[DigitReading]) -> NumberReading:
