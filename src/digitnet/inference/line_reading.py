@@ -35,7 +35,6 @@ __all__ = [
     "digit_boxes",
     "digit_columns",
     "line_image",
-    "read_line",
 ]
 
 LINE_INNER = 24
@@ -238,8 +237,3 @@ def digit_boxes(digits: list[LineDigit], image: LineImage) -> list[tuple[int, in
             left, right = start + int(cols[0]), start + int(cols[-1]) + 1
         boxes.append((image.top + top, image.left + left, image.top + bottom, image.left + right))
     return boxes
-
-
-def read_line(network: LineNetwork, image: LineImage) -> list[LineDigit]:
-    """The digits ``network`` reads on a line image, left to right."""
-    return decode(network.scores(image.values))
