@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from digitnet.errors import ModelFileError
 from digitnet.inference.model import Model
@@ -190,6 +191,16 @@ def test_composed_images_depend_only_on_seed_and_epoch():
     )
 
 
+def test_an_epoch_is_the_same_composed_in_one_process_or_several():
+    digits, labels = fake_digits()
+    composer = nondigits.NonDigitComposer(digits, labels, seed=3)
+    X, y = composer.compose(2, 60, 15, 20, workers=1)
+    X_forked, y_forked = composer.compose(2, 60, 15, 20, workers=3)
+    assert np.array_equal(X, X_forked) and np.array_equal(y, y_forked)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        composer.compose(2, 60, 15, 20, workers=0)
+
+
 def test_every_kind_is_in_mnist_form():
     digits, labels = fake_digits()
     composer = nondigits.NonDigitComposer(digits, labels, seed=1)
@@ -201,6 +212,59 @@ def test_every_kind_is_in_mnist_form():
             rows, cols = np.nonzero(image)
             # Within a 20-px box, as preprocess_image places a digit.
             assert max(np.ptp(rows), np.ptp(cols)) + 1 <= 20
+
+
+def test_pen_redrawn_strokes_keep_their_course_and_lose_their_width():
+    # A thin and a bold bar, 4 and 24 px wide: redrawn, both are one pen's width.
+    ink = np.zeros((200, 120), np.float32)
+    ink[20:180, 20:24] = 1.0
+    ink[20:180, 70:94] = 1.0
+    redrawn = nondigits.pen_redrawn(ink, np.random.default_rng(0))
+    assert redrawn.shape == ink.shape and redrawn.dtype == np.float32
+    assert 0.0 <= redrawn.min() and redrawn.max() == 1.0
+    row = redrawn[100] > 0.5
+    thin, bold = int(row[:50].sum()), int(row[50:].sum())
+    assert 3 <= thin <= 12 and abs(thin - bold) <= 1
+    # The pen runs along the middle of each bar, from end to end.
+    assert abs(np.flatnonzero(row[50:]).mean() + 50 - 81.5) <= 1
+    for columns in (slice(0, 50), slice(50, 120)):
+        rows = np.flatnonzero((redrawn[:, columns] > 0.5).any(axis=1))
+        assert rows[0] <= 30 and rows[-1] >= 170
+
+
+def test_small_scans_are_small_and_keep_the_ink():
+    ink = np.zeros((112, 80), np.float32)
+    ink[10:100, 30:50] = 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        small = nondigits.small_scanned(ink, rng)
+        assert 10 <= small.shape[0] <= 24 and small.dtype == np.float32
+        assert abs(small.shape[1] / small.shape[0] - 80 / 112) < 0.1
+        # Reduced by area: the ink's share of the image survives, blurred or not.
+        assert abs(small.mean() - ink.mean()) < 0.02
+
+
+def test_scribbles_come_in_four_habits_and_the_loops_close():
+    rng = np.random.default_rng(0)
+    inks = [nondigits.scribble(rng) for _ in range(30)]
+    assert all(ink.shape == (64, 64) and ink.max() == 1.0 for ink in inks)
+    # A chain of loops encloses background, holes the pen went round, unless its loops are
+    # small enough for the pen to fill them (a wavy line, a scribble still).
+    holes = []
+    for _ in range(20):
+        chain = nondigits._draw([nondigits._fit(nondigits._loop_chain(rng), rng)], 3)
+        holes.append(ndimage.label(chain < 0.5)[1] - 1)
+    assert sum(h >= 1 for h in holes) >= 12 and max(holes) >= 3
+    # A tangle bends more than the smooth habit: its direction turns about a radian a step.
+    tangle = nondigits._tangle(rng)
+    headings = np.unwrap(np.arctan2(*np.diff(tangle, axis=0).T[::-1]))
+    assert np.abs(np.diff(headings)).sum() > 2 * np.pi
+    # A curling line turns through more than three whole turns: its smooth course alone
+    # turned at most 2.5 in 200 draws, its two or more loops add one each.
+    for _ in range(5):
+        curls = nondigits._curlicues(rng)
+        turning = np.diff(np.unwrap(np.arctan2(*np.diff(curls, axis=0).T[::-1])))
+        assert np.abs(turning).sum() > 6 * np.pi
 
 
 def test_the_reader_trains_on_the_training_split_only(tmp_path, fake_mnist_dir, monkeypatch):

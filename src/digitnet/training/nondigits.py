@@ -7,12 +7,16 @@ on the longer side, centred by mass), which the training graph's augmentation th
 
 - non-digits (label "not a digit"): letters and symbols in the DejaVu fonts (not the letters
   that are digits' twins, ``TWIN_LETTERS``), geometric shapes (no circles or ovals: those are
-  zeros), random scribbles, digit fragments (a digit cut to 30-65% of its width), two
+  zeros), scribbles in four pen habits (smooth strokes, sharp tangles, chains of loops,
+  lines that curl into small loops), digit fragments (a digit cut to 30-65% of its width), two
   digits squeezed side by side into one frame, and the number reader's own wrong crops of
   lines composed from training digits (``digitnet.training.segments``);
 - digits with a sliver of a neighbouring digit at their left or right edge, and whole digits
   as the number reader crops them from a composed line (labelled as the digit): what a
-  segmenter's crop of touching handwriting looks like.
+  segmenter's crop of touching handwriting looks like;
+- digits restyled as photos, pens and scanners deliver them (labelled as the digit): crisp
+  strokes, strokes redrawn with an even round pen, small low-resolution scans. Without them
+  crisp or even strokes, which every drawn non-digit has, would mean "not a digit".
 
 Only the digits passed in (the training split) and the DejaVu fonts are used, so what
 ``benchmarks/images.py`` measures (Liberation fonts, its own scribbles, test digits) was never
@@ -25,15 +29,20 @@ No TensorFlow: NumPy, Pillow and SciPy (through the preprocessing).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import sys
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from digitnet.errors import DataError, NoDigitFound
+from digitnet.inference.batch import usable_cpus
 from digitnet.inference.preprocess import MNIST_SIDE, ink_to_mnist
 from digitnet.models.classes import TWIN_LETTERS
 
@@ -42,9 +51,9 @@ from digitnet.models.classes import TWIN_LETTERS
 # segmentation hypotheses produce and must be told apart from whole digits (fragments and pairs
 # drawn here, segments the segmentation's own crops).
 MIX: dict[str, float] = {
-    "glyph": 0.30,
-    "shape": 0.14,
-    "scribble": 0.22,
+    "glyph": 0.28,
+    "shape": 0.12,
+    "scribble": 0.26,
     "fragment": 0.08,
     "pair": 0.06,
     "segment": 0.20,
@@ -77,6 +86,14 @@ WRONG_PER_LINE = 12
 # meant "not a digit" (the glyphs, shapes and scribbles are drawn crisp, MNIST digits are
 # soft), and the first reader refused 16-32 % of rendered test digits.
 RESTYLED_PER_NON_DIGIT = 1.0
+# Share of the restyled digits whose strokes are instead redrawn along their middles with a
+# round pen of even width, as a ballpoint, a thin pen or a finger on the page draws them. The
+# scribbles are drawn so; without digits drawn so too, an even pen line is a hint of "not a
+# digit", and thin-pen and small-scan digits were the ones refused most.
+PEN_REDRAWN = 0.7
+# Share of them instead reduced to 10-24 px tall by area and blurred, as a low-resolution scan
+# or a small form field delivers a digit: the kind refused most once pen lines were added.
+SMALL_SCANNED = 0.2
 # Pairs: gap between the two digits, in MNIST pixels (negative: overlapping).
 PAIR_GAP = (-3, 4)
 
@@ -94,6 +111,13 @@ _FONT_DIRS = (
 # Lanczos reduction see the font's own shapes.
 _GLYPH_PIXELS = 64
 _CANVAS = 64
+# An epoch's images are composed in this many parts, each from its own random stream.
+EPOCH_PARTS = 4
+# Processes compose the parts only where they fork (Linux): they inherit the composer, its
+# digits and its glyphs rather than receive them pickled, and run no TensorFlow (see
+# digitnet.training.line_pool). Elsewhere this process composes them, with the same result.
+_START_METHOD = "fork" if sys.platform == "linux" else ""
+_COMPOSER: NonDigitComposer | None = None
 _SALT = 0x4E6F7444  # "NotD": keeps these draws apart from any other use of (seed, epoch)
 _SEGMENT_SALT = 0x53656773  # "Segs": the segmentation crops' lines
 
@@ -187,14 +211,111 @@ def _draw(strokes: Iterable[np.ndarray], width: int, size: int = _CANVAS) -> np.
 
 
 def scribble(rng: np.random.Generator) -> np.ndarray:
-    """One to three smooth random strokes through 5-9 points each (a scribble), as ink."""
-    margin = 6
-    strokes = []
-    for _ in range(int(rng.integers(1, 4))):
-        count = int(rng.integers(5, 10))
-        points = rng.uniform(margin, _CANVAS - margin, size=(count, 2))
-        strokes.append(_chaikin(points, int(rng.integers(1, 4))))
+    """A scribble, as ink, in one of four pen habits chosen at random: smooth strokes through
+    a few far-apart points, a tangle of sharp bends, a chain of loops, or a wandering line
+    that curls into small loops on its way. The
+    first reader saw only the smooth kind and let through a sixth of the tangles people
+    scrawl (``benchmarks/images.py``'s scribbles), reading them as 2s, 3s and 8s."""
+    habit = int(rng.integers(4))
+    if habit == 0:
+        margin = 6
+        strokes = []
+        for _ in range(int(rng.integers(1, 4))):
+            count = int(rng.integers(5, 10))
+            points = rng.uniform(margin, _CANVAS - margin, size=(count, 2))
+            strokes.append(_chaikin(points, int(rng.integers(1, 4))))
+    elif habit == 1:
+        strokes = [_fit(_tangle(rng), rng) for _ in range(int(rng.integers(1, 3)))]
+    elif habit == 2:
+        strokes = [_fit(_loop_chain(rng), rng)]
+    else:
+        strokes = [_fit(_curlicues(rng), rng)]
     return _draw(strokes, int(rng.integers(3, 7)))
+
+
+def _tangle(rng: np.random.Generator) -> np.ndarray:
+    """A stroke that bends sharply and often: 10-24 unit steps whose heading turns by about a
+    radian each (so it crosses itself and curls), corners then rounded."""
+    count = int(rng.integers(10, 25))
+    headings = rng.uniform(0, 2 * math.pi) + np.cumsum(rng.normal(0, 1.1, count))
+    steps = rng.uniform(0.5, 1.5, (count, 1)) * np.stack(
+        [np.cos(headings), np.sin(headings)], axis=1
+    )
+    points = np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+    return _chaikin(points, int(rng.integers(2, 4)))
+
+
+def _loop_chain(rng: np.random.Generator) -> np.ndarray:
+    """Two to five loops in a row, as a pen scrawls "eeee" (a prolate trochoid whose loop size
+    and slant drift), turned up to 40 degrees off the horizontal."""
+    turns = rng.uniform(2.0, 5.0)
+    t = np.linspace(0, 2 * math.pi * turns, int(60 * turns))
+    drift = np.cumsum(rng.normal(0, 0.02, t.size))
+    radius = rng.uniform(0.6, 1.0) * np.exp(drift - drift.mean())
+    advance = rng.uniform(0.15, 0.45)
+    squash = rng.uniform(0.6, 1.6)
+    points = np.stack([advance * t - radius * np.sin(t), -squash * radius * np.cos(t)], axis=1)
+    return _rotate(points, rng, rng.uniform(-0.7, 0.7))
+
+
+def _curlicues(rng: np.random.Generator) -> np.ndarray:
+    """A smooth line through 5-8 points that curls into two to five small loops on its way
+    (each 14-25 % of the line's extent across, turning either way). One loop on a short line
+    is often a 2, 6 or 9; readers trained on those refused more real digits."""
+    path = _chaikin(rng.uniform(0, 1, (int(rng.integers(5, 9)), 2)), 4)
+    extent = float(np.ptp(path, axis=0).max())
+    stops = np.sort(rng.choice(np.arange(2, len(path) - 2), int(rng.integers(2, 6)), False))
+    pieces, start = [], 0
+    for stop in stops:
+        pieces.append(path[start : stop + 1])
+        heading = path[stop + 1] - path[stop - 1]
+        heading /= max(float(np.hypot(*heading)), 1e-9)
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        normal = side * np.array([-heading[1], heading[0]])
+        radius = rng.uniform(0.07, 0.125) * extent
+        # Round the circle from the line's point, leaving in the line's direction again.
+        angles = np.linspace(0, 2 * math.pi, 24)[:, None]
+        pieces.append(
+            path[stop] + radius * (np.sin(angles) * heading + (1 - np.cos(angles)) * normal)
+        )
+        start = stop
+    pieces.append(path[start:])
+    return np.vstack(pieces)
+
+
+def _fit(points: np.ndarray, rng: np.random.Generator, margin: float = 6) -> np.ndarray:
+    """``points`` (k, 2) scaled and moved into the canvas, keeping their aspect, filling
+    60-100 % of it."""
+    low, high = points.min(axis=0), points.max(axis=0)
+    room = (_CANVAS - 2 * margin) * rng.uniform(0.6, 1.0)
+    scale = room / max(float((high - low).max()), 1e-9)
+    fitted: np.ndarray = (points - low) * scale + margin
+    return fitted
+
+
+def pen_redrawn(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``ink`` (h, w) in [0, 1] redrawn with an even round pen along the middles of its
+    strokes: the pen 2-5 % of the image's height wide, edges anti-aliased. float32 (h, w)."""
+    mask = ink > 0.5
+    # The ridge of the distance to the background runs along each stroke's middle.
+    depth = ndimage.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3)) & (depth > 0)
+    radius = max(1.0, rng.uniform(0.01, 0.025) * ink.shape[0])
+    # Distance to the nearest ridge pixel, turned into a pen's soft edge.
+    distance = ndimage.distance_transform_edt(~ridge)
+    return np.clip(radius + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+
+
+def small_scanned(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``ink`` (h, w) reduced by area to 10-24 px tall (the aspect kept), as a scanner's sensor
+    integrates it, then blurred a little. float32 (about 10-24, w * that / h)."""
+    height = int(rng.integers(10, 25))
+    width = max(1, round(ink.shape[1] * height / ink.shape[0]))
+    small = Image.fromarray(np.asarray(ink, np.float32)).resize(
+        (width, height), Image.Resampling.BOX
+    )
+    blurred = ndimage.gaussian_filter(np.asarray(small, np.float32), rng.uniform(0.0, 0.6))
+    return np.clip(blurred, 0.0, 1.0).astype(np.float32)
 
 
 def _regular_polygon(corners: int, rng: np.random.Generator, star: bool = False) -> np.ndarray:
@@ -394,35 +515,81 @@ class NonDigitComposer:
             )
         return self._segments
 
-    def rng(self, epoch: int) -> np.random.Generator:
-        return np.random.default_rng((self.seed, int(epoch), _SALT))
+    def rng(self, epoch: int, part: int = 0) -> np.random.Generator:
+        return np.random.default_rng((self.seed, int(epoch), _SALT, int(part)))
 
     def compose(
-        self, epoch: int, n_non_digits: int, n_slivers: int, n_restyled: int = 0
+        self,
+        epoch: int,
+        n_non_digits: int,
+        n_slivers: int,
+        n_restyled: int = 0,
+        *,
+        workers: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        rng = self.rng(epoch)
+        """The epoch's images, in EPOCH_PARTS parts of its own random stream each, so that
+        they are the same whatever the number of processes composing them: ``workers``
+        (default: one per usable CPU where processes fork, else 1). Training waits while
+        they are composed, so the cores it leaves idle compose them."""
+        self.segment_pool()  # built once, here, rather than in every process
+        counts = [
+            tuple(_share(total, part) for total in (n_non_digits, n_slivers, n_restyled))
+            for part in range(EPOCH_PARTS)
+        ]
+        workers = (usable_cpus() if _START_METHOD else 1) if workers is None else workers
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if workers == 1 or not _START_METHOD:
+            parts = [self._compose_part(epoch, part, *counts[part]) for part in range(EPOCH_PARTS)]
+        else:
+            global _COMPOSER
+            _COMPOSER = self
+            try:
+                with ProcessPoolExecutor(
+                    min(workers, EPOCH_PARTS),
+                    mp_context=multiprocessing.get_context(_START_METHOD),
+                ) as executor:
+                    parts = list(
+                        executor.map(
+                            _compose_part_in_worker,
+                            [epoch] * EPOCH_PARTS,
+                            range(EPOCH_PARTS),
+                            counts,
+                        )
+                    )
+            finally:
+                _COMPOSER = None
+        # Non-digits first, then each kind of digit, as one stream would have given them.
+        X = np.concatenate([part[group][0] for group in range(4) for part in parts])
+        y = np.concatenate([part[group][1] for group in range(4) for part in parts])
+        return X.reshape(-1, MNIST_SIDE * MNIST_SIDE).astype(np.float32), y
+
+    def _compose_part(
+        self, epoch: int, part: int, n_non_digits: int, n_slivers: int, n_restyled: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One part of an epoch: (images, labels) of its non-digits, digits with slivers,
+        segmentation crops of digits and restyled digits."""
+        rng = self.rng(epoch, part)
         kinds = list(MIX)
         counts = rng.multinomial(n_non_digits, [MIX[k] for k in kinds])
         images = [self.non_digits(kind, int(count), rng) for kind, count in zip(kinds, counts)]
         n_segment_digits = round(SEGMENT_DIGITS * n_slivers)
-        sliver_images, sliver_labels = self.slivers(n_slivers - n_segment_digits, rng)
-        segment_images, segment_labels = self.segment_digits(n_segment_digits, rng)
-        restyled_images, restyled_labels = self.restyled(n_restyled, rng)
-        X = np.concatenate([*images, sliver_images, segment_images, restyled_images])
-        y = np.concatenate(
-            [
+        return [
+            (
+                np.concatenate([np.zeros((0, MNIST_SIDE, MNIST_SIDE), np.float32), *images]),
                 np.full(n_non_digits, self.not_a_digit, np.int64),
-                sliver_labels,
-                segment_labels,
-                restyled_labels,
-            ]
-        )
-        return X.reshape(-1, MNIST_SIDE * MNIST_SIDE).astype(np.float32), y
+            ),
+            self.slivers(n_slivers - n_segment_digits, rng),
+            self.segment_digits(n_segment_digits, rng),
+            self.restyled(n_restyled, rng),
+        ]
 
     def restyled(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` training digits redrawn with crisp strokes: upsampled 2-4x with Lanczos,
-        thresholded softly at a random level (thinner or bolder strokes), placed as
-        ``preprocess_image`` places ink. float32 (n, 28, 28) and their labels."""
+        thresholded softly at a random level (thinner or bolder strokes), then in
+        PEN_REDRAWN of them redrawn with an even pen, in SMALL_SCANNED reduced to a small
+        scan; placed as ``preprocess_image`` places ink. float32 (n, 28, 28) and their
+        labels."""
         out = np.zeros((n, MNIST_SIDE, MNIST_SIDE), np.float32)
         chosen = rng.integers(len(self.digits), size=n)
         for i, index in enumerate(chosen):
@@ -431,6 +598,11 @@ class NonDigitComposer:
             big = Image.fromarray(digit).resize((size, size), Image.Resampling.LANCZOS)
             level, softness = rng.uniform(0.25, 0.6), rng.uniform(0.03, 0.12)
             ink = np.clip((np.asarray(big, np.float32) - level) / softness + 0.5, 0.0, 1.0)
+            style = rng.random()
+            if style < PEN_REDRAWN:
+                ink = pen_redrawn(ink, rng)
+            elif style < PEN_REDRAWN + SMALL_SCANNED:
+                ink = small_scanned(ink, rng)
             try:
                 out[i] = ink_to_mnist(ink)
             except NoDigitFound:
@@ -492,6 +664,19 @@ class NonDigitComposer:
             except NoDigitFound:  # cannot be centred: the digit alone
                 out[i] = ink_to_mnist(_digit_ink(self.digits[digit]))
         return out, self.labels[chosen[:, 0]]
+
+
+def _share(total: int, part: int) -> int:
+    """Part ``part``'s share of ``total`` images split into EPOCH_PARTS parts."""
+    return (total * (part + 1)) // EPOCH_PARTS - (total * part) // EPOCH_PARTS
+
+
+def _compose_part_in_worker(
+    epoch: int, part: int, counts: tuple[int, int, int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    if _COMPOSER is None:
+        raise RuntimeError("the composer is passed to forked processes only")
+    return _COMPOSER._compose_part(epoch, part, *counts)
 
 
 def extra_counts(n_digits: int, non_digits: float) -> tuple[int, int, int]:
