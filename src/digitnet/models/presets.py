@@ -59,12 +59,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The cnn with an eleventh output, "not a digit": each epoch adds a quarter as many
     # composed non-digits as there are training digits (and a quarter of that again in digits
     # with a neighbour's sliver). Then the line network that reads whole numbers trains on
-    # 6,500 batches of composed lines (about 8.5 minutes, with composing them), so the
-    # classifier gets 12 epochs (about 10 minutes) where it had 20 before the line network,
-    # and the run fits in 20 minutes on 2 cores. On 1,440 lines of 4 and 8 validation digits,
-    # every rendering, the line network (120,000 training lines) read 90.2 % exact after 5,000
-    # batches and 91.5 % after 7,500, which would take the run past 19.5 minutes (16 epochs
-    # gave the classifier 99.60 % test accuracy, 20 epochs 99.63 %).
+    # 6,500 batches of composed lines (about 9 minutes, with composing them), so the
+    # classifier gets 12 epochs (about 12 minutes with composing each epoch's extra images)
+    # where it had 20 before the line network, and the run fits in 20 minutes on 2 cores
+    # (19 min 49 s on a 2-core AMD EPYC in bfloat16: little room left). On 1,440 lines of 4
+    # and 8 validation digits, every rendering, the line network (120,000 training lines) read
+    # 90.2 % exact after 5,000 batches and 91.5 % after 7,500, which would take the run past
+    # 20 minutes (16 epochs gave the classifier 99.60 % test accuracy, 20 epochs 99.63 %).
     "reader": {
         **_SOFTMAX_RECIPE,
         "learning_rate": 0.003,
