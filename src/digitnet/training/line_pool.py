@@ -12,7 +12,6 @@ No TensorFlow: the processes that compose lines start without it.
 from __future__ import annotations
 
 import multiprocessing
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from digitnet.data.lines import compose_number
 from digitnet.inference.batch import usable_cpus
 from digitnet.inference.line_reading import line_image
 from digitnet.models.architectures import LINE_HEIGHT
+from digitnet.training.nondigits import FORKS, stroke_middles
 
 __all__ = [
     "DRY_RUN_LINES",
@@ -56,7 +56,7 @@ _CHUNK = 2_000
 # whole training run, in every process. Forking a process that runs TensorFlow is safe here
 # because the children run only NumPy, Pillow and SciPy code, never TensorFlow's thread
 # pools (a test composes lines after TensorFlow has run, from an unguarded script).
-_START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+_START_METHOD = "fork" if FORKS else "spawn"
 
 
 @dataclass
@@ -77,10 +77,7 @@ def _thin(line: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     big = np.asarray(
         Image.fromarray(line).resize((width * 3, height * 3), Image.Resampling.BILINEAR)
     )
-    mask = big > 0.5
-    # The ridge of the distance to the background runs along each stroke's middle.
-    depth = ndimage.distance_transform_edt(mask)
-    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3))
+    ridge = stroke_middles(big > 0.5)
     if rng.random() < 0.5:
         ridge = ndimage.binary_dilation(ridge)
     drawn = ndimage.gaussian_filter(ridge.astype(np.float32), 0.7)

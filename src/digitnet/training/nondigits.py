@@ -113,10 +113,10 @@ _GLYPH_PIXELS = 64
 _CANVAS = 64
 # An epoch's images are composed in this many parts, each from its own random stream.
 EPOCH_PARTS = 4
-# Processes compose the parts only where they fork (Linux): they inherit the composer, its
-# digits and its glyphs rather than receive them pickled, and run no TensorFlow (see
-# digitnet.training.line_pool). Elsewhere this process composes them, with the same result.
-_START_METHOD = "fork" if sys.platform == "linux" else ""
+# Processes compose the parts only where they fork (Linux, FORKS): they inherit the composer,
+# its digits and its glyphs rather than receive them pickled, and run no TensorFlow.
+# Elsewhere this process composes them, with the same result.
+FORKS = sys.platform == "linux"
 _COMPOSER: NonDigitComposer | None = None
 _SALT = 0x4E6F7444  # "NotD": keeps these draws apart from any other use of (seed, epoch)
 _SEGMENT_SALT = 0x53656773  # "Segs": the segmentation crops' lines
@@ -213,9 +213,9 @@ def _draw(strokes: Iterable[np.ndarray], width: int, size: int = _CANVAS) -> np.
 def scribble(rng: np.random.Generator) -> np.ndarray:
     """A scribble, as ink, in one of four pen habits chosen at random: smooth strokes through
     a few far-apart points, a tangle of sharp bends, a chain of loops, or a wandering line
-    that curls into small loops on its way. The
-    first reader saw only the smooth kind and let through a sixth of the tangles people
-    scrawl (``benchmarks/images.py``'s scribbles), reading them as 2s, 3s and 8s."""
+    that curls into small loops on its way. The first reader saw only the smooth kind and let
+    through a sixth of the tangles people scrawl (``benchmarks/images.py``'s scribbles),
+    reading them as 2s, 3s and 8s."""
     habit = int(rng.integers(4))
     if habit == 0:
         margin = 6
@@ -293,13 +293,18 @@ def _fit(points: np.ndarray, rng: np.random.Generator, margin: float = 6) -> np.
     return fitted
 
 
+def stroke_middles(mask: np.ndarray) -> np.ndarray:
+    """The pixels along the middles of the strokes of ``mask`` (h, w) bool: the ridge of the
+    distance to the background. bool (h, w)."""
+    depth = ndimage.distance_transform_edt(mask)
+    middles: np.ndarray = mask & (depth >= ndimage.maximum_filter(depth, size=3))
+    return middles
+
+
 def pen_redrawn(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``ink`` (h, w) in [0, 1] redrawn with an even round pen along the middles of its
     strokes: the pen 2-5 % of the image's height wide, edges anti-aliased. float32 (h, w)."""
-    mask = ink > 0.5
-    # The ridge of the distance to the background runs along each stroke's middle.
-    depth = ndimage.distance_transform_edt(mask)
-    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3)) & (depth > 0)
+    ridge = stroke_middles(ink > 0.5)
     radius = max(1.0, rng.uniform(0.01, 0.025) * ink.shape[0])
     # Distance to the nearest ridge pixel, turned into a pen's soft edge.
     distance = ndimage.distance_transform_edt(~ridge)
@@ -536,10 +541,10 @@ class NonDigitComposer:
             tuple(_share(total, part) for total in (n_non_digits, n_slivers, n_restyled))
             for part in range(EPOCH_PARTS)
         ]
-        workers = (usable_cpus() if _START_METHOD else 1) if workers is None else workers
+        workers = (usable_cpus() if FORKS else 1) if workers is None else workers
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        if workers == 1 or not _START_METHOD:
+        if workers == 1 or not FORKS:
             parts = [self._compose_part(epoch, part, *counts[part]) for part in range(EPOCH_PARTS)]
         else:
             global _COMPOSER
@@ -547,7 +552,7 @@ class NonDigitComposer:
             try:
                 with ProcessPoolExecutor(
                     min(workers, EPOCH_PARTS),
-                    mp_context=multiprocessing.get_context(_START_METHOD),
+                    mp_context=multiprocessing.get_context("fork"),
                 ) as executor:
                     parts = list(
                         executor.map(
@@ -560,8 +565,9 @@ class NonDigitComposer:
             finally:
                 _COMPOSER = None
         # Non-digits first, then each kind of digit, as one stream would have given them.
-        X = np.concatenate([part[group][0] for group in range(4) for part in parts])
-        y = np.concatenate([part[group][1] for group in range(4) for part in parts])
+        groups = range(len(parts[0]))
+        X = np.concatenate([part[group][0] for group in groups for part in parts])
+        y = np.concatenate([part[group][1] for group in groups for part in parts])
         return X.reshape(-1, MNIST_SIDE * MNIST_SIDE).astype(np.float32), y
 
     def _compose_part(
