@@ -295,7 +295,10 @@ def test_the_reader_trains_on_the_training_split_only(tmp_path, fake_mnist_dir, 
 
     X_test_digits, test_labels = test_set_for(model, fake_mnist_dir)
     report = evaluate_model(model, X_test_digits, test_labels)
-    refused = model.predict_proba(X_test_digits).argmax(axis=1) == 10
+    # Refused: "not a digit" above the threshold the calibration chose on held-out digits.
+    threshold = model.calibration.refuse_above
+    assert threshold is not None and 0.5 <= threshold <= 1.0
+    refused = model.predict_proba(X_test_digits)[:, 10] > threshold
     assert report["not_a_digit"] == pytest.approx(refused.mean())
     assert np.array(report["confusion_matrix"]).shape == (11, 11)
     assert "Answered not a digit" in format_report(report)
@@ -344,3 +347,22 @@ def test_resume_with_composed_non_digits_ends_exactly_like_an_uninterrupted_run(
     for name, value in whole.model.parameters.items():
         assert np.array_equal(resumed.model.parameters[name], value), name
     assert [row["cost"] for row in resumed.history] == [row["cost"] for row in whole.history]
+
+
+def test_each_epoch_is_composed_once(tmp_path, fake_mnist_dir, monkeypatch):
+    from digitnet.training.nondigits import NonDigitComposer
+    from test_training import quiet, small_config
+
+    composed: list[int] = []
+    compose = NonDigitComposer.compose
+
+    def counting(self, epoch, *args, **kwargs):
+        composed.append(epoch)
+        return compose(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(NonDigitComposer, "compose", counting)
+    config = small_config(epochs=3, layout=[784, 32, 11], non_digits=0.5)
+    train_and_evaluate(config, tmp_path, data_dir=fake_mnist_dir, log=quiet)
+    # The first epoch's images set the output bias and are then trained on, not made again;
+    # "epoch" 0 is the calibration set's.
+    assert composed == [1, 2, 3, 0]

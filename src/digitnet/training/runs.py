@@ -408,13 +408,22 @@ def train_and_evaluate(
     )
     checkpoint_path = Path(workdir) / "checkpoint.safetensors"
 
-    def epoch_data(epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """The training digits, plus the epoch's composed images when there are any."""
+    # The first epoch's images, composed early to set the output bias, wait here for it.
+    composed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def epoch_data(epoch: int, *, keep: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The training digits, plus the epoch's composed images when there are any; with
+        ``keep``, held for the epoch's own call (composing one takes seconds)."""
         if composer is None:
             return X_train, y_train
+        if epoch in composed:
+            return composed.pop(epoch)
         X_extra, labels = composer.compose(epoch, *n_extra)
         y_extra = np.eye(y_train.shape[1], dtype=np.float32)[labels]
-        return np.concatenate([X_train, X_extra]), np.concatenate([y_train, y_extra])
+        data = np.concatenate([X_train, X_extra]), np.concatenate([y_train, y_extra])
+        if keep:
+            composed[epoch] = data
+        return data
 
     state = RunState()
     if chief:
@@ -424,7 +433,7 @@ def train_and_evaluate(
         state = _restore(checkpoint_path, fitter, config, data)
         log(f"Resuming after epoch {state.epoch} from {checkpoint_path}")
     else:
-        fitter.set_output_bias_from_labels(epoch_data(1)[1])
+        fitter.set_output_bias_from_labels(epoch_data(1, keep=True)[1])
 
     # With composed images each epoch brings its own data.
     digits_only = fitter.dataset(X_train, y_train) if composer is None else None
