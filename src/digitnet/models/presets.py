@@ -83,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # there so that the reader's default run still fits in 20 minutes on 2 cores (settings given
 # on the command line are kept).
 FLOAT32_PRESETS: dict[str, dict[str, Any]] = {
-    "reader": {"epochs": 5, "line_steps": 2500},
+    "reader": {"epochs": 7, "line_steps": 2500},
 }
 
 
