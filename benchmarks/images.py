@@ -103,6 +103,16 @@ def accuracy_of(model: Any, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
+def answers_of(model: Any, probabilities: np.ndarray) -> np.ndarray:
+    """The classes ``model`` answers for ``probabilities`` (n, k): a digitnet model's own rule
+    (a reader refuses only above its calibrated threshold), else the most likely class."""
+    if hasattr(model, "answers"):
+        chosen: np.ndarray = model.answers(probabilities)
+        return chosen
+    best: np.ndarray = probabilities.argmax(axis=1)
+    return best
+
+
 def rendering_seed(seed: int, kind_index: int, digit_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, kind_index, digit_index])
 
@@ -264,7 +274,12 @@ def score(
     def refused(probabilities: np.ndarray, answered: np.ndarray) -> int | None:
         if refusal is None:
             return None
-        return int(((probabilities.argmax(axis=1) == refusal) & answered).sum())
+        return int(((answers_of(model, probabilities) == refusal) & answered).sum())
+
+    def confidence(probabilities: np.ndarray) -> np.ndarray:
+        chosen = answers_of(model, probabilities)
+        values: np.ndarray = probabilities[np.arange(len(chosen)), chosen]
+        return values
 
     baseline = np.asarray(
         model.predict_proba(digits.reshape(len(digits), 784).astype(np.float32) / 255.0)
@@ -272,18 +287,20 @@ def score(
     rows = [
         Row(
             BASELINE,
-            float(np.mean(baseline.argmax(axis=1) == labels)),
+            float(np.mean(answers_of(model, baseline) == labels)),
             len(digits),
-            ece=expected_calibration_error(baseline.max(axis=1), baseline.argmax(axis=1) == labels),
+            ece=expected_calibration_error(
+                confidence(baseline), answers_of(model, baseline) == labels
+            ),
             not_a_digit=refused(baseline, np.ones(len(labels), bool)),
         )
     ]
     for kind in prepared:
         probabilities = np.asarray(model.predict_proba(kind.images.reshape(len(labels), 784)))
         answered = ~kind.refused
-        right = probabilities.argmax(axis=1) == labels
+        right = answers_of(model, probabilities) == labels
         ece = (
-            expected_calibration_error(probabilities.max(axis=1)[answered], right[answered])
+            expected_calibration_error(confidence(probabilities)[answered], right[answered])
             if answered.any()
             else float("nan")
         )
@@ -584,7 +601,7 @@ def refusal_table(model: Any, sets: Sequence[RefusalSet]) -> tuple[str, list[str
     ]
     missed_goals = []
     for refusal_set in sets:
-        predicted = model.predict_proba(refusal_set.images.reshape(-1, 784)).argmax(axis=1)
+        predicted = answers_of(model, model.predict_proba(refusal_set.images.reshape(-1, 784)))
         refused = (predicted == refusal) | refusal_set.no_digit
         groups = (
             [(refusal_set.kind, np.ones(len(refused), bool), GOAL_SCRIBBLES)]

@@ -297,3 +297,109 @@ def test_a_model_that_held_nothing_out_is_not_calibrated_on_the_test_set(tmp_pat
     error = capsys.readouterr().err
     assert "held none out" in error and len(error.strip().splitlines()) == 1
     assert (tmp_path / "old.safetensors").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusing "not a digit" above a threshold chosen on held-out digits
+
+
+def test_refusal_threshold_on_a_hand_worked_example():
+    from digitnet.inference.calibration import choose_refusal
+
+    digits = [0.95, 0.9, 0.8, 0.7, 0.2, 0.1, 0.05, 0.01, 0.0, 0.0]
+    # One digit in five may be refused: "above 0.8" refuses 0.95 and 0.9, keeps 0.8.
+    assert choose_refusal(digits, max_refused=0.2) == pytest.approx(0.8)
+    # One in ten: "above 0.9" refuses only 0.95.
+    assert choose_refusal(digits, max_refused=0.1) == pytest.approx(0.9)
+    # Never at 0.5 or below, where "not a digit" need not be the most likely class.
+    assert choose_refusal([0.3, 0.2, 0.1], max_refused=0.0) == 0.5
+    assert choose_refusal([], max_refused=0.01) == 0.5
+
+
+def reader_model(calibration=None):
+    from digitnet.inference.model import Model
+    from digitnet.models.classes import READER_CLASSES
+
+    rng = np.random.default_rng(5)
+    architecture = {
+        "input_shape": [784],
+        "layers": [{"type": "dense", "units": 11, "activation": "softmax"}],
+    }
+    parameters = {
+        "W1": rng.normal(0.0, 0.1, (11, 784)).astype(np.float32),
+        "b1": np.zeros((11, 1), np.float32),
+    }
+    metadata = {"classes": list(READER_CLASSES)}
+    if calibration is not None:
+        metadata["calibration"] = calibration
+    return Model(architecture, parameters, metadata)
+
+
+def test_a_reader_refuses_only_above_its_calibrated_threshold():
+    from digitnet.inference.calibration import Calibration
+
+    record = Calibration(1.0, 0.6, {"set": "validation"}, {}, refuse_above=0.8).to_json()
+    model = reader_model(record)
+    probabilities = np.array(
+        [
+            [0.05] + [0.0] * 9 + [0.95],  # surely not a digit: refused
+            [0.3] + [0.0] * 9 + [0.7],  # most likely not a digit, but not above 0.8: a 0
+            [0.0, 0.0, 0.0, 0.6] + [0.0] * 6 + [0.4],  # a 3
+        ]
+    )
+    assert model.answers(probabilities).tolist() == [10, 0, 3]
+    # Files calibrated before the threshold refuse where "not a digit" is most likely.
+    older = {key: value for key, value in record.items() if key != "refuse_above"}
+    assert reader_model(older).answers(probabilities).tolist() == [10, 10, 3]
+    assert reader_model().answers(probabilities).tolist() == [10, 10, 3]
+    assert Calibration.from_json(record).refuse_above == 0.8
+
+
+def test_predict_answers_the_likeliest_digit_below_the_refusal_threshold():
+    from digitnet.inference.calibration import Calibration
+    from digitnet.inference.predict import predict_arrays
+
+    image = np.zeros((28, 28), np.float32)
+    image[8:20, 12:16] = 1.0
+    for refuse_above, refused in [(0.5, True), (0.999, False)]:
+        calibrated = Calibration(1.0, 0.6, {}, {}, refuse_above=refuse_above).to_json()
+        model = reader_model(calibrated)
+        # Make "not a digit" the likeliest class, at a probability between the two thresholds.
+        model.parameters["b1"][10] = 6.0
+        probabilities = model.predict_proba(image.reshape(1, -1))[0]
+        assert 0.5 < probabilities[10] < 0.999
+        ((digit, confidence, _),) = predict_arrays(model, image[None])
+        if refused:
+            assert digit == 10 and confidence == pytest.approx(probabilities[10])
+        else:
+            assert digit == int(probabilities[:10].argmax())
+            assert confidence == pytest.approx(probabilities[digit])
+
+
+@pytest.mark.parametrize("refuse_above", [0.3, 1.5, float("nan"), "0.8", True])
+def test_refusal_thresholds_outside_what_a_fit_gives_make_the_record_unusable(refuse_above):
+    from digitnet.inference.calibration import Calibration
+
+    record = dict(calibration_record(), refuse_above=refuse_above)
+    assert Calibration.from_json(record) is None
+
+
+def test_fitting_a_readers_calibration_keeps_refused_digits_within_budget():
+    from digitnet.inference.calibration import MAX_DIGITS_REFUSED, fit_calibration
+
+    rng = np.random.default_rng(8)
+    n_digits, n_other = 4000, 1000
+    labels = np.concatenate([rng.integers(0, 10, n_digits), np.full(n_other, 10)])
+    logits = rng.normal(0.0, 1.0, (len(labels), 11))
+    logits[np.arange(len(labels)), labels] += 4.0
+    logits[n_digits:, 10] += 4.0
+    # Some digits look much like non-digits: without a threshold 2-3 % would be refused.
+    doubtful = rng.random(n_digits) < 0.05
+    logits[:n_digits][doubtful, 10] += 5.0
+    fitted = fit_calibration(logits, labels, {"set": "validation"}, not_a_digit=10)
+    assert fitted.refuse_above is not None and 0.5 <= fitted.refuse_above < 1.0
+    assert fitted.figures["digits_refused"] <= MAX_DIGITS_REFUSED
+    assert fitted.figures["non_digits_refused"] > 0.5
+    # Without a "not a digit" class there is nothing to refuse.
+    digits_only = fit_calibration(logits[:n_digits, :10], labels[:n_digits], {})
+    assert digits_only.refuse_above is None and "digits_refused" not in digits_only.figures

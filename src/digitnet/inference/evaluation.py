@@ -58,7 +58,7 @@ def evaluate_model(
     if probabilities is None:
         probabilities = model.predict_proba(X)
     if predicted is None:
-        predicted = probabilities.argmax(axis=1)
+        predicted = model.answers(probabilities)
     classes = np.arange(model.n_classes)
     precision, recall, _, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0

@@ -504,6 +504,24 @@ class Model:
             twin = self.__dict__["_linear_twin"] = Model(architecture, self.parameters)
         return twin
 
+    def answers(self, probabilities: np.ndarray) -> np.ndarray:
+        """The class each row of ``probabilities`` (n, n_classes) answers, int64 (n,): the
+        most likely one, except that a model with a "not a digit" class answers it only where
+        its calibration refuses the image (``calibration.refused``), and otherwise the most
+        likely digit."""
+        values = np.asarray(probabilities)
+        refusal = self.not_a_digit_class
+        if refusal is None:
+            best: np.ndarray = values.argmax(axis=1).astype(np.int64)
+            return best
+        from digitnet.inference.calibration import refused
+
+        calibration = self.calibration
+        threshold = None if calibration is None else calibration.refuse_above
+        digits = values[:, :refusal].argmax(axis=1).astype(np.int64)
+        chosen: np.ndarray = np.where(refused(values, refusal, threshold), refusal, digits)
+        return chosen
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted labels, int64 (n,)."""
         labels: np.ndarray = np.argmax(self.forward(X), axis=1).astype(np.int64)

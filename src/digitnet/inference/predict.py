@@ -99,7 +99,10 @@ def predict_arrays(model: Model, images: np.ndarray) -> list[tuple[int, float, l
     """(digit, confidence, probabilities) for MNIST-form ``images`` (n, 28, 28) or (n, 784)."""
     images = np.asarray(images, dtype=np.float32)
     probabilities = model.predict_proba(images.reshape(len(images), -1))
-    return [(int(row.argmax()), float(row.max()), [float(p) for p in row]) for row in probabilities]
+    return [
+        (int(answer), float(row[answer]), [float(p) for p in row])
+        for answer, row in zip(model.answers(probabilities), probabilities, strict=True)
+    ]
 
 
 def low_confidence_threshold(model: Any) -> float:

@@ -377,7 +377,7 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
         return _refusal(model, ink_map.ink, not_a_digit, max_digits)
     if not_a_digit is not None:
         answers = hypotheses.probabilities[best]
-        refused = answers.argmax(axis=1) == not_a_digit
+        refused = model.answers(answers) == not_a_digit
         # All the ink reads best as no digit at all: a letter, a symbol, a scribble. (A number
         # with a doubtful digit is still read: refusing it loses the digits read well.)
         if refused.all():

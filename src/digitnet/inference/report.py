@@ -108,7 +108,7 @@ def report_data(
         test-set ``index``, ``true``, ``predicted``, ``confidence``), ``calibration``
         (``ece``, ``bins``) and ``notes`` (what could not be shown, and why).
     """
-    predicted = probabilities.argmax(axis=1)
+    predicted = model.answers(probabilities)
     confidence = probabilities[np.arange(len(predicted)), predicted].astype(np.float64)
     test = evaluate_model(model, X, labels, predicted=predicted, probabilities=probabilities)
     for row in test["per_class"]:
