@@ -154,6 +154,15 @@ def test_the_server_answers_not_a_digit(refusing):
         assert len(rows[0]) == 11 and int(np.argmax(rows[0])) == 10
 
 
+def test_the_server_tells_clients_of_raw_probabilities_where_the_model_refuses(refusing):
+    from digitnet.inference.calibration import Calibration
+
+    threshold = Calibration(1.0, 0.6, {"set": "validation"}, {}, refuse_above=0.8).to_json()
+    for model, expected in [(refusing, None), (refusing.with_metadata(calibration=threshold), 0.8)]:
+        with RunningServer(model) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.get("/api/health").json()["model"]["refuse_above"] == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # The non-digit generator and the reader's training run
 

@@ -56,16 +56,23 @@ class ModelSummary(_Answer):
         description='The output meaning "not a digit" (the last), or null when every output '
         "is a digit"
     )
+    refuse_above: float | None = Field(
+        description='The probability of "not a digit" above which the model refuses an image, '
+        "chosen by its calibration; null when it refuses where that output is the likeliest "
+        "(files calibrated before the threshold) or has no such output"
+    )
     digitnet_version: str
 
     @classmethod
     def of(cls, model: Model) -> ModelSummary:
+        calibration = model.calibration
         return cls(
             name=model.name,
             architecture=architectures.describe(model.architecture),
             inputs=model.n_inputs,
             classes=model.n_classes,
             not_a_digit_class=model.not_a_digit_class,
+            refuse_above=None if calibration is None else calibration.refuse_above,
             digitnet_version=__version__,
         )
 
