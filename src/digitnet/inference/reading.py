@@ -378,8 +378,9 @@ def read_ink(model: Model, ink_map: InkMap, *, max_digits: int = MAX_DIGITS) -> 
     if not_a_digit is not None:
         answers = hypotheses.probabilities[best]
         refused = model.answers(answers) == not_a_digit
-        # All the ink reads best as no digit at all: a letter, a symbol, a scribble. (A number
-        # with a doubtful digit is still read: refusing it loses the digits read well.)
+        # Every digit of the best reading is refused (``Model.answers``): a letter, a symbol, a
+        # scribble. (A number with a doubtful digit is still read: refusing it loses the digits
+        # read well.)
         if refused.all():
             return NumberReading(
                 None,
