@@ -271,36 +271,35 @@ def score(
     labels = np.asarray(labels)
     refusal = getattr(model, "not_a_digit_class", None)
 
-    def refused(probabilities: np.ndarray, answered: np.ndarray) -> int | None:
+    def refused(chosen: np.ndarray, answered: np.ndarray) -> int | None:
         if refusal is None:
             return None
-        return int(((answers_of(model, probabilities) == refusal) & answered).sum())
+        return int(((chosen == refusal) & answered).sum())
 
-    def confidence(probabilities: np.ndarray) -> np.ndarray:
-        chosen = answers_of(model, probabilities)
+    def confidence(probabilities: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         values: np.ndarray = probabilities[np.arange(len(chosen)), chosen]
         return values
 
     baseline = np.asarray(
         model.predict_proba(digits.reshape(len(digits), 784).astype(np.float32) / 255.0)
     )
+    chosen = answers_of(model, baseline)
     rows = [
         Row(
             BASELINE,
-            float(np.mean(answers_of(model, baseline) == labels)),
+            float(np.mean(chosen == labels)),
             len(digits),
-            ece=expected_calibration_error(
-                confidence(baseline), answers_of(model, baseline) == labels
-            ),
-            not_a_digit=refused(baseline, np.ones(len(labels), bool)),
+            ece=expected_calibration_error(confidence(baseline, chosen), chosen == labels),
+            not_a_digit=refused(chosen, np.ones(len(labels), bool)),
         )
     ]
     for kind in prepared:
         probabilities = np.asarray(model.predict_proba(kind.images.reshape(len(labels), 784)))
+        chosen = answers_of(model, probabilities)
         answered = ~kind.refused
-        right = answers_of(model, probabilities) == labels
+        right = chosen == labels
         ece = (
-            expected_calibration_error(confidence(probabilities)[answered], right[answered])
+            expected_calibration_error(confidence(probabilities, chosen)[answered], right[answered])
             if answered.any()
             else float("nan")
         )
@@ -313,7 +312,7 @@ def score(
                 kind.seconds,
                 int(kind.no_digit.sum()),
                 ece,
-                refused(probabilities, answered),
+                refused(chosen, answered),
             )
         )
     return rows

@@ -73,7 +73,7 @@ def evaluate_model(
         # Expected calibration error, 15 bins, of the confidences the model reports (calibrated
         # when its file holds a calibration).
         "ece": expected_calibration_error(
-            probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+            probabilities[np.arange(len(predicted)), predicted], predicted == labels
         ),
         "calibrated": model.calibration is not None,
         "per_class": [

@@ -523,7 +523,10 @@ class Model:
         return chosen
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted labels, int64 (n,)."""
+        """Predicted labels, int64 (n,): ``answers`` of the probabilities (for a model without
+        a "not a digit" class, the largest output)."""
+        if self.not_a_digit_class is not None:
+            return self.answers(self.predict_proba(X))
         labels: np.ndarray = np.argmax(self.forward(X), axis=1).astype(np.int64)
         return labels
 

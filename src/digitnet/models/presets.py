@@ -60,9 +60,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # composed non-digits as there are training digits (and a quarter of that again in digits
     # with a neighbour's sliver). Then the line network that reads whole numbers trains on
     # 6,500 batches of composed lines (about 9 minutes, with composing them), so the
-    # classifier gets 12 epochs (about 12 minutes with composing each epoch's extra images)
+    # classifier gets 12 epochs (about 11 minutes with composing each epoch's extra images)
     # where it had 20 before the line network, and the run fits in 20 minutes on 2 cores
-    # (19 min 49 s on a 2-core AMD EPYC in bfloat16: little room left). On 1,440 lines of 4
+    # (18 min 58 s on a 2-core AMD EPYC in bfloat16). On 1,440 lines of 4
     # and 8 validation digits, every rendering, the line network (120,000 training lines) read
     # 90.2 % exact after 5,000 batches and 91.5 % after 7,500, which would take the run past
     # 20 minutes (16 epochs gave the classifier 99.60 % test accuracy, 20 epochs 99.63 %).
@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # takes about 1.7 times as long: on the 2-core AMD EPYC held to AVX2, a reader epoch took 99 s
 # against 48 s in bfloat16, a line batch 133 ms against 70. These settings replace the preset's
 # there so that the reader's default run still fits in 20 minutes on 2 cores (settings given
-# on the command line are kept).
+# on the command line are kept): with 7 epochs it took 16 min 5 s held to AVX2.
 FLOAT32_PRESETS: dict[str, dict[str, Any]] = {
     "reader": {"epochs": 7, "line_steps": 2500},
 }
