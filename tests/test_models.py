@@ -119,7 +119,7 @@ def test_training_in_float32_takes_the_smaller_budget_unless_told(monkeypatch):
 
 def test_preset_defaults_group_models_that_agree():
     assert preset_defaults("epochs") == (
-        "20 for seed; 30 for mlp; 15 for cnn; 12 (7 when training in float32) for reader"
+        "20 for seed; 30 for mlp; 15 for cnn; 12 (9 when training in float32) for reader"
     )
     assert preset_defaults("augment") == "off for seed; on for mlp, cnn, reader"
     assert preset_defaults("precision") == "auto"
@@ -168,7 +168,7 @@ def test_command_line_choices_are_the_lists():
             assert train.parse_args([flag, value]) is not None
     with pytest.raises(SystemExit):
         train.parse_args(["--cost", "hinge"])
-    assert "30 for mlp; 15 for cnn; 12 (7 when training in float32) for reader" in " ".join(
+    assert "30 for mlp; 15 for cnn; 12 (9 when training in float32) for reader" in " ".join(
         train.format_help().split()
     )
 
