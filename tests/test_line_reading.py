@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from digitnet.data.lines import compose_number
 from digitnet.errors import ConfigError, ModelFileError
@@ -325,3 +326,32 @@ def test_a_briefly_trained_line_network_reads_numbers_of_test_digits(
     finally:
         trained_line_reader.line_network = network
     assert alone is not None and set(alone) == {"1"}
+
+
+def test_a_thin_pen_is_widened_before_the_ink_is_reduced_to_working_height(monkeypatch):
+    """Rings 400 px tall drawn with a 3-px pen would be a third of a pixel wide at the
+    reader's working height: they are widened first, so they come out whole and about as
+    wide as a bold pen's share of the height; a bold pen's strokes are reduced as they are."""
+    from digitnet.inference import reading
+    from digitnet.inference.preprocess import InkMap, stroke_width
+    from digitnet.inference.reading import _THINNEST_LINE, _WORK_HEIGHT, at_working_height
+
+    def working(ink: np.ndarray) -> np.ndarray:
+        reduced = at_working_height(InkMap(ink, 0.0, 0.0, 1.0, ink.shape)).ink
+        assert reduced.shape[0] == _WORK_HEIGHT
+        return reduced
+
+    thin = working(_rings(4, 400, 3))
+    # About _THINNEST_LINE of the 48 rows (2.4 px) and more; unwidened, the rings' pixels of
+    # ink would measure 2 px, the least stroke_width gives, and hold a third of the ink.
+    assert (stroke_width(thin) or 0) >= 2.5
+    _, pieces = ndimage.label(thin > 0.5, structure=np.ones((3, 3)))
+    assert pieces == 4  # each ring whole
+    bold_ink = _rings(4, 400, 50)
+    assert (stroke_width(bold_ink) or 0) > _THINNEST_LINE * bold_ink.shape[0]
+    bold = working(bold_ink)
+    monkeypatch.setattr(reading, "_THINNEST_LINE", 0.0)
+    np.testing.assert_array_equal(bold, working(bold_ink))
+    unwidened = working(_rings(4, 400, 3))
+    assert (stroke_width(unwidened) or 0) <= 2.0
+    assert unwidened.sum() < 0.5 * thin.sum()
