@@ -218,11 +218,6 @@ def goal_verdicts(outcomes: Sequence[Outcome], kinds: Sequence[str]) -> list[tup
     return verdicts
 
 
-def shortfalls(outcomes: Sequence[Outcome], kinds: Sequence[str]) -> list[str]:
-    """The goals ``outcomes`` miss, each with its share, the goal and the 95 % interval."""
-    return [text for verdict, text in goal_verdicts(outcomes, kinds) if verdict == "missed"]
-
-
 def _lengths(text: str) -> list[int]:
     values: list[int] = []
     for part in text.split(","):
